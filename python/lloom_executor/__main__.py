@@ -1,0 +1,3 @@
+from lloom_executor.cli import main
+
+main()

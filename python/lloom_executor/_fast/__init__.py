@@ -1,0 +1,1 @@
+"""Cython hot paths: rate-limit buckets and the scheduler core."""
