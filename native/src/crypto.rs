@@ -48,10 +48,10 @@ pub fn peer_id_of(public: &PublicKey) -> String {
 }
 
 pub fn parse_secret(bytes: &[u8]) -> Result<SecretKey, String> {
-    if bytes.len() != 32 {
-        return Err(format!("private key must be 32 bytes, got {}", bytes.len()));
-    }
-    SecretKey::from_slice(bytes)
+    let raw: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| format!("private key must be 32 bytes, got {}", bytes.len()))?;
+    SecretKey::from_byte_array(raw)
         .map_err(|_| "private key is zero or not below the secp256k1 curve order".to_string())
 }
 
@@ -80,7 +80,7 @@ pub fn digest32(digest: &[u8]) -> Result<[u8; 32], String> {
 /// r‖s‖v with v ∈ {0, 1}; libsecp256k1 signs deterministically (RFC 6979) and low-s.
 pub fn sign(secret: &SecretKey, digest: &[u8; 32]) -> [u8; 65] {
     let msg = Message::from_digest(*digest);
-    let sig = SECP256K1.sign_ecdsa_recoverable(&msg, secret);
+    let sig = SECP256K1.sign_ecdsa_recoverable(msg, secret);
     let (recid, compact) = sig.serialize_compact();
     let mut out = [0u8; 65];
     out[..64].copy_from_slice(&compact);
@@ -105,7 +105,7 @@ pub fn recover(digest: &[u8; 32], signature: &[u8]) -> Result<PublicKey, String>
     let sig = RecoverableSignature::from_compact(&signature[..64], recid)
         .map_err(|_| "signature r or s is zero or not below the curve order".to_string())?;
     SECP256K1
-        .recover_ecdsa(&Message::from_digest(*digest), &sig)
+        .recover_ecdsa(Message::from_digest(*digest), &sig)
         .map_err(|_| "signature does not recover to any public key".to_string())
 }
 
@@ -143,7 +143,7 @@ impl PrivateKey {
             let mut bytes = [0u8; 32];
             getrandom::getrandom(&mut bytes)
                 .map_err(|e| value_error(format!("OS random source failed: {e}")))?;
-            if let Ok(secret) = SecretKey::from_slice(&bytes) {
+            if let Ok(secret) = SecretKey::from_byte_array(bytes) {
                 return Ok(PrivateKey::new(secret));
             }
         }
