@@ -1,0 +1,175 @@
+//! serde mirrors of the reference message types (PROTOCOL.md §3).
+//!
+//! Field order is the contract: it is the CBOR map order on the wire and the
+//! JSON key order of the signing digest, so each struct lists its fields
+//! exactly as the reference declares them. Serialization is plain derived
+//! serde over the reference's own crates (cbor4ii, serde_json,
+//! alloy-primitives), which is what makes our bytes identical to theirs.
+//! Deserialization is derived too, with the lenient helpers of `lenient` on
+//! the fields whose wire form may vary (bytes vs hex text, float widths);
+//! unknown map keys are ignored, as serde does by default.
+
+use super::jval::JVal;
+use super::lenient;
+use alloy_primitives::{Address, Bytes};
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlmRequest {
+    pub model: String,
+    pub prompt: String,
+    pub system_prompt: Option<String>,
+    #[serde(default, deserialize_with = "lenient::opt_f32")]
+    pub temperature: Option<f32>,
+    pub max_tokens: Option<u32>,
+    pub executor_address: String,
+    pub inbound_price: String,
+    pub outbound_price: String,
+    pub nonce: u64,
+    pub deadline: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlmResponse {
+    pub content: String,
+    pub inbound_tokens: u64,
+    pub outbound_tokens: u64,
+    pub total_cost: String,
+    pub model_used: String,
+    pub error: Option<String>,
+}
+
+/// The signed envelope. Extra data may only ever be added here, never to a
+/// payload: receivers re-serialize the payload they decoded to verify it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignedMessage<T> {
+    pub payload: T,
+    #[serde(deserialize_with = "lenient::address")]
+    pub signer: Address,
+    #[serde(deserialize_with = "lenient::bytes")]
+    pub signature: Bytes,
+    pub timestamp: u64,
+    pub nonce: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AnnouncementType {
+    Initial,
+    Update,
+    Removal,
+    Heartbeat,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelAnnouncement {
+    pub executor_peer_id: String,
+    #[serde(deserialize_with = "lenient::address")]
+    pub executor_address: Address,
+    pub models: Vec<ModelDescriptor>,
+    pub announcement_type: AnnouncementType,
+    pub timestamp: u64,
+    pub nonce: u64,
+    pub protocol_version: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelDescriptor {
+    pub model_id: String,
+    pub backend_type: String,
+    pub capabilities: ModelCapabilities,
+    pub is_available: bool,
+    pub pricing: Option<ModelPricing>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCapabilities {
+    pub max_context_length: u32,
+    pub features: Vec<String>,
+    pub architecture: Option<String>,
+    pub model_size: Option<String>,
+    pub performance: Option<PerformanceMetrics>,
+    /// A `HashMap` in the reference, so its order there is random: kept here
+    /// in received order (the order that was signed). We emit at most one key.
+    #[serde(default)]
+    pub metadata: IndexMap<String, JVal>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PerformanceMetrics {
+    #[serde(default, deserialize_with = "lenient::opt_f64")]
+    pub avg_tokens_per_second: Option<f64>,
+    #[serde(default, deserialize_with = "lenient::opt_f64")]
+    pub avg_time_to_first_token: Option<f64>,
+    #[serde(default, deserialize_with = "lenient::opt_f64")]
+    pub success_rate: Option<f64>,
+    pub avg_latency_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelPricing {
+    pub input_token_price: String,
+    pub output_token_price: String,
+    pub minimum_fee: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AcknowledgmentResponse {
+    pub request_id: String,
+    pub success: bool,
+    pub message: Option<String>,
+    pub timestamp: u64,
+}
+
+/// `ModelQuery`, `ModelUpdate` and `ModelQueryResponse` payloads are not
+/// specified field by field (PROTOCOL.md lists only their names), so they are
+/// decoded as an order-preserving generic value. Limitation: their signature
+/// is checked over the payload re-serialized in *received* key order, which
+/// equals the signer's order for any serde struct (the CBOR map and the
+/// signed JSON come from the same field list), but a reference field whose
+/// JSON form differs from its CBOR form in a way we cannot see (e.g. a
+/// `Vec<u8>` vs bytes, an enum we would not recognise) could make a valid
+/// signature look invalid. It never makes an invalid one look valid.
+pub type OpaquePayload = JVal;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RequestMessage {
+    LlmRequest(LlmRequest),
+    SignedLlmRequest(SignedMessage<LlmRequest>),
+    ModelAnnouncement(SignedMessage<ModelAnnouncement>),
+    ModelQuery(SignedMessage<OpaquePayload>),
+    ModelUpdate(SignedMessage<OpaquePayload>),
+}
+
+/// Variant names are the protocol's (they are the CBOR map keys).
+#[allow(clippy::enum_variant_names)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ResponseMessage {
+    LlmResponse(LlmResponse),
+    SignedLlmResponse(SignedMessage<LlmResponse>),
+    ModelQueryResponse(SignedMessage<OpaquePayload>),
+    AcknowledgmentResponse(SignedMessage<AcknowledgmentResponse>),
+}
+
+impl RequestMessage {
+    pub fn variant(&self) -> &'static str {
+        match self {
+            RequestMessage::LlmRequest(_) => "LlmRequest",
+            RequestMessage::SignedLlmRequest(_) => "SignedLlmRequest",
+            RequestMessage::ModelAnnouncement(_) => "ModelAnnouncement",
+            RequestMessage::ModelQuery(_) => "ModelQuery",
+            RequestMessage::ModelUpdate(_) => "ModelUpdate",
+        }
+    }
+}
+
+impl ResponseMessage {
+    pub fn variant(&self) -> &'static str {
+        match self {
+            ResponseMessage::LlmResponse(_) => "LlmResponse",
+            ResponseMessage::SignedLlmResponse(_) => "SignedLlmResponse",
+            ResponseMessage::ModelQueryResponse(_) => "ModelQueryResponse",
+            ResponseMessage::AcknowledgmentResponse(_) => "AcknowledgmentResponse",
+        }
+    }
+}
