@@ -54,7 +54,7 @@ from libc.math cimport INFINITY
 from cpython.dict cimport PyDict_GetItem
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from cpython.long cimport PyLong_AsSsize_t
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from lloom_executor._fast._clock cimport mono as _mono
 
 cimport cython
 
@@ -67,11 +67,6 @@ cdef double TIME_EPS = 1e-6
 
 cdef Py_ssize_t _INITIAL_SLOTS = 64
 
-
-cdef inline double _mono() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
 
 
 def monotonic() -> float:

@@ -55,7 +55,7 @@ or calls the injected ``clock``.
 """
 from libc.math cimport INFINITY
 from cpython.long cimport PyLong_AsLong
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from lloom_executor._fast._clock cimport mono as _mono
 
 cimport cython
 
@@ -83,11 +83,6 @@ _STATE_NAMES = ("queued", "dispatched", "cancelled", "expired")
 cdef enum:
     SLACK = 64
 
-
-cdef inline double _mono() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
 
 
 def monotonic() -> float:
