@@ -4,7 +4,7 @@ from typing import Callable, Hashable
 __all__ = ["RateLimiter", "monotonic"]
 
 def monotonic() -> float:
-    """CLOCK_MONOTONIC seconds read from C (the limiter's default clock)."""
+    """CLOCK_MONOTONIC_COARSE seconds read from C (the limiter's default clock)."""
 
 class RateLimiter:
     """Request and token buckets for one rate-limit rule, keyed by identifier.
