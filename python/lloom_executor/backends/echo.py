@@ -1,0 +1,42 @@
+"""The built-in `echo` backend: deterministic text, not a model.
+
+For the demo, tests and benchmarks: it answers "echo: <prompt>" (cut to
+max_tokens words), after an optional fixed latency plus the time the answer
+would take at `tokens_per_second`.
+"""
+from __future__ import annotations
+
+import asyncio
+
+from .base import Completion, LlmBackend
+
+ECHO_PREFIX = "echo: "
+
+
+class EchoBackend(LlmBackend):
+    def __init__(self, models: list[str], latency_ms: float = 0.0, tokens_per_second: float | None = None) -> None:
+        if latency_ms < 0 or (tokens_per_second is not None and tokens_per_second <= 0):
+            raise ValueError("echo backend: latency_ms must be >= 0 and tokens_per_second > 0")
+        self._models = list(models)
+        self._latency = latency_ms / 1000.0
+        self._tps = tokens_per_second
+
+    async def complete(
+        self,
+        model: str,
+        prompt: str,
+        system_prompt: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> Completion:
+        words = prompt.split()
+        if max_tokens is not None:
+            words = words[:max_tokens]
+        content = ECHO_PREFIX + " ".join(words)
+        delay = self._latency + (len(words) / self._tps if self._tps else 0.0)
+        if delay:
+            await asyncio.sleep(delay)
+        return Completion(content=content, model=model)
+
+    async def list_models(self) -> list[str]:
+        return list(self._models)

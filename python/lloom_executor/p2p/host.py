@@ -1,0 +1,79 @@
+"""Builds the py-libp2p host: one secp256k1 key as identity, TCP + Noise + Yamux (Mplex second).
+
+The same key is the node's Ethereum key, so the PeerId (`16Uiu2…`) and the EVM
+address name the same node (PROTOCOL.md §1).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import libp2p
+import multiaddr
+from libp2p.abc import IHost
+from libp2p.crypto.secp256k1 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+
+from .._native import PrivateKey
+
+
+def build_host(
+    key: PrivateKey,
+    *,
+    announce_addrs: Sequence[str] = (),
+    enable_mdns: bool = False,
+) -> IHost:
+    """A host that speaks exactly the reference stack.
+
+    py-libp2p runs identify against every new peer by default; reference peers
+    do not serve identify, so every connection would log an error and nothing
+    may depend on it (PROTOCOL.md §2). We keep serving identify and ping, but do
+    not ask for it.
+    """
+    key_pair = create_new_key_pair(key.to_bytes())
+    security = {
+        TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(key_pair, noise_privkey=new_x25519_key_pair().private_key)
+    }
+    muxers = OrderedDict([(TProtocol(YAMUX_PROTOCOL_ID), Yamux), (TProtocol(MPLEX_PROTOCOL_ID), Mplex)])
+    host = libp2p.new_host(
+        key_pair=key_pair,
+        sec_opt=security,
+        muxer_opt=muxers,
+        enable_mDNS=enable_mdns,
+        addrs_factory=_with_external(announce_addrs) if announce_addrs else None,
+    )
+    host._schedule_identify = _no_identify  # private API of py-libp2p 0.8.1, see docstring
+    if str(host.get_id()) != key.peer_id:
+        raise RuntimeError(f"py-libp2p derived PeerId {host.get_id()} but the key's PeerId is {key.peer_id}")
+    return host
+
+
+def _with_external(external: Sequence[str]):
+    """Advertise the operator's external addresses before the bound ones."""
+    extra = [multiaddr.Multiaddr(a) for a in external]
+
+    def factory(candidates: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+        seen = {str(a) for a in extra}
+        return extra + [a for a in candidates if str(a) not in seen]
+
+    return factory
+
+
+def _no_identify(peer_id: object, *, reason: str = "") -> None:
+    return None
+
+
+def listen_multiaddrs(host: IHost) -> list[str]:
+    """The bound listen addresses, each ending in /p2p/<PeerId>."""
+    peer = str(host.get_id())
+    out = []
+    for addr in host.get_addrs():
+        text = str(addr)
+        out.append(text if "/p2p/" in text else f"{text}/p2p/{peer}")
+    return out

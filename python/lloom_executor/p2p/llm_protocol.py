@@ -1,0 +1,142 @@
+"""`/lloom/llm/1.0.0` on the trio side: one request per stream, read to EOF, answer, close.
+
+The wire format is the reference codec's (PROTOCOL.md §3): no length prefix,
+so py-libp2p's own request_response module (varint framed) cannot be used.
+Two py-libp2p 0.8.1 facts shape this handler:
+- `read()` raises `StreamEOF` at end of stream instead of returning b"";
+- an exception escaping a stream handler closes the whole *connection*
+  (every other request on it fails), so nothing may escape here.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+from libp2p.abc import INetStream
+from libp2p.custom_types import TProtocol
+from libp2p.network.stream.exceptions import StreamEOF
+
+from ..bridge import TrioBridge
+
+LLM_PROTOCOL = TProtocol("/lloom/llm/1.0.0")
+READ_CHUNK = 65536
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What the transport knows about a request, for admission on the asyncio side."""
+
+    peer_id: str
+    remote_ip: str | None
+    frame_size: int
+    received_at: float  # time.monotonic() when the frame was complete
+
+
+RequestHandler = Callable[[bytes, RequestContext], Awaitable[bytes | None]]
+
+
+class FrameTooLarge(Exception):
+    pass
+
+
+async def read_to_eof(stream: INetStream, limit: int) -> bytes:
+    """The whole request, or `FrameTooLarge` as soon as it passes `limit` bytes."""
+    buf = bytearray()
+    while True:
+        try:
+            chunk = await stream.read(READ_CHUNK)
+        except StreamEOF:
+            break
+        if not chunk:
+            break
+        buf += chunk
+        if len(buf) > limit:
+            raise FrameTooLarge(len(buf))
+    return bytes(buf)
+
+
+@dataclass
+class StreamStats:
+    """Counters behind metrics and the leak tests: `inflight` returns to 0 when idle."""
+
+    inflight: int = 0
+    served: int = 0
+    too_large: int = 0
+    read_timeouts: int = 0
+    refused_busy: int = 0
+    failed: int = 0
+
+
+class LlmStreamHandler:
+    """Reads a frame, hands it across the bridge to `handle`, writes the answer."""
+
+    def __init__(
+        self,
+        bridge: TrioBridge,
+        handle: RequestHandler,
+        *,
+        max_request_bytes: int,
+        read_timeout: float,
+        max_inflight: int,
+    ) -> None:
+        self._bridge = bridge
+        self._handle = handle
+        self._limit = max_request_bytes
+        self._read_timeout = read_timeout
+        self._max_inflight = max_inflight
+        self.stats = StreamStats()
+
+    async def __call__(self, stream: INetStream) -> None:
+        stats = self.stats
+        if stats.inflight >= self._max_inflight:
+            stats.refused_busy += 1
+            await _reset(stream)
+            return
+        stats.inflight += 1
+        try:
+            await self._serve(stream)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # never let it reach py-libp2p: it would drop the connection
+            stats.failed += 1
+            log.warning("request stream failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            await _reset(stream)
+        finally:
+            stats.inflight -= 1
+
+    async def _serve(self, stream: INetStream) -> None:
+        frame = b""
+        with trio.move_on_after(self._read_timeout) as scope:
+            try:
+                frame = await read_to_eof(stream, self._limit)
+            except FrameTooLarge:
+                self.stats.too_large += 1
+                await _reset(stream)
+                return
+        if scope.cancelled_caught:
+            self.stats.read_timeouts += 1
+            await _reset(stream)
+            return
+        peer_id = str(stream.muxed_conn.peer_id)
+        remote = stream.get_remote_address()
+        ctx = RequestContext(peer_id, remote[0] if remote else None, len(frame), time.monotonic())
+        answer = await self._bridge.call_asyncio(self._handle, frame, ctx)
+        if answer is None:  # the pipeline chose a clean refusal without an answer
+            await _reset(stream)
+            return
+        await stream.write(answer)
+        await stream.close()
+        self.stats.served += 1
+
+
+async def _reset(stream: INetStream) -> None:
+    with trio.move_on_after(5):
+        try:
+            await stream.reset()
+        except Exception:  # already closed or reset by the peer
+            pass

@@ -1,0 +1,117 @@
+"""The asyncio-side answer to one `/lloom/llm/1.0.0` frame (the basic request path).
+
+Decodes with the native codec, checks what the wire contract demands
+(signature, freshness, unsigned policy, addressing, model), runs the backend,
+counts tokens, prices exactly in wei and answers with a `SignedLlmResponse`.
+Every refusal is a signed error answer (PROTOCOL.md §5). The full admission
+pipeline (rate limits, prices, replay, queues, cache, ledger) builds on this.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from . import _native
+from .backends.base import LlmBackend
+from .config import ModelConfig
+from .p2p.llm_protocol import RequestContext
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_AGE_SECS = 300
+MAX_CLOCK_SKEW_SECS = 300
+TOKEN_ENCODING = "cl100k_base"
+
+
+@dataclass(frozen=True)
+class Refusal(Exception):
+    """A request we answer with a signed error instead of content."""
+
+    reason: str
+
+
+class BasicRequestHandler:
+    def __init__(
+        self,
+        key: _native.PrivateKey,
+        models: list[ModelConfig],
+        backend: LlmBackend,
+        *,
+        allow_unsigned: bool = False,
+    ) -> None:
+        self.key = key
+        self.models = {m.name: m for m in models}
+        self.backend = backend
+        self.allow_unsigned = allow_unsigned
+        self._names_for_us = {key.peer_id, key.address.lower()}
+
+    async def __call__(self, frame: bytes, ctx: RequestContext) -> bytes | None:
+        try:
+            decoded = _native.decode_request(frame)
+        except ValueError as exc:
+            log.info("undecodable request from %s: %s", ctx.peer_id, exc)
+            return self._error("", f"malformed request: {exc}")
+        if decoded.request is None:
+            return self._acknowledge(decoded)
+        request = decoded.request
+        try:
+            self._admit(decoded)
+            return await self._serve(request)
+        except Refusal as refusal:
+            return self._error(request.model, refusal.reason)
+
+    def _admit(self, decoded: _native.DecodedRequest) -> None:
+        request = decoded.request
+        now = int(time.time())
+        if decoded.is_signed:
+            if not decoded.signature_valid:
+                raise Refusal("invalid signature: it does not recover to the signer")
+            age = now - decoded.timestamp
+            if age > MAX_MESSAGE_AGE_SECS:
+                raise Refusal(f"request too old: signed {age} s ago (limit {MAX_MESSAGE_AGE_SECS} s)")
+            if -age > MAX_CLOCK_SKEW_SECS:
+                raise Refusal(f"request timestamp {-age} s in the future (limit {MAX_CLOCK_SKEW_SECS} s)")
+        elif not self.allow_unsigned:
+            raise Refusal("unsigned requests are not accepted by this executor; send a SignedLlmRequest")
+        if request.deadline and request.deadline < now:
+            raise Refusal(f"deadline {request.deadline} has passed")
+        target = request.executor_address.strip()
+        if target.lower() not in self._names_for_us and target not in self._names_for_us:
+            raise Refusal(f"request is addressed to {target}, not to this executor ({self.key.peer_id})")
+        for side in ("inbound_price", "outbound_price"):
+            price = getattr(request, side)
+            if not price.isdigit():
+                raise Refusal(f"{side} must be a whole number of wei in decimal, got {price!r}")
+        model = self.models.get(request.model)
+        if model is None or not model.enabled:
+            raise Refusal(f"model {request.model!r} is not served here; available: {sorted(self.models)}")
+
+    async def _serve(self, request: _native.LlmRequest) -> bytes:
+        completion = await self.backend.complete(
+            request.model, request.prompt, request.system_prompt, request.temperature, request.max_tokens
+        )
+        inbound = completion.inbound_tokens
+        if inbound is None:
+            text = request.prompt if request.system_prompt is None else request.system_prompt + "\n" + request.prompt
+            inbound = _native.count_tokens(text, TOKEN_ENCODING)
+        outbound = completion.outbound_tokens
+        if outbound is None:
+            outbound = _native.count_tokens(completion.content, TOKEN_ENCODING)
+        cost = inbound * int(request.inbound_price) + outbound * int(request.outbound_price)
+        return _native.encode_signed_response(
+            self.key, completion.content, inbound, outbound, str(cost), request.model, None, int(time.time())
+        )
+
+    def _error(self, model: str, reason: str) -> bytes:
+        return _native.encode_signed_response(self.key, "", 0, 0, "0", model, reason, int(time.time()))
+
+    def _acknowledge(self, decoded: _native.DecodedRequest) -> bytes:
+        """Validator messages: acknowledged (signed) but not acted on by this executor."""
+        return _native.encode_signed_ack(
+            self.key,
+            decoded.digest.hex(),
+            False,
+            f"{decoded.variant} is not handled by this executor",
+            int(time.time()),
+        )
