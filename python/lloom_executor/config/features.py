@@ -1,0 +1,52 @@
+"""Which configured features this build does not run yet, so `start` can say so.
+
+Nothing configured may be silently ignored: each entry here is a feature the
+operator switched on (or set away from its default) that has no running
+implementation in this version. Remove an entry when its feature lands.
+"""
+from __future__ import annotations
+
+from .schema import Config
+
+
+def inactive_features(config: Config) -> list[str]:
+    out: list[str] = []
+
+    def note(active: bool, what: str) -> None:
+        if active:
+            out.append(what)
+
+    for model in config.models:
+        per_model = [
+            key
+            for key in ("max_tokens_per_second", "max_concurrent_requests", "gpu_memory_gb", "cpu_cores")
+            if getattr(model, key) is not None
+        ]
+        note(bool(per_model), f"[[models]] {model.name}: {', '.join(per_model)} not enforced yet")
+    note(config.metrics.enabled, "[metrics]: the Prometheus endpoint and push gateway are not implemented yet")
+    note(config.api.enabled, "[api]: the health/admin HTTP API is not implemented yet")
+    note(config.pricing.strategy != "fixed", f"[pricing] strategy {config.pricing.strategy!r}: not implemented yet; fixed model prices apply")
+    note(config.blockchain.enabled, "[blockchain]: on-chain submission is not implemented yet")
+    limits = config.openai_limits
+    note(
+        any(v is not None for v in (limits.max_requests_per_minute, limits.max_tokens_per_minute, limits.max_cost_per_day_usd)),
+        "[openai_limits]: not enforced yet",
+    )
+    note(config.model_discovery.enabled, "[model_discovery]: backend model discovery is not implemented yet")
+    note(bool(config.model_aliases), "[model_aliases]: aliases are not resolved yet")
+    note(config.batching.enabled, "[batching]: requests are not batched yet")
+    note(config.priority.enabled, "[priority]: priority queues are not active yet")
+    r = config.resources
+    note(
+        r.max_memory_gb is not None or r.max_cpu_percent != 100.0 or r.gpu_memory_reserved_gb or bool(r.per_model),
+        "[resources]: resource limits are not enforced yet",
+    )
+    note(config.cache.enabled, "[cache]: the response cache is not implemented yet")
+    note(bool(config.gpu_allocation.devices or config.gpu_allocation.model_affinity), "[gpu_allocation]: not implemented yet; one backend serves all models")
+    note(config.content_filter.enabled, "[content_filter]: not implemented yet")
+    note(config.rate_limiting.enabled, "[rate_limiting]: not enforced yet")
+    note(config.clustering.enabled, "[clustering]: not implemented; this node runs alone")
+    note(config.failover.enabled, "[failover]: not implemented; this node runs alone")
+    note(bool(config.plugins), "[[plugins]]: plugin loading is not implemented yet")
+    note(config.webhooks.enabled, "[webhooks]: not implemented yet")
+    return out

@@ -1,0 +1,105 @@
+"""Cross-field rules: what no single key can check on its own."""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+
+from .parse import Report
+from .schema import Config
+
+_BACKENDS = ("lmstudio", "openai", "echo")
+
+
+def check_rules(config: Config, report: Report) -> None:
+    names = [m.name for m in config.models]
+    for i, model in enumerate(config.models):
+        if not model.name:
+            report.error(f"models[{i}].name", "required")
+        elif names.index(model.name) != i:
+            report.error(f"models[{i}].name", f"duplicate model {model.name!r}")
+    known = set(names)
+
+    backend = config.llm_client.backend
+    if backend not in _BACKENDS and not re.fullmatch(r"[\w.]+:[\w.]+", backend):
+        report.error("llm_client.backend", f"must be one of {', '.join(_BACKENDS)} or module:Class, got {backend!r}")
+    if backend == "openai" and not config.llm_client.api_key:
+        report.warning("llm_client.api_key", "the openai backend needs an API key (set it or OPENAI_API_KEY)")
+
+    for alias, target in config.model_aliases.items():
+        if target not in known:
+            report.error(f"model_aliases.{alias}", f"points to {target!r}, which is not a configured model")
+        if alias in known:
+            report.error(f"model_aliases.{alias}", "an alias may not shadow a configured model name")
+
+    gpu = config.gpu_allocation
+    for i, rule in enumerate(gpu.model_affinity):
+        where = f"gpu_allocation.model_affinity[{i}]"
+        if rule.model not in known:
+            report.error(f"{where}.model", f"{rule.model!r} is not a configured model")
+        missing = [d for d in rule.devices if d not in gpu.devices]
+        if missing:
+            report.error(f"{where}.devices", f"devices {missing} are not in gpu_allocation.devices {list(gpu.devices)}")
+    if gpu.strategy == "affinity" and not gpu.model_affinity:
+        report.error("gpu_allocation.strategy", "affinity needs [[gpu_allocation.model_affinity]] entries")
+
+    api = config.api
+    if (api.tls_cert is None) != (api.tls_key is None):
+        report.error("api.tls_cert", "tls_cert and tls_key must be given together")
+    for key in ("tls_cert", "tls_key"):
+        path = getattr(api, key)
+        if path is not None and not os.path.isfile(path):
+            report.error(f"api.{key}", f"file not found: {path}")
+    host = api.listen_address.rpartition(":")[0].strip("[]")
+    if api.enabled and not api.auth_token and not _is_loopback(host):
+        report.warning("api.auth_token", f"the API listens on {host} without an auth_token")
+
+    for i, rule in enumerate(config.rate_limiting.rules):
+        where = f"rate_limiting.rules[{i}]"
+        if rule.max_requests_per_minute is None and rule.max_tokens_per_minute is None:
+            report.error(where, "a rule needs max_requests_per_minute or max_tokens_per_minute")
+        if rule.burst_size is not None and rule.max_requests_per_minute is None:
+            report.error(f"{where}.burst_size", "burst_size needs max_requests_per_minute")
+
+    for name, size in config.priority.queue_sizes.items():
+        if name not in ("low", "normal", "high"):
+            report.error(f"priority.queue_sizes.{name}", "queues are low, normal and high")
+        elif size < 1:
+            report.error(f"priority.queue_sizes.{name}", f"must be >= 1, got {size}")
+
+    p = config.pricing
+    if not p.off_peak_multiplier <= p.base_multiplier <= p.peak_multiplier:
+        report.warning("pricing", "expected off_peak_multiplier <= base_multiplier <= peak_multiplier")
+
+    for name in config.resources.per_model:
+        if name not in known:
+            report.warning(f"resources.per_model.{name}", "not a configured model")
+
+    limits = config.openai_limits
+    for name, prices in limits.model_prices_usd.items():
+        for key in prices:
+            if key not in ("input_per_1k", "output_per_1k"):
+                report.error(f"openai_limits.model_prices_usd.{name}.{key}", "expected input_per_1k or output_per_1k")
+    if limits.max_cost_per_day_usd is not None:
+        for name in known - set(limits.model_prices_usd):
+            report.error(
+                "openai_limits.max_cost_per_day_usd",
+                f"needs a USD price for model {name!r} in openai_limits.model_prices_usd",
+            )
+
+    if config.webhooks.enabled and not config.webhooks.endpoints:
+        report.warning("webhooks", "enabled without [[webhooks.endpoints]]")
+    if config.clustering.enabled and not config.clustering.node_id:
+        report.error("clustering.node_id", "required when clustering is enabled")
+    for i, plugin in enumerate(config.plugins):
+        if not plugin.name or not plugin.path:
+            report.error(f"plugins[{i}]", "a plugin needs a name and a path")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,437 @@
+"""Every section and key of the operator's config, as typed, documented dataclasses.
+
+The parser (`parse.py`) reads these definitions: a field's type says what TOML
+value it takes, its `setting()` metadata adds bounds, choices, a converter and
+the TOML key when it differs. Defaults are the manual's, except that optional
+features stay off until configured and admin endpoints bind to loopback.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable
+
+import multiaddr
+
+WEI_PER_ETH = 10**18
+
+
+def setting(
+    default: Any = None,
+    *,
+    factory: Callable[[], Any] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    convert: Callable[[Any], Any] | None = None,
+    key: str | None = None,
+    one_or_many: bool = False,
+    secret: bool = False,
+    raw: bool = False,
+    doc: str = "",
+) -> Any:
+    """A config field: `convert` turns the TOML value into the stored one or raises ValueError
+    (with `raw`, it gets the TOML value unchecked: for fields stored in another type, like wei)."""
+    meta = {
+        "minimum": minimum,
+        "maximum": maximum,
+        "choices": choices,
+        "convert": convert,
+        "key": key,
+        "one_or_many": one_or_many,
+        "secret": secret,
+        "raw": raw,
+        "doc": doc,
+    }
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# -- converters (raise ValueError with a readable message) --------------------------
+def eth_to_wei(text: str) -> int:
+    """Exact conversion of a decimal ETH amount ("0.00001") to integer wei."""
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+        raise ValueError(f"expected a decimal string like \"0.00001\", got {type(text).__name__}")
+    try:
+        amount = Decimal(str(text))
+    except InvalidOperation:
+        raise ValueError(f"not a decimal number: {text!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise ValueError(f"must be a non-negative decimal, got {text!r}")
+    wei = amount * WEI_PER_ETH
+    if wei != wei.to_integral_value():
+        raise ValueError(f"{text!r} ETH is not a whole number of wei")
+    return int(wei)
+
+
+def expand_path(text: str) -> str:
+    """`~` expands to the operator's home directory in every path setting."""
+    return os.path.expanduser(text)
+
+
+def check_multiaddr(text: str) -> str:
+    try:
+        multiaddr.Multiaddr(text)
+    except Exception as exc:  # the multiaddr package raises several unrelated types
+        raise ValueError(f"not a valid multiaddr ({text!r}: {exc})") from None
+    return text
+
+
+def check_peer_multiaddr(text: str) -> str:
+    check_multiaddr(text)
+    if "/p2p/" not in text:
+        raise ValueError(f"must end in /p2p/<peer id> ({text!r})")
+    return text
+
+
+def check_host_port(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return text
+
+
+def check_url(text: str) -> str:
+    if not re.match(r"^[a-z][a-z0-9+.-]*://[^\s/]+", text):
+        raise ValueError(f"expected a URL like scheme://host[:port]/path, got {text!r}")
+    return text
+
+
+def check_address(text: str) -> str:
+    if not re.fullmatch(r"0x[0-9a-fA-F]{40}", text):
+        raise ValueError(f"expected a 0x-prefixed 20-byte hex address, got {text!r}")
+    return text
+
+
+def check_regex(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {text!r}: {exc}") from None
+    return text
+
+
+# -- sections ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProtocolsConfig:
+    """[network.protocols]: each switch starts or skips a real subsystem."""
+
+    enable_mdns: bool = setting(True)
+    enable_kad: bool = setting(True)
+    enable_gossipsub: bool = setting(True)
+    enable_autonat: bool = setting(True)
+    enable_relay: bool = setting(True)
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """[network]"""
+
+    listen_address: tuple[str, ...] = setting(("/ip4/0.0.0.0/tcp/4001",), convert=check_multiaddr, one_or_many=True)
+    external_address: tuple[str, ...] = setting((), convert=check_multiaddr, one_or_many=True)
+    bootstrap_peers: tuple[str, ...] = setting((), convert=check_peer_multiaddr)
+    relay_addresses: tuple[str, ...] = setting((), convert=check_peer_multiaddr, doc="circuit-relay v2 relays to reserve on")
+    announce_interval_secs: int = setting(300, minimum=1)
+    protocols: ProtocolsConfig = setting(factory=ProtocolsConfig)
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    """[identity]: hex key files, mode 0600; by default both hold the same key."""
+
+    private_key_path: str = setting("~/.lloom/executor/identity_key", convert=expand_path)
+    ethereum_private_key_path: str = setting("~/.lloom/executor/eth_key", convert=expand_path)
+
+
+@dataclass(frozen=True)
+class LlmClientConfig:
+    """[llm_client]"""
+
+    backend: str = setting("lmstudio", doc="lmstudio, openai, echo, or module:Class of a custom backend")
+    base_url: str = setting("http://localhost:1234/v1", convert=check_url)
+    api_key: str | None = setting(None, secret=True)
+    timeout_secs: float = setting(300.0, minimum=0.001)
+    max_retries: int = setting(3, minimum=0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One [[models]] entry; prices are ETH per token in TOML, kept here in wei."""
+
+    name: str = setting("")
+    enabled: bool = setting(True)
+    context_length: int = setting(4096, minimum=1)
+    inbound_price_wei: int = setting(0, convert=eth_to_wei, key="inbound_price", raw=True)
+    outbound_price_wei: int = setting(0, convert=eth_to_wei, key="outbound_price", raw=True)
+    max_batch_size: int = setting(1, minimum=1)
+    max_tokens_per_second: float | None = setting(None, minimum=0.001)
+    max_concurrent_requests: int | None = setting(None, minimum=1)
+    gpu_memory_gb: float | None = setting(None, minimum=0)
+    cpu_cores: int | None = setting(None, minimum=1)
+
+
+@dataclass(frozen=True)
+class RequestHandlingConfig:
+    """[request_handling]"""
+
+    max_concurrent_requests: int = setting(10, minimum=1)
+    request_timeout_secs: float = setting(600.0, minimum=0.001)
+    max_request_size_bytes: int = setting(1_048_576, minimum=1)
+    max_tokens_per_request: int = setting(4096, minimum=1)
+    allow_unsigned: bool = setting(False, doc="serve unsigned LlmRequest (the reference does, with a warning)")
+    stream_read_timeout_secs: float = setting(30.0, minimum=0.001)
+    max_inflight_streams: int = setting(1024, minimum=1)
+    drain_timeout_secs: float = setting(30.0, minimum=0, doc="how long shutdown waits for in-flight requests")
+
+
+@dataclass(frozen=True)
+class PricingConfig:
+    """[pricing]"""
+
+    strategy: str = setting("fixed", choices=("fixed", "dynamic", "market"))
+    base_multiplier: float = setting(1.0, minimum=0)
+    peak_multiplier: float = setting(1.5, minimum=0)
+    off_peak_multiplier: float = setting(0.8, minimum=0)
+    update_interval_secs: int = setting(300, minimum=1)
+
+
+@dataclass(frozen=True)
+class BlockchainConfig:
+    """[blockchain]: chain id and contract also form the EIP-712 receipt domain."""
+
+    enabled: bool = setting(False)
+    rpc_url: str = setting("http://localhost:8545", convert=check_url)
+    chain_id: int = setting(1, minimum=1)
+    contract_address: str = setting("0x0000000000000000000000000000000000000000", convert=check_address)
+    gas_price_gwei: float = setting(20.0, minimum=0)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """[metrics]"""
+
+    enabled: bool = setting(True)
+    endpoint: str = setting("127.0.0.1:9092", convert=check_host_port)
+    push_gateway: str | None = setting(None, convert=check_url)
+    push_interval_secs: int = setting(30, minimum=1)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """[logging]"""
+
+    level: str = setting("info", choices=("trace", "debug", "info", "warn", "error"))
+    file: str | None = setting(None, convert=expand_path)
+    max_size_mb: int = setting(100, minimum=1)
+    max_backups: int = setting(5, minimum=0)
+    compress: bool = setting(False)
+
+
+@dataclass(frozen=True)
+class OpenAiLimitsConfig:
+    """[openai_limits]: enforced before the backend is called."""
+
+    max_requests_per_minute: int | None = setting(None, minimum=1)
+    max_tokens_per_minute: int | None = setting(None, minimum=1)
+    max_cost_per_day_usd: float | None = setting(None, minimum=0)
+    model_prices_usd: dict[str, dict[str, float]] = setting(
+        factory=dict, doc="per model: input_per_1k and output_per_1k in USD, for max_cost_per_day_usd"
+    )
+
+
+@dataclass(frozen=True)
+class ModelDiscoveryConfig:
+    """[model_discovery]"""
+
+    enabled: bool = setting(False)
+    refresh_interval_secs: int = setting(300, minimum=1)
+    advertise_models: bool = setting(True)
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """[batching]"""
+
+    enabled: bool = setting(False)
+    max_batch_size: int = setting(8, minimum=1)
+    batch_timeout_ms: int = setting(100, minimum=0)
+    group_by_model: bool = setting(True)
+
+
+@dataclass(frozen=True)
+class PriorityConfig:
+    """[priority]"""
+
+    enabled: bool = setting(False)
+    high_priority_price_multiplier: float = setting(1.5, minimum=1.0)
+    queue_sizes: dict[str, int] = setting(factory=lambda: {"low": 100, "normal": 200, "high": 50})
+
+
+@dataclass(frozen=True)
+class ModelResources:
+    memory_gb: float = setting(0.0, minimum=0)
+    gpu_required: bool = setting(False)
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """[resources] and [resources.per_model]"""
+
+    max_memory_gb: float | None = setting(None, minimum=0)
+    max_cpu_percent: float = setting(100.0, minimum=1, maximum=100)
+    gpu_memory_reserved_gb: float = setting(0.0, minimum=0)
+    swap_enabled: bool = setting(False)
+    per_model: dict[str, ModelResources] = setting(factory=dict)
+
+
+@dataclass(frozen=True)
+class RedisCacheConfig:
+    url: str = setting("redis://localhost:6379", convert=check_url)
+    prefix: str = setting("lloom:cache:")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """[cache] and [cache.redis]"""
+
+    enabled: bool = setting(False)
+    backend: str = setting("memory", choices=("memory", "redis", "disk"))
+    max_size_gb: float = setting(1.0, minimum=0)
+    ttl_seconds: int = setting(3600, minimum=1)
+    path: str = setting("~/.lloom/executor/cache", convert=expand_path, doc="directory of the disk cache")
+    deterministic_only: bool = setting(True, doc="cache only temperature-0 requests")
+    redis: RedisCacheConfig = setting(factory=RedisCacheConfig)
+
+
+@dataclass(frozen=True)
+class ModelAffinity:
+    model: str = setting("")
+    devices: tuple[int, ...] = setting(())
+
+
+@dataclass(frozen=True)
+class GpuAllocationConfig:
+    """[gpu_allocation] and [[gpu_allocation.model_affinity]]"""
+
+    strategy: str = setting("round_robin", choices=("round_robin", "least_loaded", "affinity"))
+    devices: tuple[int, ...] = setting(())
+    model_affinity: tuple[ModelAffinity, ...] = setting(())
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """[api]: health and admin endpoints; loopback unless configured."""
+
+    enabled: bool = setting(True)
+    listen_address: str = setting("127.0.0.1:8080", convert=check_host_port)
+    auth_token: str | None = setting(None, secret=True)
+    tls_cert: str | None = setting(None, convert=expand_path)
+    tls_key: str | None = setting(None, convert=expand_path)
+
+
+@dataclass(frozen=True)
+class ContentFilterConfig:
+    """[content_filter]"""
+
+    enabled: bool = setting(False)
+    block_patterns: tuple[str, ...] = setting((), convert=check_regex)
+    max_prompt_length: int | None = setting(None, minimum=1)
+    scan_responses: bool = setting(False)
+
+
+@dataclass(frozen=True)
+class RateLimitRule:
+    identifier: str = setting("peer_id", choices=("peer_id", "ip_address"))
+    max_requests_per_minute: int | None = setting(None, minimum=1)
+    max_tokens_per_minute: int | None = setting(None, minimum=1)
+    burst_size: int | None = setting(None, minimum=1)
+
+
+@dataclass(frozen=True)
+class RateLimitingConfig:
+    """[rate_limiting] and [[rate_limiting.rules]]"""
+
+    enabled: bool = setting(False)
+    rules: tuple[RateLimitRule, ...] = setting(())
+
+
+@dataclass(frozen=True)
+class ClusteringConfig:
+    """[clustering]"""
+
+    enabled: bool = setting(False)
+    node_id: str | None = setting(None)
+    peers: tuple[str, ...] = setting((), convert=check_host_port)
+    consensus: str = setting("raft", choices=("raft",))
+    shared_state_backend: str = setting("redis", choices=("redis", "sqlite"))
+
+
+@dataclass(frozen=True)
+class FailoverConfig:
+    """[failover]"""
+
+    enabled: bool = setting(False)
+    role: str = setting("primary", choices=("primary", "backup"))
+    health_check_interval_secs: int = setting(10, minimum=1)
+    takeover_delay_secs: int = setting(30, minimum=0)
+    vip_address: str | None = setting(None)
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    """One [[plugins]] entry."""
+
+    name: str = setting("")
+    path: str = setting("", convert=expand_path)
+    config: dict[str, Any] = setting(factory=dict)
+
+
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    url: str = setting("", convert=check_url)
+    events: tuple[str, ...] = setting(
+        ("request_completed", "error"), choices=("request_completed", "error", "model_loaded", "model_unloaded", "started", "stopped")
+    )
+    auth_header: str | None = setting(None, secret=True)
+    retry_attempts: int = setting(3, minimum=0)
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    """[webhooks] and [[webhooks.endpoints]]"""
+
+    enabled: bool = setting(False)
+    endpoints: tuple[WebhookEndpoint, ...] = setting(())
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; see `load_config` for files, `${VAR}` and environment overrides."""
+
+    network: NetworkConfig = setting(factory=NetworkConfig)
+    identity: IdentityConfig = setting(factory=IdentityConfig)
+    llm_client: LlmClientConfig = setting(factory=LlmClientConfig)
+    models: tuple[ModelConfig, ...] = setting(())
+    request_handling: RequestHandlingConfig = setting(factory=RequestHandlingConfig)
+    pricing: PricingConfig = setting(factory=PricingConfig)
+    blockchain: BlockchainConfig = setting(factory=BlockchainConfig)
+    metrics: MetricsConfig = setting(factory=MetricsConfig)
+    logging: LoggingConfig = setting(factory=LoggingConfig)
+    openai_limits: OpenAiLimitsConfig = setting(factory=OpenAiLimitsConfig)
+    model_discovery: ModelDiscoveryConfig = setting(factory=ModelDiscoveryConfig)
+    model_aliases: dict[str, str] = setting(factory=dict)
+    batching: BatchingConfig = setting(factory=BatchingConfig)
+    priority: PriorityConfig = setting(factory=PriorityConfig)
+    resources: ResourcesConfig = setting(factory=ResourcesConfig)
+    cache: CacheConfig = setting(factory=CacheConfig)
+    gpu_allocation: GpuAllocationConfig = setting(factory=GpuAllocationConfig)
+    api: ApiConfig = setting(factory=ApiConfig)
+    content_filter: ContentFilterConfig = setting(factory=ContentFilterConfig)
+    rate_limiting: RateLimitingConfig = setting(factory=RateLimitingConfig)
+    clustering: ClusteringConfig = setting(factory=ClusteringConfig)
+    failover: FailoverConfig = setting(factory=FailoverConfig)
+    plugins: tuple[PluginConfig, ...] = setting(())
+    webhooks: WebhooksConfig = setting(factory=WebhooksConfig)
