@@ -8,13 +8,14 @@ pipeline (rate limits, prices, replay, queues, cache, ledger) builds on this.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
 
 from . import _native
 from .backends.base import LlmBackend
-from .config import ModelConfig
+from .config import ModelConfig, RequestHandlingConfig
 from .p2p.llm_protocol import RequestContext
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,14 @@ class BasicRequestHandler:
         backend: LlmBackend,
         *,
         allow_unsigned: bool = False,
+        handling: RequestHandlingConfig | None = None,
     ) -> None:
         self.key = key
         self.models = {m.name: m for m in models}
         self.backend = backend
         self.allow_unsigned = allow_unsigned
+        self.handling = handling or RequestHandlingConfig()
+        self._backend_slots = asyncio.Semaphore(self.handling.max_concurrent_requests)
         self._names_for_us = {key.peer_id, key.address.lower()}
 
     async def __call__(self, frame: bytes, ctx: RequestContext) -> bytes | None:
@@ -85,12 +89,26 @@ class BasicRequestHandler:
                 raise Refusal(f"{side} must be a whole number of wei in decimal, got {price!r}")
         model = self.models.get(request.model)
         if model is None or not model.enabled:
-            raise Refusal(f"model {request.model!r} is not served here; available: {sorted(self.models)}")
+            served = sorted(name for name, m in self.models.items() if m.enabled)
+            raise Refusal(f"model {request.model!r} is not served here; available: {served}")
+        limit = self.handling.max_tokens_per_request
+        if request.max_tokens is not None and request.max_tokens > limit:
+            raise Refusal(f"max_tokens {request.max_tokens} exceeds this executor's limit of {limit}")
 
     async def _serve(self, request: _native.LlmRequest) -> bytes:
-        completion = await self.backend.complete(
-            request.model, request.prompt, request.system_prompt, request.temperature, request.max_tokens
-        )
+        max_tokens = request.max_tokens if request.max_tokens is not None else self.handling.max_tokens_per_request
+        timeout = self.handling.request_timeout_secs
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._backend_slots:  # max_concurrent_requests: the rest wait here
+                    completion = await self.backend.complete(
+                        request.model, request.prompt, request.system_prompt, request.temperature, max_tokens
+                    )
+        except TimeoutError:
+            raise Refusal(f"no answer within request_timeout_secs ({timeout:g} s)") from None
+        except Exception as exc:  # a backend failure is the client's signed error, not a dropped stream
+            log.warning("backend failed for model %s: %s", request.model, exc)
+            raise Refusal(f"backend error: {exc}") from None
         inbound = completion.inbound_tokens
         if inbound is None:
             text = request.prompt if request.system_prompt is None else request.system_prompt + "\n" + request.prompt

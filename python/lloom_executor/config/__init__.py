@@ -45,8 +45,9 @@ DEFAULT_CONFIG_PATH = Path("~/.lloom/executor/config.toml")
 class ConfigError(ValueError):
     """The configuration has errors; `problems` lists each with its key path (and line)."""
 
-    def __init__(self, issues: list[Problem]):
+    def __init__(self, issues: list[Problem], warnings: list[Problem] | None = None):
         self.issues = issues
+        self.warnings = warnings or []
         self.problems = [str(p) for p in issues]
         super().__init__("invalid configuration:\n  " + "\n  ".join(self.problems))
 
@@ -85,7 +86,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         raise ConfigError([Problem(str(file), f"TOML syntax error: {exc}")]) from None
     config, report = parse_config(data, environ, locate_keys(text))
     if report.errors:
-        raise ConfigError(report.errors)
+        raise ConfigError(report.errors, report.warnings)
     return LoadedConfig(config, file, report.warnings)
 
 

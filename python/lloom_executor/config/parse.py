@@ -131,7 +131,8 @@ def _coerce(tp: Any, value: Any, path: str, meta: dict[str, Any], report: Report
     if origin is tuple:
         (item_tp, _ellipsis) = typing.get_args(tp)
         if meta.get("one_or_many") and not isinstance(value, list):
-            value = [value]
+            single = _coerce(item_tp, value, path, meta, report)  # a lone value keeps the plain key path
+            return () if single is _MISSING else (single,)
         if not isinstance(value, list):
             report.error(path, f"expected an array, got {_describe(value)}")
             return _MISSING
