@@ -1,0 +1,53 @@
+"""Logging from `[logging]`: level (RUST_LOG-style override applied by config), optional
+rotating file (`max_size_mb`, `max_backups`, gzip-compressed backups with `compress`)."""
+from __future__ import annotations
+
+import gzip
+import logging
+import logging.handlers
+import os
+import shutil
+from pathlib import Path
+
+from .config import LoggingConfig
+
+TRACE = 5
+logging.addLevelName(TRACE, "TRACE")
+LEVELS = {"trace": TRACE, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
+FORMAT = "%(asctime)s %(levelname)-5s %(name)s: %(message)s"
+
+
+def _gzip_rotator(source: str, dest: str) -> None:
+    with open(source, "rb") as src, gzip.open(dest, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.remove(source)
+
+
+def setup_logging(config: LoggingConfig, *, stderr: bool = True) -> list[logging.Handler]:
+    """Configure the `lloom_executor` logger tree (and py-libp2p's at warning or above)."""
+    level = LEVELS[config.level]
+    handlers: list[logging.Handler] = []
+    if stderr:
+        handlers.append(logging.StreamHandler())
+    if config.file:
+        path = Path(config.file).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rotating = logging.handlers.RotatingFileHandler(
+            path, maxBytes=config.max_size_mb * 1024 * 1024, backupCount=config.max_backups, encoding="utf-8"
+        )
+        if config.compress:
+            rotating.namer = lambda name: name + ".gz"
+            rotating.rotator = _gzip_rotator
+        handlers.append(rotating)
+    formatter = logging.Formatter(FORMAT)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    root.setLevel(min(level, logging.WARNING))
+    logging.getLogger("lloom_executor").setLevel(level)
+    # py-libp2p is chatty at info; its warnings and errors still show.
+    logging.getLogger("libp2p").setLevel(max(level, logging.WARNING))
+    return handlers
