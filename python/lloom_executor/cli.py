@@ -59,6 +59,13 @@ def init(config_path: Path | None, force: bool, separate_keys: bool) -> None:
     click.echo(f"EVM address: {identity.address}")
 
 
+def echo_problems(exc: ConfigError) -> None:
+    for problem in exc.issues:
+        click.echo(f"error: {problem}", err=True)
+    for problem in exc.warnings:
+        click.echo(f"warning: {problem}", err=True)
+
+
 @main.group("config")
 def config_group() -> None:
     """Inspect the configuration."""
@@ -72,12 +79,183 @@ def config_validate(config_path: Path | None) -> None:
     try:
         loaded = load_config(path)
     except ConfigError as exc:
-        for problem in exc.issues:
-            click.echo(f"error: {problem}", err=True)
-        for problem in exc.warnings:
-            click.echo(f"warning: {problem}", err=True)
+        echo_problems(exc)
         click.echo(f"{path}: {len(exc.issues)} error(s)", err=True)
         sys.exit(1)
     for problem in loaded.warnings:
         click.echo(f"warning: {problem}", err=True)
     click.echo(f"{path}: valid ({len(loaded.warnings)} warning(s))")
+
+
+def load_or_exit(config_path: Path | None):
+    """The validated config, or a clean exit listing every error."""
+    path = config_file(config_path)
+    try:
+        loaded = load_config(path)
+    except ConfigError as exc:
+        echo_problems(exc)
+        raise click.ClickException(f"{path}: {len(exc.issues)} configuration error(s); see `lloom-executor config validate`") from None
+    return loaded
+
+
+@main.command()
+@config_option
+@click.option("--debug", is_flag=True, help="Log at debug level (overrides [logging] level).")
+def start(config_path: Path | None, debug: bool) -> None:
+    """Start the executor and serve until SIGINT/SIGTERM (then drain and exit 0)."""
+    import dataclasses
+
+    import uvloop
+
+    from .identity import IdentityError, load_identity
+    from .logs import setup_logging
+    from .service import ExecutorService
+
+    loaded = load_or_exit(config_path)
+    config = loaded.config
+    logging_config = dataclasses.replace(config.logging, level="debug") if debug else config.logging
+    setup_logging(logging_config)
+    import logging
+
+    log = logging.getLogger("lloom_executor")
+    for problem in loaded.warnings:
+        log.warning("config: %s", problem)
+    try:
+        identity = load_identity(config.identity)
+    except IdentityError as exc:
+        raise click.ClickException(str(exc)) from None
+    uvloop.run(ExecutorService(config, identity).run_until_signal())
+
+
+def print_table(headers: list[str], rows: list[list[object]]) -> None:
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+@main.command("test-backend")
+@config_option
+def test_backend(config_path: Path | None) -> None:
+    """Connect to the LLM backend, list its models and run one short completion per enabled model."""
+    import asyncio
+
+    from .backends.base import BackendError
+    from .diagnostics import check_backend
+    from .service import backend_from_config
+
+    config = load_or_exit(config_path).config
+
+    async def run():
+        backend = backend_from_config(config)
+        try:
+            return await check_backend(backend, config)
+        finally:
+            await backend.close()
+
+    llm = config.llm_client
+    click.echo(f"backend: {llm.backend} at {llm.base_url}")
+    try:
+        available, checks = asyncio.run(run())
+    except BackendError as exc:
+        raise click.ClickException(f"backend unreachable: {type(exc).__name__}: {exc}") from None
+    click.echo(f"models offered by the backend: {', '.join(available) if available else 'none'}")
+    if not checks:
+        raise click.ClickException("no enabled [[models]] to test")
+    print_table(
+        ["model", "result", "latency", "ttft", "tokens", "tokens/s", "detail"],
+        [
+            [
+                c.model,
+                "ok" if c.ok else "FAILED",
+                f"{c.latency_s * 1000:.0f} ms",
+                f"{c.ttft_s * 1000:.0f} ms" if c.ttft_s is not None else "-",
+                c.tokens,
+                f"{c.tokens_per_s:.1f}" if c.tokens_per_s else "-",
+                c.detail,
+            ]
+            for c in checks
+        ],
+    )
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(checks)} model(s) failed")
+
+
+@main.group("models")
+def models_group() -> None:
+    """Models this executor serves."""
+
+
+@models_group.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--offline", is_flag=True, help="Do not ask the backend which models it has loaded.")
+def models_list(config_path: Path | None, as_json: bool, offline: bool) -> None:
+    """Configured models with prices (wei per token), aliases and the backend's state of each."""
+    import asyncio
+    import dataclasses
+    import json
+
+    from .diagnostics import model_rows
+    from .service import backend_from_config
+
+    config = load_or_exit(config_path).config
+
+    async def run():
+        backend = None if offline else backend_from_config(config)
+        try:
+            return await model_rows(config, backend)
+        finally:
+            if backend is not None:
+                await backend.close()
+
+    rows, status = asyncio.run(run())
+    if as_json:
+        click.echo(json.dumps({"backend_status": status, "models": [dataclasses.asdict(r) for r in rows]}, indent=2))
+        return
+    click.echo(f"backend: {config.llm_client.backend} ({status})")
+    print_table(
+        ["model", "aliases", "enabled", "context", "inbound wei/token", "outbound wei/token", "backend"],
+        [[r.name, ",".join(r.aliases) or "-", r.enabled, r.context_length, r.inbound_price_wei, r.outbound_price_wei, r.backend_state] for r in rows],
+    )
+
+
+@main.command()
+def demo() -> None:
+    """Run an executor (echo backend, not a model) and a client on loopback; verify signed answers."""
+    import logging
+
+    import uvloop
+
+    from .demo import run_demo
+
+    logging.basicConfig(level=logging.ERROR)
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    result = uvloop.run(run_demo())
+    click.echo(f"executor  {result.executor_peer_id}")
+    click.echo(f"address   {result.executor_address}")
+    click.echo(f"listening {', '.join(result.listen)}")
+    click.echo(f"found via {', '.join(result.discovered_via) or 'bootstrap address only'}")
+    click.echo("")
+    print_table(
+        ["model", "prompt", "answer", "tokens in/out", "cost (wei)", "signature", "latency"],
+        [
+            [
+                r.model,
+                r.prompt[:32] + ("…" if len(r.prompt) > 32 else ""),
+                (r.content[:40] + ("…" if len(r.content) > 40 else "")) if r.error is None else f"error: {r.error[:40]}…",
+                f"{r.inbound_tokens}/{r.outbound_tokens}",
+                r.total_cost_wei,
+                "valid" if r.signature_ok else "INVALID",
+                f"{r.latency_ms:.0f} ms",
+            ]
+            for r in result.rows
+        ],
+    )
+    click.echo("")
+    click.echo("receipts: not issued by this version yet (EIP-712 receipts come with the request pipeline)")
+    if not result.ok:
+        raise click.ClickException("demo failed: an answer did not verify or was priced wrong")
+    click.echo("demo ok: every answer signed by the executor's key and priced exactly in wei")

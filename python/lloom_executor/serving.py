@@ -41,6 +41,7 @@ class BasicRequestHandler:
         *,
         allow_unsigned: bool = False,
         handling: RequestHandlingConfig | None = None,
+        peer_id: str | None = None,
     ) -> None:
         self.key = key
         self.models = {m.name: m for m in models}
@@ -48,7 +49,8 @@ class BasicRequestHandler:
         self.allow_unsigned = allow_unsigned
         self.handling = handling or RequestHandlingConfig()
         self._backend_slots = asyncio.Semaphore(self.handling.max_concurrent_requests)
-        self._names_for_us = {key.peer_id, key.address.lower()}
+        self.draining = False  # set on shutdown: new requests get a signed refusal
+        self._names_for_us = {peer_id or key.peer_id, key.address.lower()}
 
     async def __call__(self, frame: bytes, ctx: RequestContext) -> bytes | None:
         try:
@@ -60,6 +62,8 @@ class BasicRequestHandler:
             return self._acknowledge(decoded)
         request = decoded.request
         try:
+            if self.draining:
+                raise Refusal("executor is shutting down; send the request to another executor")
             self._admit(decoded)
             return await self._serve(request)
         except Refusal as refusal:

@@ -1,7 +1,9 @@
 """The contract every LLM backend fulfils (the Python form of the manual's `LlmBackend` trait)."""
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 
@@ -13,6 +15,167 @@ class Completion:
     model: str
     inbound_tokens: int | None = None
     outbound_tokens: int | None = None
+
+
+# --- Errors every backend may raise (the serving path maps them to refusals) ---
+
+
+class BackendError(Exception):
+    """A backend could not produce an answer. `status` is the HTTP status when one
+    came back, `attempts` how many tries were made; the underlying exception (if
+    any) is chained as `__cause__`."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+        self.attempts = attempts
+
+
+class BackendUnavailable(BackendError):
+    """The backend could not be reached (connection refused, DNS, connect timeout)."""
+
+    retryable = True
+
+
+class BackendServerError(BackendError):
+    """The backend answered 5xx."""
+
+    retryable = True
+
+
+class BackendAuthError(BackendError):
+    """The backend refused our credentials (401/403)."""
+
+
+class BackendTimeout(BackendError):
+    """No (complete) answer within the configured time budget."""
+
+
+class BackendRateLimited(BackendError):
+    """The backend answered 429; `retry_after` is its Retry-After in seconds, if given."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class ModelNotAvailable(BackendError):
+    """The model is unknown to the backend or not loaded (404 / model_not_found)."""
+
+
+class BackendRequestError(BackendError):
+    """The backend rejected the request itself (4xx other than 401/403/404/429)."""
+
+
+class BackendProtocolError(BackendError):
+    """The backend's answer was unusable: malformed JSON, missing fields, a stream cut short."""
+
+
+# --- Model details and streaming (additive; backends may override) ---
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a backend can say about one model; fields it cannot tell are None."""
+
+    id: str
+    loaded: bool | None = None
+    context_length: int | None = None
+    architecture: str | None = None
+    type: str | None = None
+    quantization: str | None = None
+    publisher: str | None = None
+    owned_by: str | None = None
+
+
+@dataclass(frozen=True)
+class StreamedCompletion(Completion):
+    """A completion gathered from a stream: `ttft_secs` is the time from sending the
+    request to the first non-empty content delta (None if no content came), and
+    `duration_secs` the time to the end of the stream."""
+
+    ttft_secs: float | None = None
+    duration_secs: float | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """A usage report inside a stream (either count may be missing)."""
+
+    inbound_tokens: int | None = None
+    outbound_tokens: int | None = None
+
+
+class CompletionStream:
+    """An async iterator of content deltas (str) over a backend's stream.
+
+    `source` yields str deltas and optionally `Usage` items (recorded, not passed on)
+    and may set `model` on this object. After the iteration ends, `completion` holds
+    a `StreamedCompletion` with the whole text, the usage (None where none came) and
+    the timings, counted from the first `__anext__` (when the request goes out);
+    `ttft_secs` is set as soon as the first content arrives.
+    Use as `async for delta in stream` or `async with stream: ...` (closes early exits).
+    """
+
+    def __init__(self, model: str, source_factory: Callable[[CompletionStream], AsyncIterator[str | Usage]]) -> None:
+        self.model = model
+        self.ttft_secs: float | None = None
+        self.usage = Usage()
+        self.completion: StreamedCompletion | None = None
+        self._parts: list[str] = []
+        self._started: float | None = None
+        self._source = source_factory(self)
+
+    def __aiter__(self) -> CompletionStream:
+        return self
+
+    async def __anext__(self) -> str:
+        if self._started is None:
+            self._started = time.perf_counter()
+        while True:
+            try:
+                item = await self._source.__anext__()
+            except StopAsyncIteration:
+                if self.completion is None:
+                    self.completion = StreamedCompletion(
+                        content="".join(self._parts),
+                        model=self.model,
+                        inbound_tokens=self.usage.inbound_tokens,
+                        outbound_tokens=self.usage.outbound_tokens,
+                        ttft_secs=self.ttft_secs,
+                        duration_secs=time.perf_counter() - self._started,
+                    )
+                raise
+            if isinstance(item, Usage):
+                self.usage = item
+                continue
+            if not item:
+                continue
+            if self.ttft_secs is None:
+                self.ttft_secs = time.perf_counter() - self._started
+            self._parts.append(item)
+            return item
+
+    async def collect(self) -> StreamedCompletion:
+        async for _ in self:
+            pass
+        assert self.completion is not None
+        return self.completion
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._source, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    async def __aenter__(self) -> CompletionStream:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
 
 
 class LlmBackend(ABC):
@@ -28,6 +191,41 @@ class LlmBackend(ABC):
 
     @abstractmethod
     async def list_models(self) -> list[str]: ...
+
+    async def model_details(self) -> list[ModelInfo]:
+        """Per-model details; the default knows only the names."""
+        return [ModelInfo(id=name) for name in await self.list_models()]
+
+    def stream(
+        self,
+        model: str,
+        prompt: str,
+        system_prompt: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> CompletionStream:
+        """Content deltas as they come. The default runs `complete` and yields its
+        whole answer as one delta (so ttft is the full latency)."""
+
+        async def source(stream: CompletionStream) -> AsyncIterator[str | Usage]:
+            done = await self.complete(model, prompt, system_prompt, temperature, max_tokens)
+            stream.model = done.model
+            yield done.content
+            yield Usage(done.inbound_tokens, done.outbound_tokens)
+
+        return CompletionStream(model, source)
+
+    async def complete_streaming(
+        self,
+        model: str,
+        prompt: str,
+        system_prompt: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> StreamedCompletion:
+        """`complete` over `stream`, with the time to first token measured."""
+        async with self.stream(model, prompt, system_prompt, temperature, max_tokens) as s:
+            return await s.collect()
 
     async def close(self) -> None:
         return None

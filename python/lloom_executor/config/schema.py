@@ -183,7 +183,8 @@ class RequestHandlingConfig:
     max_tokens_per_request: int = setting(4096, minimum=1)
     allow_unsigned: bool = setting(False, doc="serve unsigned LlmRequest (the reference does, with a warning)")
     stream_read_timeout_secs: float = setting(30.0, minimum=0.001)
-    max_inflight_streams: int = setting(1024, minimum=1)
+    max_inflight_streams: int = setting(1024, minimum=1, doc="request streams open at once, all peers")
+    max_inflight_streams_per_peer: int = setting(256, minimum=1, doc="request streams open at once from one peer")
     drain_timeout_secs: float = setting(30.0, minimum=0, doc="how long shutdown waits for in-flight requests")
 
 

@@ -21,6 +21,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from .._native import PrivateKey
+from .inbound_fix import bound_inbound_handlers
 
 
 def build_host(
@@ -49,6 +50,7 @@ def build_host(
         addrs_factory=_with_external(announce_addrs) if announce_addrs else None,
     )
     host._schedule_identify = _no_identify  # private API of py-libp2p 0.8.1, see docstring
+    bound_inbound_handlers(host.get_network())  # py-libp2p 0.8.1 inbound leak, see inbound_fix.py
     if str(host.get_id()) != key.peer_id:
         raise RuntimeError(f"py-libp2p derived PeerId {host.get_id()} but the key's PeerId is {key.peer_id}")
     return host

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 import trio
 from libp2p.abc import INetStream
 from libp2p.custom_types import TProtocol
-from libp2p.network.stream.exceptions import StreamEOF
 
 from ..bridge import TrioBridge
+from .streams import FrameTooLarge, read_to_eof, reset_quietly
 
 LLM_PROTOCOL = TProtocol("/lloom/llm/1.0.0")
-READ_CHUNK = 65536
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +37,6 @@ class RequestContext:
 
 
 RequestHandler = Callable[[bytes, RequestContext], Awaitable[bytes | None]]
-
-
-class FrameTooLarge(Exception):
-    pass
-
-
-async def read_to_eof(stream: INetStream, limit: int) -> bytes:
-    """The whole request, or `FrameTooLarge` as soon as it passes `limit` bytes."""
-    buf = bytearray()
-    while True:
-        try:
-            chunk = await stream.read(READ_CHUNK)
-        except StreamEOF:
-            break
-        if not chunk:
-            break
-        buf += chunk
-        if len(buf) > limit:
-            raise FrameTooLarge(len(buf))
-    return bytes(buf)
 
 
 @dataclass
@@ -83,31 +62,43 @@ class LlmStreamHandler:
         max_request_bytes: int,
         read_timeout: float,
         max_inflight: int,
+        max_inflight_per_peer: int | None = None,
     ) -> None:
         self._bridge = bridge
         self._handle = handle
         self._limit = max_request_bytes
         self._read_timeout = read_timeout
         self._max_inflight = max_inflight
+        self._max_per_peer = max_inflight_per_peer or max_inflight
+        self._per_peer: dict[str, int] = {}
         self.stats = StreamStats()
 
     async def __call__(self, stream: INetStream) -> None:
+        """Admits the stream under both limits: one peer cannot take every slot."""
         stats = self.stats
-        if stats.inflight >= self._max_inflight:
+        peer = str(stream.muxed_conn.peer_id)
+        held = self._per_peer.get(peer, 0)
+        if stats.inflight >= self._max_inflight or held >= self._max_per_peer:
             stats.refused_busy += 1
-            await _reset(stream)
+            await reset_quietly(stream)
             return
         stats.inflight += 1
+        self._per_peer[peer] = held + 1
         try:
             await self._serve(stream)
         except trio.Cancelled:
             raise
         except Exception as exc:  # never let it reach py-libp2p: it would drop the connection
             stats.failed += 1
-            log.warning("request stream failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
-            await _reset(stream)
+            log.warning("request stream failed: %s: %s", type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            await reset_quietly(stream)
         finally:
             stats.inflight -= 1
+            left = self._per_peer[peer] - 1
+            if left:
+                self._per_peer[peer] = left
+            else:
+                del self._per_peer[peer]
 
     async def _serve(self, stream: INetStream) -> None:
         frame = b""
@@ -116,27 +107,18 @@ class LlmStreamHandler:
                 frame = await read_to_eof(stream, self._limit)
             except FrameTooLarge:
                 self.stats.too_large += 1
-                await _reset(stream)
+                await reset_quietly(stream)
                 return
         if scope.cancelled_caught:
             self.stats.read_timeouts += 1
-            await _reset(stream)
+            await reset_quietly(stream)
             return
-        peer_id = str(stream.muxed_conn.peer_id)
         remote = stream.get_remote_address()
-        ctx = RequestContext(peer_id, remote[0] if remote else None, len(frame), time.monotonic())
+        ctx = RequestContext(str(stream.muxed_conn.peer_id), remote[0] if remote else None, len(frame), time.monotonic())
         answer = await self._bridge.call_asyncio(self._handle, frame, ctx)
         if answer is None:  # the pipeline chose a clean refusal without an answer
-            await _reset(stream)
+            await reset_quietly(stream)
             return
         await stream.write(answer)
         await stream.close()
         self.stats.served += 1
-
-
-async def _reset(stream: INetStream) -> None:
-    with trio.move_on_after(5):
-        try:
-            await stream.reset()
-        except Exception:  # already closed or reset by the peer
-            pass

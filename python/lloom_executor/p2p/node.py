@@ -63,7 +63,7 @@ class P2PNode:
         key: PrivateKey,
         network: NetworkConfig,
         handling: RequestHandlingConfig,
-        handler: RequestHandler,
+        handler: RequestHandler | None,
         services: Sequence[NodeService] = (),
     ) -> None:
         self.key = key
@@ -143,14 +143,16 @@ class P2PNode:
         async with host.run(listen_addrs=listen):
             peers = PeerBook()
             host.get_network().register_notifee(peers)
-            self.stream_handler = LlmStreamHandler(
-                self.bridge,
-                self._handler,
-                max_request_bytes=self.handling.max_request_size_bytes,
-                read_timeout=self.handling.stream_read_timeout_secs,
-                max_inflight=self.handling.max_inflight_streams,
-            )
-            host.set_stream_handler(LLM_PROTOCOL, self.stream_handler)
+            if self._handler is not None:  # None: a client node, it serves no requests
+                self.stream_handler = LlmStreamHandler(
+                    self.bridge,
+                    self._handler,
+                    max_request_bytes=self.handling.max_request_size_bytes,
+                    read_timeout=self.handling.stream_read_timeout_secs,
+                    max_inflight=self.handling.max_inflight_streams,
+                    max_inflight_per_peer=self.handling.max_inflight_streams_per_peer,
+                )
+                host.set_stream_handler(LLM_PROTOCOL, self.stream_handler)
             async with trio.open_nursery() as nursery:
                 self.bridge.attach_trio(nursery)
                 rt = NodeRuntime(host, self.key, self.network, nursery, peers, self.bridge)

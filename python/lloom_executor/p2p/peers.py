@@ -45,8 +45,13 @@ class PeerBook(INotifee):
     def add_listener(self, callback) -> None:
         self._listeners.append(callback)
 
+    def remove_listener(self, callback) -> None:
+        """A stopped service stops listening (no error if it was not registered)."""
+        if callback in self._listeners:
+            self._listeners.remove(callback)
+
     def _emit(self, event: str, peer_id: str) -> None:
-        for callback in self._listeners:
+        for callback in list(self._listeners):
             callback(event, peer_id)
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:

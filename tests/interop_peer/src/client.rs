@@ -38,6 +38,12 @@ pub struct ClientArgs {
     pub bootstrap: Multiaddr,
     #[arg(long, value_enum, default_value = "none")]
     pub discover: Discover,
+    /// Do not put the bootstrap peer into the Kademlia routing table by hand: with
+    /// `--discover kad` the executor is then found only if it makes a Kademlia
+    /// request to us first (FIND_NODE on connect, PROTOCOL.md §6 (a)), as for a
+    /// reference client that runs no identify
+    #[arg(long)]
+    pub no_add_address: bool,
     #[arg(long, default_value = "gpt-3.5-turbo")]
     pub model: String,
     #[arg(long, default_value = "Hello from interop-peer")]
@@ -117,7 +123,9 @@ pub async fn run(a: ClientArgs) -> i32 {
         Err(e) => return fail(2, &e),
     };
     emit(json!({"event":"identity","peer_id":id.peer_id.to_string(),"address":addr_hex(&id.address)}));
-    swarm.behaviour_mut().kademlia.add_address(&boot_peer, boot_addr);
+    if !a.no_add_address {
+        swarm.behaviour_mut().kademlia.add_address(&boot_peer, boot_addr);
+    }
     if let Err(e) = swarm.dial(a.bootstrap.clone()) {
         return fail(2, &format!("dial {}: {e}", a.bootstrap));
     }

@@ -1,0 +1,509 @@
+"""A real OpenAI-wire-format HTTP server for tests (stdlib only: asyncio streams).
+
+It runs on 127.0.0.1:<ephemeral port> in its own thread with its own plain
+asyncio loop, so it works whatever the test runs on (asyncio.run, uvloop,
+trio via the bridge, or no loop at all):
+
+    with OpenAIServer() as srv:              # or: async with OpenAIServer() as srv:
+        backend = OpenAICompatibleBackend(srv.base_url)   # http://127.0.0.1:PORT/v1
+        ...
+        srv.chat_requests[-1].json["temperature"]
+
+Endpoints
+  POST /v1/chat/completions   non-stream (with `usage`) or SSE (`stream: true`):
+                              `data: {chunk}` events (role chunk, one chunk per word,
+                              a finish chunk, a usage chunk when
+                              `stream_options.include_usage`), then `data: [DONE]`;
+                              chunked transfer encoding, so a drop mid-stream is a
+                              truncated body to the client.
+  GET  /v1/models             OpenAI listing of `models`.
+  GET  /api/v0/models         LM Studio REST listing (id, type, arch, state,
+                              max_context_length, quantization ...); 404 when
+                              `lmstudio_api=False`, as on a plain OpenAI server.
+
+Deterministic content and usage rule
+  answer words = ["echo:"] + the last user message split on whitespace, cut to
+  `max_tokens` words (finish_reason "length" when cut, else "stop");
+  content = " ".join(answer words);
+  prompt_tokens = total whitespace-separated words over all message contents;
+  completion_tokens = number of answer words.
+  (`echo_content` / `usage_for` below compute the same.)
+
+Models
+  `models` is a list of LM Studio-style dicts; chat to a model that is not in it,
+  or whose state is "not-loaded", answers 404 with an LM Studio-like
+  {"error": {"message": ..., "code": "model_not_found"}} (set strict_models=False
+  to answer for any model name).
+
+Injectable behaviour (per request, first match wins, consumed `times` times;
+times=None applies forever): see `Behaviour` and the helpers `fail`, `hang`,
+`malformed`, `drop_mid_stream`, `drop_connection`, `slow`, `no_usage`. Server-wide:
+`latency` (seconds before every answer), `api_key` (401 unless
+`Authorization: Bearer <api_key>`), `omit_usage`.
+
+Every request is recorded (`requests`, `chat_requests`) with method, path,
+lower-cased headers, raw body, parsed JSON and `time` (time.monotonic() when
+its head arrived, comparable with the test's own clock).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+CHAT_PATH = "/v1/chat/completions"
+
+DEFAULT_MODELS: list[dict[str, Any]] = [
+    {
+        "id": "test-model",
+        "object": "model",
+        "type": "llm",
+        "publisher": "lloom",
+        "arch": "llama",
+        "compatibility_type": "gguf",
+        "quantization": "Q4_K_M",
+        "state": "loaded",
+        "max_context_length": 8192,
+    },
+    {
+        "id": "unloaded-model",
+        "object": "model",
+        "type": "llm",
+        "publisher": "lloom",
+        "arch": "mistral",
+        "compatibility_type": "gguf",
+        "quantization": "Q8_0",
+        "state": "not-loaded",
+        "max_context_length": 32768,
+    },
+    {
+        "id": "text-embedding-test",
+        "object": "model",
+        "type": "embeddings",
+        "publisher": "lloom",
+        "arch": "nomic-bert",
+        "compatibility_type": "gguf",
+        "quantization": "Q4_0",
+        "state": "not-loaded",
+        "max_context_length": 2048,
+    },
+]
+
+
+def echo_words(messages: list[dict], max_tokens: int | None = None) -> tuple[list[str], bool]:
+    prompt = ""
+    for message in messages:
+        if message.get("role") == "user":
+            prompt = message.get("content") or ""
+    words = ["echo:"] + prompt.split()
+    if max_tokens is not None and len(words) > max_tokens:
+        return words[:max_tokens], True
+    return words, False
+
+
+def echo_content(prompt: str, max_tokens: int | None = None) -> str:
+    return " ".join(echo_words([{"role": "user", "content": prompt}], max_tokens)[0])
+
+
+def usage_for(messages: list[dict], max_tokens: int | None = None) -> dict[str, int]:
+    prompt_tokens = sum(len((m.get("content") or "").split()) for m in messages)
+    completion_tokens = len(echo_words(messages, max_tokens)[0])
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+@dataclass
+class Behaviour:
+    """What to do for the next matching request(s) instead of (or on top of) the normal answer."""
+
+    path: str = CHAT_PATH  # request path it applies to ("*" = any)
+    times: int | None = 1  # how many requests it applies to; None = all
+    latency: float = 0.0  # seconds before answering (before the first stream byte)
+    status: int | None = None  # answer this error status with an OpenAI-style error body
+    message: str | None = None  # the error body's message
+    code: str | None = None  # the error body's code
+    retry_after: str | float | None = None  # Retry-After header (seconds or HTTP date)
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | None = None  # answer 200 with exactly these bytes (application/json)
+    hang: bool = False  # read the request and never answer
+    drop_connection: bool = False  # close the connection without answering
+    drop_after_chunks: int | None = None  # streaming: close after this many `data:` events
+    chunk_delay: float = 0.0  # streaming: seconds between events
+    omit_usage: bool = False  # no `usage` in the answer / no usage chunk
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    json: Any
+    time: float
+    connection: int
+
+    @property
+    def bearer(self) -> str | None:
+        value = self.headers.get("authorization", "")
+        return value[len("Bearer ") :] if value.startswith("Bearer ") else None
+
+
+def refused_url() -> str:
+    """A base URL on 127.0.0.1 where nothing listens (connection refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+class OpenAIServer:
+    def __init__(
+        self,
+        models: list[dict[str, Any]] | None = None,
+        *,
+        api_key: str | None = None,
+        lmstudio_api: bool = True,
+        strict_models: bool = True,
+        latency: float = 0.0,
+        omit_usage: bool = False,
+    ) -> None:
+        self.models = [dict(m) for m in (models if models is not None else DEFAULT_MODELS)]
+        self.api_key = api_key
+        self.lmstudio_api = lmstudio_api
+        self.strict_models = strict_models
+        self.latency = latency
+        self.omit_usage = omit_usage
+        self.requests: list[RecordedRequest] = []
+        self.port: int | None = None
+        self._behaviours: list[Behaviour] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._connections = 0
+        self._completions = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def root_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> OpenAIServer:
+        if self._thread is not None:
+            raise RuntimeError("server already started")
+        self._thread = threading.Thread(target=self._run, name="openai-test-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("test server did not start")
+        if self._error is not None:
+            raise RuntimeError("test server failed to start") from self._error
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        if self._loop is not None and self._stop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+        self._thread = None
+
+    def __enter__(self) -> OpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> OpenAIServer:
+        return self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ behaviour injection
+
+    def add(self, behaviour: Behaviour) -> Behaviour:
+        with self._lock:
+            self._behaviours.append(behaviour)
+        return behaviour
+
+    def clear(self) -> None:
+        with self._lock:
+            self._behaviours.clear()
+
+    def fail(
+        self,
+        status: int,
+        times: int | None = 1,
+        *,
+        retry_after: str | float | None = None,
+        message: str | None = None,
+        code: str | None = None,
+        path: str = CHAT_PATH,
+    ) -> Behaviour:
+        return self.add(Behaviour(path=path, times=times, status=status, retry_after=retry_after, message=message, code=code))
+
+    def hang(self, times: int | None = None, path: str = CHAT_PATH) -> Behaviour:
+        return self.add(Behaviour(path=path, times=times, hang=True))
+
+    def malformed(self, body: bytes = b'{"choices": [{"message": ', times: int | None = 1, path: str = CHAT_PATH) -> Behaviour:
+        return self.add(Behaviour(path=path, times=times, body=body))
+
+    def drop_mid_stream(self, after_chunks: int = 2, times: int | None = 1) -> Behaviour:
+        return self.add(Behaviour(times=times, drop_after_chunks=after_chunks))
+
+    def drop_connection(self, times: int | None = 1, path: str = CHAT_PATH) -> Behaviour:
+        return self.add(Behaviour(path=path, times=times, drop_connection=True))
+
+    def slow(self, latency: float, times: int | None = 1, chunk_delay: float = 0.0) -> Behaviour:
+        return self.add(Behaviour(times=times, latency=latency, chunk_delay=chunk_delay))
+
+    def no_usage(self, times: int | None = None) -> Behaviour:
+        return self.add(Behaviour(times=times, omit_usage=True))
+
+    def _take(self, path: str) -> Behaviour | None:
+        with self._lock:
+            for b in self._behaviours:
+                if b.path in ("*", path) and (b.times is None or b.times > 0):
+                    if b.times is not None:
+                        b.times -= 1
+                        if b.times == 0:
+                            self._behaviours.remove(b)
+                    return b
+        return None
+
+    # ------------------------------------------------------------------ recorded requests
+
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        return [r for r in list(self.requests) if r.path == CHAT_PATH]
+
+    def requests_to(self, path: str) -> list[RecordedRequest]:
+        return [r for r in list(self.requests) if r.path == path]
+
+    # ------------------------------------------------------------------ server internals
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._main())
+        except BaseException as exc:  # noqa: BLE001 - reported through start()
+            self._error = exc
+            self._ready.set()
+        finally:
+            loop.close()
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._connections += 1
+        conn = self._connections
+        try:
+            while True:
+                request = await self._read_request(reader, conn)
+                if request is None:
+                    break
+                keep_alive = await self._dispatch(request, writer)
+                if not keep_alive or request.headers.get("connection", "").lower() == "close":
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError, ValueError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _read_request(self, reader: asyncio.StreamReader, conn: int) -> RecordedRequest | None:
+        line = await reader.readline()
+        if not line:
+            return None
+        arrived = time.monotonic()
+        method, target, _version = line.decode("latin-1").split(" ", 2)
+        headers: dict[str, str] = {}
+        while True:
+            h = await reader.readline()
+            if h in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = h.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0") or 0)
+        body = await reader.readexactly(length) if length else b""
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            parsed = None
+        path = target.split("?", 1)[0]
+        request = RecordedRequest(method, path, headers, body, parsed, arrived, conn)
+        self.requests.append(request)
+        return request
+
+    @staticmethod
+    def _head(status: int, headers: dict[str, str]) -> bytes:
+        lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    async def _send(self, writer: asyncio.StreamWriter, status: int, payload: Any, headers: dict | None = None) -> bool:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        head = {"Content-Type": "application/json", "Content-Length": str(len(body)), "Connection": "keep-alive"}
+        head.update(headers or {})
+        writer.write(self._head(status, head) + body)
+        await writer.drain()
+        return True
+
+    @staticmethod
+    def _error_body(message: str, code: str | None, type_: str = "invalid_request_error", param: str | None = None) -> dict:
+        return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+    async def _dispatch(self, req: RecordedRequest, writer: asyncio.StreamWriter) -> bool:
+        b = self._take(req.path) or Behaviour(times=None)
+        delay = self.latency + b.latency
+        if delay:
+            await asyncio.sleep(delay)
+        if b.hang:
+            await asyncio.Event().wait()  # until the server stops
+        if b.drop_connection:
+            return False
+        if self.api_key is not None and req.headers.get("authorization") != f"Bearer {self.api_key}":
+            return await self._send(
+                writer, 401, self._error_body("Incorrect API key provided", "invalid_api_key"), b.headers
+            )
+        if b.status is not None:
+            headers = dict(b.headers)
+            if b.retry_after is not None:
+                headers["Retry-After"] = str(b.retry_after)
+            message = b.message or f"injected {b.status} {HTTPStatus(b.status).phrase}"
+            kind = "server_error" if b.status >= 500 else "invalid_request_error"
+            return await self._send(writer, b.status, self._error_body(message, b.code, kind), headers)
+        if b.body is not None:
+            return await self._send(writer, 200, b.body, b.headers)
+
+        if req.method == "GET" and req.path == "/v1/models":
+            data = [{"id": m["id"], "object": "model", "owned_by": m.get("publisher", "organization_owner")} for m in self.models]
+            return await self._send(writer, 200, {"object": "list", "data": data})
+        if req.method == "GET" and req.path == "/api/v0/models":
+            if not self.lmstudio_api:
+                return await self._send(writer, 404, {"error": f"Unexpected endpoint or method. (GET {req.path})"})
+            return await self._send(writer, 200, {"object": "list", "data": self.models})
+        if req.method == "POST" and req.path == CHAT_PATH:
+            return await self._chat(req, writer, b)
+        return await self._send(writer, 404, {"error": f"Unexpected endpoint or method. ({req.method} {req.path})"})
+
+    async def _chat(self, req: RecordedRequest, writer: asyncio.StreamWriter, b: Behaviour) -> bool:
+        body = req.json
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body.get("model"):
+            return await self._send(writer, 400, self._error_body("'messages' and 'model' are required", None))
+        model = body["model"]
+        if self.strict_models:
+            known = {m["id"]: m for m in self.models}
+            if model not in known:
+                return await self._send(
+                    writer,
+                    404,
+                    self._error_body(f'Model "{model}" not found. Please check the model id.', "model_not_found", param="model"),
+                )
+            if known[model].get("state") == "not-loaded":
+                return await self._send(
+                    writer,
+                    404,
+                    self._error_body(
+                        f'Model "{model}" is not loaded. Load it in LM Studio first.', "model_not_found", param="model"
+                    ),
+                )
+        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+        words, cut = echo_words(body["messages"], max_tokens)
+        content = " ".join(words)
+        usage = usage_for(body["messages"], max_tokens)
+        finish = "length" if cut else "stop"
+        self._completions += 1
+        ident = f"chatcmpl-{self._completions}"
+        created = int(time.time())
+        omit_usage = self.omit_usage or b.omit_usage
+        if not body.get("stream"):
+            answer: dict[str, Any] = {
+                "id": ident,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+            }
+            if not omit_usage:
+                answer["usage"] = usage
+            return await self._send(writer, 200, answer, b.headers)
+
+        def chunk(delta: dict, finish_reason: str | None = None) -> dict:
+            return {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            }
+
+        events: list[dict] = [chunk({"role": "assistant", "content": ""})]
+        events += [chunk({"content": w if i == 0 else " " + w}) for i, w in enumerate(words)]
+        events.append(chunk({}, finish))
+        include_usage = isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage")
+        if include_usage and not omit_usage:
+            events.append({"id": ident, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage})
+        head = {
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "Transfer-Encoding": "chunked",
+            "Connection": "keep-alive",
+        }
+        head.update(b.headers)
+        writer.write(self._head(200, head))
+        await writer.drain()
+
+        async def send_event(data: str) -> None:
+            piece = f"data: {data}\n\n".encode()
+            writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            await writer.drain()
+
+        for n, event in enumerate(events):
+            if b.drop_after_chunks is not None and n >= b.drop_after_chunks:
+                writer.transport.abort()
+                return False
+            if n and b.chunk_delay:
+                await asyncio.sleep(b.chunk_delay)
+            await send_event(json.dumps(event))
+        await send_event("[DONE]")
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
