@@ -46,6 +46,7 @@ class ExecutorService:
             allow_unsigned=config.request_handling.allow_unsigned,
             handling=config.request_handling,
             peer_id=identity.peer_id,
+            aliases=config.model_aliases,
         )
         self.node = P2PNode(
             identity.p2p_key,

@@ -42,15 +42,18 @@ class BasicRequestHandler:
         allow_unsigned: bool = False,
         handling: RequestHandlingConfig | None = None,
         peer_id: str | None = None,
+        aliases: dict[str, str] | None = None,
     ) -> None:
         self.key = key
         self.models = {m.name: m for m in models}
+        self.aliases = dict(aliases or {})
         self.backend = backend
         self.allow_unsigned = allow_unsigned
         self.handling = handling or RequestHandlingConfig()
         self._backend_slots = asyncio.Semaphore(self.handling.max_concurrent_requests)
         self.draining = False  # set on shutdown: new requests get a signed refusal
-        self._names_for_us = {peer_id or key.peer_id, key.address.lower()}
+        self.peer_id = peer_id or key.peer_id
+        self._names_for_us = {self.peer_id, key.address.lower()}
 
     async def __call__(self, frame: bytes, ctx: RequestContext) -> bytes | None:
         try:
@@ -64,12 +67,17 @@ class BasicRequestHandler:
         try:
             if self.draining:
                 raise Refusal("executor is shutting down; send the request to another executor")
-            self._admit(decoded)
-            return await self._serve(request)
+            model = self._admit(decoded)
+            return await self._serve(request, model)
         except Refusal as refusal:
             return self._error(request.model, refusal.reason)
 
-    def _admit(self, decoded: _native.DecodedRequest) -> None:
+    def resolve(self, name: str) -> ModelConfig | None:
+        """The served model a requested name means: itself, or what `[model_aliases]` points to."""
+        model = self.models.get(self.aliases.get(name, name))
+        return model if model is not None and model.enabled else None
+
+    def _admit(self, decoded: _native.DecodedRequest) -> ModelConfig:
         request = decoded.request
         now = int(time.time())
         if decoded.is_signed:
@@ -86,32 +94,34 @@ class BasicRequestHandler:
             raise Refusal(f"deadline {request.deadline} has passed")
         target = request.executor_address.strip()
         if target.lower() not in self._names_for_us and target not in self._names_for_us:
-            raise Refusal(f"request is addressed to {target}, not to this executor ({self.key.peer_id})")
+            raise Refusal(f"request is addressed to {target}, not to this executor ({self.peer_id})")
         for side in ("inbound_price", "outbound_price"):
             price = getattr(request, side)
-            if not price.isdigit():
+            if not (price.isascii() and price.isdigit()):
                 raise Refusal(f"{side} must be a whole number of wei in decimal, got {price!r}")
-        model = self.models.get(request.model)
-        if model is None or not model.enabled:
+        model = self.resolve(request.model)
+        if model is None:
             served = sorted(name for name, m in self.models.items() if m.enabled)
             raise Refusal(f"model {request.model!r} is not served here; available: {served}")
         limit = self.handling.max_tokens_per_request
         if request.max_tokens is not None and request.max_tokens > limit:
             raise Refusal(f"max_tokens {request.max_tokens} exceeds this executor's limit of {limit}")
+        return model
 
-    async def _serve(self, request: _native.LlmRequest) -> bytes:
+    async def _serve(self, request: _native.LlmRequest, model: ModelConfig) -> bytes:
+        """Runs the backend on the resolved model; `model_used` names it (not the alias)."""
         max_tokens = request.max_tokens if request.max_tokens is not None else self.handling.max_tokens_per_request
         timeout = self.handling.request_timeout_secs
         try:
             async with asyncio.timeout(timeout):
                 async with self._backend_slots:  # max_concurrent_requests: the rest wait here
                     completion = await self.backend.complete(
-                        request.model, request.prompt, request.system_prompt, request.temperature, max_tokens
+                        model.name, request.prompt, request.system_prompt, request.temperature, max_tokens
                     )
         except TimeoutError:
             raise Refusal(f"no answer within request_timeout_secs ({timeout:g} s)") from None
         except Exception as exc:  # a backend failure is the client's signed error, not a dropped stream
-            log.warning("backend failed for model %s: %s", request.model, exc)
+            log.warning("backend failed for model %s: %s", model.name, exc)
             raise Refusal(f"backend error: {exc}") from None
         inbound = completion.inbound_tokens
         if inbound is None:
@@ -122,7 +132,7 @@ class BasicRequestHandler:
             outbound = _native.count_tokens(completion.content, TOKEN_ENCODING)
         cost = inbound * int(request.inbound_price) + outbound * int(request.outbound_price)
         return _native.encode_signed_response(
-            self.key, completion.content, inbound, outbound, str(cost), request.model, None, int(time.time())
+            self.key, completion.content, inbound, outbound, str(cost), model.name, None, int(time.time())
         )
 
     def _error(self, model: str, reason: str) -> bytes:

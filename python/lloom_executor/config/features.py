@@ -33,7 +33,6 @@ def inactive_features(config: Config) -> list[str]:
         "[openai_limits]: not enforced yet",
     )
     note(config.model_discovery.enabled, "[model_discovery]: backend model discovery is not implemented yet")
-    note(bool(config.model_aliases), "[model_aliases]: aliases are not resolved yet")
     note(config.batching.enabled, "[batching]: requests are not batched yet")
     note(config.priority.enabled, "[priority]: priority queues are not active yet")
     r = config.resources
