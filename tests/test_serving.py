@@ -109,3 +109,30 @@ def test_draining_refuses_new_work() -> None:
     h.draining = True
     decoded = answer(asyncio.run(h(frame(), CTX)))
     assert decoded.error and "shutting down" in decoded.error
+
+
+@pytest.mark.parametrize("max_tokens, refused", [(None, False), (5, False), (6, True)])
+def test_context_length_edge(max_tokens: int | None, refused: bool) -> None:
+    prompt = "one two three four five six seven"
+    prompt_tokens = _native.count_tokens(prompt, "cl100k_base")
+    models = [ModelConfig("m", context_length=prompt_tokens + 5)]
+    h = BasicRequestHandler(EXECUTOR, models, EchoBackend(["m"]))
+    decoded = answer(asyncio.run(h(frame(prompt=prompt, max_tokens=max_tokens), CTX)))
+    if refused:
+        assert decoded.error == (
+            f"prompt ({prompt_tokens} tokens) plus max_tokens (6) exceeds the context length {prompt_tokens + 5} of model 'm'"
+        )
+    else:
+        assert decoded.error is None and decoded.inbound_tokens == prompt_tokens
+
+
+def test_per_model_max_concurrent_requests() -> None:
+    backend = SlowBackend(0.05)
+    models = [ModelConfig("m", max_concurrent_requests=2)]
+    h = BasicRequestHandler(EXECUTOR, models, backend, handling=RequestHandlingConfig(max_concurrent_requests=10))
+
+    async def many() -> list[_native.DecodedResponse]:
+        return [answer(raw) for raw in await asyncio.gather(*(h(frame(prompt=f"p{i}"), CTX) for i in range(8)))]
+
+    assert all(a.error is None for a in asyncio.run(many()))
+    assert backend.peak == 2

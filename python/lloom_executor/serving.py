@@ -9,6 +9,7 @@ pipeline (rate limits, prices, replay, queues, cache, ledger) builds on this.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -23,6 +24,20 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_AGE_SECS = 300
 MAX_CLOCK_SKEW_SECS = 300
 TOKEN_ENCODING = "cl100k_base"
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A request that passed admission: the model it runs on and its token budget."""
+
+    model: ModelConfig
+    prompt_tokens: int
+    max_tokens: int
+
+
+def prompt_text(request: _native.LlmRequest) -> str:
+    """The text we count as the request's inbound tokens when the backend reports no usage."""
+    return request.prompt if request.system_prompt is None else request.system_prompt + "\n" + request.prompt
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,7 @@ class BasicRequestHandler:
         self.allow_unsigned = allow_unsigned
         self.handling = handling or RequestHandlingConfig()
         self._backend_slots = asyncio.Semaphore(self.handling.max_concurrent_requests)
+        self._per_model_slots: dict[str, asyncio.Semaphore] = {}
         self.draining = False  # set on shutdown: new requests get a signed refusal
         self.peer_id = peer_id or key.peer_id
         self._names_for_us = {self.peer_id, key.address.lower()}
@@ -67,17 +83,25 @@ class BasicRequestHandler:
         try:
             if self.draining:
                 raise Refusal("executor is shutting down; send the request to another executor")
-            model = self._admit(decoded)
-            return await self._serve(request, model)
+            admitted = self._admit(decoded)
+            return await self._serve(request, admitted)
         except Refusal as refusal:
             return self._error(request.model, refusal.reason)
+
+    def _model_slots(self, model: ModelConfig) -> asyncio.Semaphore | contextlib.nullcontext:
+        if model.max_concurrent_requests is None:
+            return contextlib.nullcontext()
+        slots = self._per_model_slots.get(model.name)
+        if slots is None:
+            slots = self._per_model_slots[model.name] = asyncio.Semaphore(model.max_concurrent_requests)
+        return slots
 
     def resolve(self, name: str) -> ModelConfig | None:
         """The served model a requested name means: itself, or what `[model_aliases]` points to."""
         model = self.models.get(self.aliases.get(name, name))
         return model if model is not None and model.enabled else None
 
-    def _admit(self, decoded: _native.DecodedRequest) -> ModelConfig:
+    def _admit(self, decoded: _native.DecodedRequest) -> Admitted:
         request = decoded.request
         now = int(time.time())
         if decoded.is_signed:
@@ -106,27 +130,33 @@ class BasicRequestHandler:
         limit = self.handling.max_tokens_per_request
         if request.max_tokens is not None and request.max_tokens > limit:
             raise Refusal(f"max_tokens {request.max_tokens} exceeds this executor's limit of {limit}")
-        return model
+        prompt_tokens = _native.count_tokens(prompt_text(request), TOKEN_ENCODING)
+        room = model.context_length - prompt_tokens
+        max_tokens = request.max_tokens if request.max_tokens is not None else min(limit, room)
+        if max_tokens > room or room <= 0:
+            raise Refusal(
+                f"prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) exceeds the "
+                f"context length {model.context_length} of model {model.name!r}"
+            )
+        return Admitted(model, prompt_tokens, max_tokens)
 
-    async def _serve(self, request: _native.LlmRequest, model: ModelConfig) -> bytes:
+    async def _serve(self, request: _native.LlmRequest, admitted: Admitted) -> bytes:
         """Runs the backend on the resolved model; `model_used` names it (not the alias)."""
-        max_tokens = request.max_tokens if request.max_tokens is not None else self.handling.max_tokens_per_request
+        model = admitted.model
         timeout = self.handling.request_timeout_secs
         try:
             async with asyncio.timeout(timeout):
-                async with self._backend_slots:  # max_concurrent_requests: the rest wait here
+                # max_concurrent_requests (global, then per model): the rest wait here
+                async with self._backend_slots, self._model_slots(model):
                     completion = await self.backend.complete(
-                        model.name, request.prompt, request.system_prompt, request.temperature, max_tokens
+                        model.name, request.prompt, request.system_prompt, request.temperature, admitted.max_tokens
                     )
         except TimeoutError:
             raise Refusal(f"no answer within request_timeout_secs ({timeout:g} s)") from None
         except Exception as exc:  # a backend failure is the client's signed error, not a dropped stream
             log.warning("backend failed for model %s: %s", model.name, exc)
             raise Refusal(f"backend error: {exc}") from None
-        inbound = completion.inbound_tokens
-        if inbound is None:
-            text = request.prompt if request.system_prompt is None else request.system_prompt + "\n" + request.prompt
-            inbound = _native.count_tokens(text, TOKEN_ENCODING)
+        inbound = completion.inbound_tokens if completion.inbound_tokens is not None else admitted.prompt_tokens
         outbound = completion.outbound_tokens
         if outbound is None:
             outbound = _native.count_tokens(completion.content, TOKEN_ENCODING)

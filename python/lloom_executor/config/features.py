@@ -19,7 +19,7 @@ def inactive_features(config: Config) -> list[str]:
     for model in config.models:
         per_model = [
             key
-            for key in ("max_tokens_per_second", "max_concurrent_requests", "gpu_memory_gb", "cpu_cores")
+            for key in ("max_tokens_per_second", "gpu_memory_gb", "cpu_cores")
             if getattr(model, key) is not None
         ]
         note(bool(per_model), f"[[models]] {model.name}: {', '.join(per_model)} not enforced yet")
