@@ -188,20 +188,74 @@ def models_group() -> None:
     """Models this executor serves."""
 
 
+INSECURE_HELP = "With TLS: accept the API's certificate without verifying it (default: trust [api] tls_cert as CA)."
+
+
+def no_node_message(url: str) -> str:
+    return f"no running executor at {url} (start one with `lloom-executor start`)"
+
+
 @models_group.command("list")
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--offline", is_flag=True, help="Do not ask the backend which models it has loaded.")
-def models_list(config_path: Path | None, as_json: bool, offline: bool) -> None:
-    """Configured models with prices (wei per token), aliases and the backend's state of each."""
+@click.option("--offline", is_flag=True, help="Ask neither the running node nor the backend: config only.")
+@click.option("--insecure", is_flag=True, help=INSECURE_HELP)
+def models_list(config_path: Path | None, as_json: bool, offline: bool, insecure: bool) -> None:
+    """Models with prices (wei per token), aliases and the backend's state of each.
+
+    From the running node's API ([api] listen_address) when it answers, with
+    the other executors it sees on the network; else from the config and the backend.
+    """
     import asyncio
     import dataclasses
     import json
 
+    from .api import ApiRequestError, ApiUnreachable, api_base_url, api_get
     from .diagnostics import model_rows
     from .service import backend_from_config
 
     config = load_or_exit(config_path).config
+    if not offline and config.api.enabled:
+        try:
+            data = api_get(config.api, "/admin/models", insecure=insecure)
+        except ApiUnreachable:
+            data = None
+        except ApiRequestError as exc:
+            click.echo(f"warning: running node's API: {exc}; using the config and the backend", err=True)
+            data = None
+        if data is not None:
+            data["source"] = api_base_url(config.api)
+            if as_json:
+                click.echo(json.dumps(data, indent=2))
+                return
+            click.echo(f"source: running executor at {data['source']}")
+            click.echo(f"backend: {data['backend']['type']} ({data['backend_status']})")
+            print_table(
+                ["model", "aliases", "enabled", "context", "inbound wei/token", "outbound wei/token", "backend"],
+                [
+                    [r["name"], ",".join(r["aliases"]) or "-", r["enabled"], r["context_length"], r["inbound_price_wei"], r["outbound_price_wei"], r["backend_state"]]
+                    for r in data["models"]
+                ],
+            )
+            network = data.get("network") or {}
+            click.echo(f"\nother executors on the network: {len(network)}")
+            if network:
+                print_table(
+                    ["peer", "address", "models (inbound/outbound wei per token)"],
+                    [
+                        [
+                            peer,
+                            info.get("address") or "-",
+                            ", ".join(
+                                f"{m.get('model_id', '?')} {'/'.join(map(str, (info.get('prices') or {}).get(m.get('model_id'), ['?', '?'])))}"
+                                for m in info.get("models", [])
+                            )
+                            or "-",
+                        ]
+                        for peer, info in sorted(network.items())
+                    ],
+                )
+            return
 
     async def run():
         backend = None if offline else backend_from_config(config)
@@ -213,13 +267,63 @@ def models_list(config_path: Path | None, as_json: bool, offline: bool) -> None:
 
     rows, status = asyncio.run(run())
     if as_json:
-        click.echo(json.dumps({"backend_status": status, "models": [dataclasses.asdict(r) for r in rows]}, indent=2))
+        click.echo(json.dumps({"backend_status": status, "models": [dataclasses.asdict(r) for r in rows], "source": "config"}, indent=2))
         return
     click.echo(f"backend: {config.llm_client.backend} ({status})")
     print_table(
         ["model", "aliases", "enabled", "context", "inbound wei/token", "outbound wei/token", "backend"],
         [[r.name, ",".join(r.aliases) or "-", r.enabled, r.context_length, r.inbound_price_wei, r.outbound_price_wei, r.backend_state] for r in rows],
     )
+
+
+@main.group("peers")
+def peers_group() -> None:
+    """Peers of the running executor (read from its [api])."""
+
+
+def _latency(value) -> str:
+    return f"{value:.1f} ms" if isinstance(value, (int, float)) else "-"
+
+
+@peers_group.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--insecure", is_flag=True, help=INSECURE_HELP)
+def peers_list(config_path: Path | None, as_json: bool, insecure: bool) -> None:
+    """Connected peers: direction, address, latency, roles and protocols (from the running node's API)."""
+    import json
+
+    from .api import ApiRequestError, ApiUnreachable, api_base_url, api_get
+
+    path = config_file(config_path)
+    config = load_or_exit(config_path).config
+    if not config.api.enabled:
+        raise click.ClickException(f"[api] is disabled in {path}; `peers list` reads the running executor's API (set [api] enabled = true)")
+    try:
+        peers = api_get(config.api, "/admin/peers", insecure=insecure)
+    except ApiUnreachable:
+        raise click.ClickException(no_node_message(api_base_url(config.api))) from None
+    except ApiRequestError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(peers, indent=2))
+        return
+    click.echo(f"{len(peers)} connected peer(s)")
+    if peers:
+        print_table(
+            ["peer", "direction", "address", "latency", "roles", "protocols"],
+            [
+                [
+                    p["peer_id"],
+                    p.get("direction", "-"),
+                    (p.get("addresses") or ["-"])[0],
+                    _latency(p.get("latency_ms")),
+                    ",".join(p.get("roles") or []) or "-",
+                    ",".join(p.get("protocols") or []) or "-",
+                ]
+                for p in peers
+            ],
+        )
 
 
 @main.command()

@@ -13,9 +13,11 @@ import signal
 import time
 
 from .backends.base import LlmBackend
+from .backends.limits import with_limits
 from .backends.registry import create_backend
 from .config import Config, inactive_features
 from .identity import Identity
+from .model_discovery import attach_discovery
 from .p2p.announcements import ModelCatalog
 from .p2p.node import P2PNode
 from .p2p.services import default_services
@@ -34,10 +36,21 @@ def backend_from_config(config: Config) -> LlmBackend:
 
 
 class ExecutorService:
-    def __init__(self, config: Config, identity: Identity, backend: LlmBackend | None = None, **service_options) -> None:
+    def __init__(
+        self,
+        config: Config,
+        identity: Identity,
+        backend: LlmBackend | None = None,
+        *,
+        discovery_options: dict | None = None,
+        **service_options,
+    ) -> None:
+        """`service_options` tune P2P timings and `discovery_options` the model discovery (tests shorten them)."""
         self.config = config
         self.identity = identity
-        self.backend = backend or backend_from_config(config)
+        self.backend = with_limits(backend or backend_from_config(config), config.openai_limits)
+        self.discovery = None  # model_discovery.ModelDiscovery while [model_discovery] runs
+        self._discovery_options = discovery_options or {}
         self.catalog = ModelCatalog([m for m in config.models if m.enabled], backend_type=config.llm_client.backend)
         self.handler = BasicRequestHandler(
             identity.eth_key,
@@ -56,6 +69,7 @@ class ExecutorService:
             default_services(config.network, self.catalog, **service_options),
         )
         self.started_at: float | None = None
+        self.api = None  # api.ApiServer while [api] is enabled and serving
 
     async def start(self) -> list[str]:
         for feature in inactive_features(self.config):
@@ -68,7 +82,20 @@ class ExecutorService:
         for addr in addrs:
             log.info("listening on %s", addr)
         served = [m.name for m in self.config.models if m.enabled]
-        log.info("serving models: %s", ", ".join(served) if served else "none (add [[models]] entries)")
+        if self.config.model_discovery.enabled:
+            self.discovery = attach_discovery(self, **self._discovery_options)
+            log.info("configured models: %s (served once the backend offers them)", ", ".join(served) or "none")
+        else:
+            log.info("serving models: %s", ", ".join(served) if served else "none (add [[models]] entries)")
+        if self.config.api.enabled:
+            from .api import ApiServer
+
+            api = ApiServer(self)
+            try:
+                await api.start()
+                self.api = api
+            except Exception as exc:  # the P2P service goes on without its admin API
+                log.error("[api] not serving on %s: %s: %s", self.config.api.listen_address, type(exc).__name__, exc)
         return addrs
 
     async def inflight(self) -> int:
@@ -78,12 +105,17 @@ class ExecutorService:
     async def stop(self) -> None:
         """Drain, then stop; safe to call once the node has started."""
         self.handler.draining = True
+        if self.discovery is not None:
+            await self.discovery.stop()
         deadline = time.monotonic() + self.config.request_handling.drain_timeout_secs
         while await self.inflight() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         left = await self.inflight()
         if left:
             log.warning("drain timeout: %d request(s) still in flight are cut off", left)
+        if self.api is not None:
+            await self.api.stop()
+            self.api = None
         await self.node.stop()
         await self.backend.close()
         log.info("executor stopped")

@@ -63,6 +63,25 @@ class BackendRateLimited(BackendError):
         self.retry_after = retry_after
 
 
+class UsageLimitExceeded(BackendRateLimited):
+    """A local `[openai_limits]` rate (requests or tokens per minute) would be exceeded;
+    refused before the backend is called. `limit` names the setting, `retry_after` is
+    the seconds until the same request would pass (`math.inf`: it never can)."""
+
+    def __init__(self, message: str, *, limit: str, retry_after: float | None = None, **kw) -> None:
+        super().__init__(message, retry_after=retry_after, **kw)
+        self.limit = limit
+
+
+class BudgetExceeded(BackendError):
+    """The `[openai_limits] max_cost_per_day_usd` budget would be exceeded; refused before
+    the backend is called. `retry_after` is the seconds until the budget resets (UTC midnight)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
 class ModelNotAvailable(BackendError):
     """The model is unknown to the backend or not loaded (404 / model_not_found)."""
 

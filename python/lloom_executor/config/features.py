@@ -24,15 +24,8 @@ def inactive_features(config: Config) -> list[str]:
         ]
         note(bool(per_model), f"[[models]] {model.name}: {', '.join(per_model)} not enforced yet")
     note(config.metrics.enabled, "[metrics]: the Prometheus endpoint and push gateway are not implemented yet")
-    note(config.api.enabled, "[api]: the health/admin HTTP API is not implemented yet")
     note(config.pricing.strategy != "fixed", f"[pricing] strategy {config.pricing.strategy!r}: not implemented yet; fixed model prices apply")
     note(config.blockchain.enabled, "[blockchain]: on-chain submission is not implemented yet")
-    limits = config.openai_limits
-    note(
-        any(v is not None for v in (limits.max_requests_per_minute, limits.max_tokens_per_minute, limits.max_cost_per_day_usd)),
-        "[openai_limits]: not enforced yet",
-    )
-    note(config.model_discovery.enabled, "[model_discovery]: backend model discovery is not implemented yet")
     note(config.batching.enabled, "[batching]: requests are not batched yet")
     note(config.priority.enabled, "[priority]: priority queues are not active yet")
     r = config.resources

@@ -1,0 +1,373 @@
+"""The local health and admin HTTP API (`[api]`): Starlette served by uvicorn on the executor's loop.
+
+Endpoints (JSON):
+
+  GET /health            {"status": "healthy"|"degraded"|"unhealthy"}; 200, or 503 when unhealthy.
+                         Always open, even with an auth_token: load balancers and the
+                         manual's `curl http://localhost:8080/health` send no token, and
+                         it tells nothing beyond up/down.
+  GET /health/detailed   the manual's fields: status, uptime_seconds, models_loaded,
+                         active_requests, total_requests, backend_status, p2p_peers.
+  GET /admin/peers       connected peers (PeerBook snapshot: peer_id, addresses, direction,
+                         connected_since, protocols, latency_ms, roles).
+  GET /admin/models      configured models with prices (wei per token), aliases, enabled and
+                         the backend's state of each, plus the verified network view of the
+                         other executors (gossip).
+
+Auth: with `auth_token` set, every path except `/health` needs
+`Authorization: Bearer <token>` (compared in constant time), else 401.
+TLS: with `tls_cert`/`tls_key` set the server speaks HTTPS only.
+
+Status: "unhealthy" while the P2P node is not running or the executor is
+draining (shutting down: route elsewhere); "degraded" while the backend is
+unreachable or no model is enabled; else "healthy".
+
+The backend is never contacted per HTTP request: `BackendProbe` lists its
+models every `probe_interval_secs` (and once before the API starts), and every
+endpoint reads that cached result.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import json
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .backends.base import BackendError, BackendTimeout, LlmBackend, ModelInfo
+from .diagnostics import model_rows
+from .p2p.services import network_view
+
+if TYPE_CHECKING:
+    from .service import ExecutorService
+
+log = logging.getLogger(__name__)
+
+OPEN_PATHS = frozenset({"/health"})
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    """stdlib json: wei amounts may pass 2**64; sets (if any) become sorted lists."""
+    body = json.dumps(data, default=lambda o: sorted(o) if isinstance(o, (set, frozenset)) else str(o))
+    return Response(body, status_code=status, media_type="application/json")
+
+
+class BackendProbe:
+    """Cached answer to "can we reach the backend, and what does it list?"."""
+
+    def __init__(self, backend: LlmBackend, *, interval_secs: float = 15.0, timeout_secs: float = 5.0) -> None:
+        self.backend = backend
+        self.interval_secs = interval_secs
+        self.timeout_secs = timeout_secs
+        self.details: list[ModelInfo] = []
+        self.error: BackendError | None = None
+        self.checked_at: float | None = None  # wall clock of the last probe
+        self._task: asyncio.Task | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.checked_at is not None and self.error is None
+
+    @property
+    def status(self) -> str:
+        return "connected" if self.connected else "disconnected"
+
+    async def probe_once(self) -> None:
+        try:
+            async with asyncio.timeout(self.timeout_secs):
+                details = await self.backend.model_details()
+        except BackendError as exc:
+            self.error = exc
+        except TimeoutError:
+            self.error = BackendTimeout(f"no model listing within {self.timeout_secs:g} s")
+        except Exception as exc:  # a backend bug must not stop the probe
+            self.error = BackendError(f"{type(exc).__name__}: {exc}")
+        else:
+            self.details, self.error = list(details), None
+        if self.error is not None and (self.checked_at is None or self.connected):
+            log.warning("backend probe: disconnected (%s: %s)", type(self.error).__name__, self.error)
+        self.checked_at = time.time()
+
+    async def start(self) -> None:
+        """First probe now (so the API answers from a known state), then periodically."""
+        await self.probe_once()
+        self._task = asyncio.create_task(self._loop(), name="lloom-backend-probe")
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_secs)
+            await self.probe_once()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def model_details(self) -> list[ModelInfo]:
+        """The cached listing, shaped like `LlmBackend.model_details` (for `model_rows`)."""
+        if self.error is not None:
+            raise self.error
+        return self.details
+
+
+class BearerAuth:
+    """ASGI middleware: 401 for every path outside OPEN_PATHS without the right bearer token."""
+
+    def __init__(self, app, token: str | None) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode() if token else None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if self.expected is not None and scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = json_response({"error": "unauthorized: send Authorization: Bearer <api auth_token>"}, 401)
+                response.headers["WWW-Authenticate"] = 'Bearer realm="lloom-executor"'
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _node_running(service: ExecutorService) -> bool:
+    thread = getattr(service.node, "_thread", None)
+    return service.started_at is not None and thread is not None and thread.is_alive()
+
+
+class ApiState:
+    """What the endpoints read: the service and the cached backend probe."""
+
+    def __init__(self, service: ExecutorService, probe: BackendProbe) -> None:
+        self.service = service
+        self.probe = probe
+
+    def status(self) -> str:
+        service = self.service
+        if not _node_running(service) or service.handler.draining:
+            return "unhealthy"
+        if not self.probe.connected or not any(m.enabled for m in service.config.models):
+            return "degraded"
+        return "healthy"
+
+    async def peers(self) -> list[dict[str, Any]]:
+        if not _node_running(self.service):
+            return []
+        return await self.service.node.call(_peer_snapshot)
+
+    async def detailed(self) -> dict[str, Any]:
+        service = self.service
+        stats = service.node.stream_handler.stats if service.node.stream_handler else None
+        started = service.started_at
+        return {
+            "status": self.status(),
+            "uptime_seconds": int(time.monotonic() - started) if started is not None else 0,
+            "models_loaded": [m.name for m in service.config.models if m.enabled],
+            "active_requests": stats.inflight if stats else 0,
+            "total_requests": stats.served if stats else 0,
+            "backend_status": self.probe.status,
+            "p2p_peers": len(await self.peers()),
+        }
+
+    async def models(self) -> dict[str, Any]:
+        service = self.service
+        rows, status = await model_rows(service.config, self.probe)  # type: ignore[arg-type]
+        network = await network_view(service.node) if _node_running(service) else {}
+        network.pop(service.identity.peer_id, None)
+        llm = service.config.llm_client
+        return {
+            "backend_status": status,
+            "backend": {
+                "type": llm.backend,
+                "base_url": None if llm.backend == "echo" else llm.base_url,
+                "status": self.probe.status,
+                "checked_at": self.probe.checked_at,
+            },
+            "models": [dataclasses.asdict(r) for r in rows],
+            "network": network,
+        }
+
+
+async def _peer_snapshot(rt) -> list[dict[str, Any]]:
+    return rt.peers.snapshot()  # in the trio thread, which owns the PeerBook
+
+
+def build_app(state: ApiState, auth_token: str | None) -> Starlette:
+    async def health(request: Request) -> Response:
+        status = state.status()
+        return json_response({"status": status}, 503 if status == "unhealthy" else 200)
+
+    async def health_detailed(request: Request) -> Response:
+        data = await state.detailed()
+        return json_response(data, 503 if data["status"] == "unhealthy" else 200)
+
+    async def admin_peers(request: Request) -> Response:
+        return json_response(await state.peers())
+
+    async def admin_models(request: Request) -> Response:
+        return json_response(await state.models())
+
+    app = Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/health/detailed", health_detailed, methods=["GET"]),
+            Route("/admin/peers", admin_peers, methods=["GET"]),
+            Route("/admin/models", admin_models, methods=["GET"]),
+        ]
+    )
+    app.add_middleware(BearerAuth, token=auth_token)
+    return app
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """Leaves signals to the executor (run_until_signal drains on SIGINT/SIGTERM)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class ApiServer:
+    """Starts/stops the HTTP API as a task on the running asyncio loop."""
+
+    probe_interval_secs = 15.0
+    probe_timeout_secs = 5.0
+
+    def __init__(self, service: ExecutorService) -> None:
+        self.service = service
+        self.config = service.config.api
+        self.probe = BackendProbe(service.backend, interval_secs=self.probe_interval_secs, timeout_secs=self.probe_timeout_secs)
+        self.app = build_app(ApiState(service, self.probe), self.config.auth_token)
+        self.url: str | None = None
+        self._server: _EmbeddedServer | None = None
+        self._task: asyncio.Task | None = None
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.config.tls_cert and self.config.tls_key)
+
+    async def start(self) -> str:
+        """Bind (errors surface here as OSError/ssl errors), probe the backend once, serve."""
+        host, port = split_host_port(self.config.listen_address)
+        uv_config = uvicorn.Config(
+            self.app,
+            host=host,
+            port=port,
+            loop="none",
+            lifespan="off",
+            access_log=False,
+            log_config=None,  # uvicorn's loggers propagate to ours ([logging])
+            log_level="warning",
+            ssl_certfile=self.config.tls_cert if self.tls else None,
+            ssl_keyfile=self.config.tls_key if self.tls else None,
+            timeout_graceful_shutdown=5,
+        )
+        uv_config.load()  # the TLS context: a bad cert/key fails now, not in the task
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        bound = sock.getsockname()[1]
+        try:
+            await self.probe.start()
+            self._server = _EmbeddedServer(uv_config)
+            self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="lloom-api")
+            deadline = time.monotonic() + 10
+            while not self._server.started and not self._task.done() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            if not self._server.started:
+                if self._task.done():
+                    await self._task  # raises what stopped it
+                raise RuntimeError("the API server did not start")
+        except BaseException:
+            sock.close()
+            await self.stop()
+            raise
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"{'https' if self.tls else 'http'}://{shown}:{bound}"
+        log.info("api listening on %s (auth %s)", self.url, "required except /health" if self.config.auth_token else "off")
+        return self.url
+
+    async def stop(self) -> None:
+        await self.probe.stop()
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        try:
+            await asyncio.wait_for(self._task, timeout=10)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            self._task.cancel()
+        except Exception as exc:
+            log.warning("api server stopped with %s: %s", type(exc).__name__, exc)
+        self._server = self._task = None
+
+
+# -- the CLI's side: read a running node's API --------------------------------------
+
+
+class ApiUnreachable(Exception):
+    """Nothing answers at the configured [api] address (no executor running there)."""
+
+
+class ApiRequestError(Exception):
+    """The API answered, but not with 200 (e.g. 401 for a missing or wrong token)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def api_base_url(api_config) -> str:
+    """Where a local client reaches the API: a wildcard listen address means loopback."""
+    host, port = split_host_port(api_config.listen_address)
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    scheme = "https" if api_config.tls_cert and api_config.tls_key else "http"
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def api_get(api_config, path: str, *, insecure: bool = False, timeout: float = 5.0) -> Any:
+    """GET a JSON endpoint of the running node, with its token; TLS trusts `tls_cert` as CA unless `insecure`."""
+    import ssl
+
+    import httpx
+
+    base = api_base_url(api_config)
+    verify: bool | ssl.SSLContext = True
+    if base.startswith("https"):
+        verify = False if insecure else ssl.create_default_context(cafile=api_config.tls_cert)
+    headers = {"Authorization": f"Bearer {api_config.auth_token}"} if api_config.auth_token else {}
+    try:
+        with httpx.Client(verify=verify, timeout=timeout, trust_env=False) as http:
+            response = http.get(base + path, headers=headers)
+    except httpx.ConnectError as exc:
+        if isinstance(exc.__cause__, ssl.SSLError) or "SSL" in str(exc) or "certificate" in str(exc).lower():
+            raise ApiRequestError(f"TLS handshake with {base} failed: {exc} (use --insecure for a self-signed cert)", 0) from None
+        raise ApiUnreachable(base) from None
+    except httpx.TimeoutException:
+        raise ApiRequestError(f"no answer from {base}{path} within {timeout:g} s", 0) from None
+    if response.status_code == 401:
+        raise ApiRequestError(f"{base}{path}: 401 unauthorized (check [api] auth_token)", 401)
+    if response.status_code != 200:
+        raise ApiRequestError(f"{base}{path}: HTTP {response.status_code}: {response.text[:200]}", response.status_code)
+    return response.json()

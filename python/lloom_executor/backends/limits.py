@@ -1,0 +1,374 @@
+"""`[openai_limits]`: usage limits enforced before the backend is called.
+
+`LimitedBackend(inner, limits)` wraps any `LlmBackend` (meant for paid APIs such
+as OpenAI, but it works on every backend) and refuses a request *before* it
+reaches the backend when it would break one of:
+
+* `max_requests_per_minute` -- a token bucket (the Cython `RateLimiter`) holding
+  one minute's worth of requests, refilled continuously (rpm/60 per second).
+* `max_tokens_per_minute` -- a second bucket of one minute's worth of tokens. A
+  request costs its prompt tokens, counted natively with `cl100k_base`
+  (system prompt + "\\n" + prompt, the rule `serving.py` uses), plus the
+  `max_tokens` it asks for (0 when it asks none): the worst case, which is also
+  how OpenAI counts a request against its own TPM limit. Nothing is refunded when
+  the answer is shorter. A request needing more than one minute's worth can never
+  pass and is refused with `retry_after = inf`.
+* `max_cost_per_day_usd` -- a budget per UTC day, priced with `model_prices_usd`
+  (`{model: {input_per_1k, output_per_1k}}` in USD per 1000 tokens, by the
+  model name requested). Admission *reserves* the worst case (prompt tokens at
+  the input price + max_tokens at the output price) and refuses when
+  spent + reserved + this reservation would go over the budget, so concurrent
+  requests cannot overshoot it; when the answer arrives the reservation is
+  replaced by its real cost from the backend's `usage` (native counts where the
+  backend reports none). A backend error releases the reservation, except a
+  timeout, a malformed answer or a cancelled/abandoned request, which may still be
+  billed by the provider and are charged the reserved worst case. Costs are charged
+  to the UTC day the answer arrives; the total resets at 00:00 UTC. With a budget
+  set, a model without a price is refused (its cost could not be counted).
+  The spend is kept in memory only: it is per process and starts at zero on restart.
+
+A refusal raises `UsageLimitExceeded` (a `BackendRateLimited`, naming the limit,
+with `retry_after` seconds) or `BudgetExceeded` (`retry_after` = seconds to UTC
+midnight); their messages say which limit and when it frees up, and the serving
+path sends them to the client as the signed error "backend error: <message>".
+
+Wiring (in `service.py`): `backend = with_limits(backend, config.openai_limits)`,
+which returns the backend unchanged when no limit is set. One event loop only
+(the Cython limiter is not thread-safe).
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from .. import _native
+from .._fast.ratelimit import RateLimiter
+from ..config.schema import OpenAiLimitsConfig
+from .base import (
+    BackendError,
+    BackendProtocolError,
+    BackendTimeout,
+    BudgetExceeded,
+    Completion,
+    CompletionStream,
+    LlmBackend,
+    ModelInfo,
+    Usage,
+    UsageLimitExceeded,
+)
+
+TOKEN_ENCODING = "cl100k_base"
+SECONDS_PER_DAY = 86_400
+PRICE_KEYS = ("input_per_1k", "output_per_1k")
+_KEY = "backend"  # one bucket for the whole backend account
+_THOUSAND = Decimal(1000)
+
+
+def limits_configured(limits: OpenAiLimitsConfig) -> bool:
+    return any(v is not None for v in (limits.max_requests_per_minute, limits.max_tokens_per_minute, limits.max_cost_per_day_usd))
+
+
+def with_limits(backend: LlmBackend, limits: OpenAiLimitsConfig, **kw: Any) -> LlmBackend:
+    """`backend` wrapped in a `LimitedBackend` when any `[openai_limits]` limit is set, else itself."""
+    return LimitedBackend(backend, limits, **kw) if limits_configured(limits) else backend
+
+
+def unpriced_models(limits: OpenAiLimitsConfig, model_names: list[str]) -> list[str]:
+    """The served models a daily budget would refuse because they have no price (warn at startup)."""
+    if limits.max_cost_per_day_usd is None:
+        return []
+    return [name for name in model_names if name not in limits.model_prices_usd]
+
+
+def _usd(value: float | int | Decimal) -> Decimal:
+    return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def _fmt_usd(value: Decimal) -> str:
+    return f"${value.quantize(Decimal('0.000001')).normalize():f}"
+
+
+def _fmt_wait(secs: float) -> str:
+    if secs >= 3600:
+        return f"{int(secs // 3600)} h {int(secs % 3600 // 60)} min"
+    if secs >= 60:
+        return f"{int(secs // 60)} min {int(secs % 60)} s"
+    return f"{secs:.1f} s"
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    input_per_1k: Decimal
+    output_per_1k: Decimal
+
+    def cost(self, inbound: int, outbound: int) -> Decimal:
+        return (inbound * self.input_per_1k + outbound * self.output_per_1k) / _THOUSAND
+
+
+def parse_prices(table: dict[str, dict[str, float]]) -> dict[str, ModelPrice]:
+    """`model_prices_usd` checked: ValueError for unknown keys or negative prices (a missing key is 0)."""
+    out = {}
+    for model, entry in table.items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"[openai_limits].model_prices_usd.{model}: expected a table with {' and '.join(PRICE_KEYS)}")
+        unknown = set(entry) - set(PRICE_KEYS)
+        if unknown:
+            raise ValueError(f"[openai_limits].model_prices_usd.{model}: unknown key(s) {sorted(unknown)}; use {' and '.join(PRICE_KEYS)}")
+        values = {}
+        for key in PRICE_KEYS:
+            raw = entry.get(key, 0)
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw) or raw < 0:
+                raise ValueError(f"[openai_limits].model_prices_usd.{model}.{key}: expected a non-negative number, got {raw!r}")
+            values[key] = _usd(raw)
+        out[model] = ModelPrice(**values)
+    return out
+
+
+@dataclass
+class _Ticket:
+    """One admitted request: its worst-case cost reservation (0 without a budget)."""
+
+    model: str
+    prompt_tokens: int
+    reserved: Decimal
+    open: bool = True
+
+
+class LimitedBackend(LlmBackend):
+    """`inner` behind the `[openai_limits]` checks (see the module doc).
+
+    `clock` is monotonic seconds for the per-minute buckets (None: the limiter's C
+    clock), `wall_clock` epoch seconds for the UTC day of the budget; tests inject both.
+    """
+
+    def __init__(
+        self,
+        inner: LlmBackend,
+        limits: OpenAiLimitsConfig,
+        clock: Callable[[], float] | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        *,
+        token_encoding: str = TOKEN_ENCODING,
+    ) -> None:
+        self.inner = inner
+        self.limits = limits
+        self.prices = parse_prices(dict(limits.model_prices_usd))
+        self.token_encoding = token_encoding
+        self._wall = wall_clock
+        rpm, tpm = limits.max_requests_per_minute, limits.max_tokens_per_minute
+        self._requests = RateLimiter(rpm, None, clock=clock) if rpm else None
+        self._tokens = RateLimiter(None, tpm, clock=clock) if tpm else None
+        self.budget = _usd(limits.max_cost_per_day_usd) if limits.max_cost_per_day_usd is not None else None
+        self._day = self._today()
+        self.spent_today = Decimal(0)  # settled cost of the current UTC day
+        self.reserved = Decimal(0)  # worst-case cost of the requests in flight
+        self.refusals: dict[str, int] = {}  # limit name -> refusals
+
+    def __repr__(self) -> str:
+        return f"LimitedBackend({self.inner!r})"
+
+    def __getattr__(self, name: str) -> Any:
+        """Other attributes (base_url, backend_type, ...) are the inner backend's."""
+        if name.startswith("_") or name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    # ------------------------------------------------------------------ the day
+    def _today(self) -> int:
+        return int(self._wall() // SECONDS_PER_DAY)
+
+    def _roll(self) -> None:
+        day = self._today()
+        if day != self._day:  # a new UTC day: the budget starts over (requests in flight stay reserved)
+            self._day = day
+            self.spent_today = Decimal(0)
+
+    def seconds_to_reset(self) -> float:
+        return max(0.0, (self._today() + 1) * SECONDS_PER_DAY - self._wall())
+
+    # ------------------------------------------------------------------ admission
+    def prompt_tokens(self, prompt: str, system_prompt: str | None) -> int:
+        text = prompt if system_prompt is None else system_prompt + "\n" + prompt
+        return _native.count_tokens(text, self.token_encoding)
+
+    def _refuse(self, limit: str) -> None:
+        self.refusals[limit] = self.refusals.get(limit, 0) + 1
+
+    def admit(self, model: str, prompt: str, system_prompt: str | None, max_tokens: int | None) -> _Ticket:
+        """Check every limit without spending; then debit them all. Raises on the first limit hit."""
+        prompt_tokens = self.prompt_tokens(prompt, system_prompt)
+        out_tokens = max_tokens or 0
+        reserve = Decimal(0)
+        if self.budget is not None:
+            self._roll()
+            price = self.prices.get(model)
+            if price is None:
+                self._refuse("max_cost_per_day_usd")
+                raise BudgetExceeded(
+                    f"[openai_limits] model {model!r} has no price in model_prices_usd, so max_cost_per_day_usd "
+                    f"cannot be enforced for it; add model_prices_usd.{model} = {{ input_per_1k = ..., output_per_1k = ... }}"
+                )
+            reserve = price.cost(prompt_tokens, out_tokens)
+            if self.spent_today + self.reserved + reserve > self.budget:
+                self._refuse("max_cost_per_day_usd")
+                wait = self.seconds_to_reset()
+                in_flight = f", {_fmt_usd(self.reserved)} reserved by requests in flight" if self.reserved else ""
+                raise BudgetExceeded(
+                    f"[openai_limits] max_cost_per_day_usd = {self.budget} would be exceeded: {_fmt_usd(self.spent_today)} "
+                    f"spent today (UTC){in_flight}, this request may cost up to {_fmt_usd(reserve)}; "
+                    f"the budget resets at 00:00 UTC, in {_fmt_wait(wait)}",
+                    retry_after=wait,
+                )
+        tokens = prompt_tokens + out_tokens
+        if self._requests is not None:
+            wait = self._requests.retry_after(_KEY, 1, 0)
+            if wait > 0:
+                self._refuse("max_requests_per_minute")
+                raise UsageLimitExceeded(
+                    f"[openai_limits] max_requests_per_minute = {self.limits.max_requests_per_minute} reached; "
+                    f"the next request is allowed in {_fmt_wait(wait)}",
+                    limit="max_requests_per_minute",
+                    retry_after=wait,
+                )
+        if self._tokens is not None:
+            wait = self._tokens.retry_after(_KEY, 0, tokens)
+            if wait > 0:
+                self._refuse("max_tokens_per_minute")
+                tpm = self.limits.max_tokens_per_minute
+                need = f"this request needs {tokens} tokens (prompt {prompt_tokens} + max_tokens {out_tokens})"
+                if math.isinf(wait):
+                    message = f"[openai_limits] {need}, more than max_tokens_per_minute = {tpm} allows; it can never pass (ask fewer max_tokens)"
+                else:
+                    message = f"[openai_limits] max_tokens_per_minute = {tpm} reached: {need}; enough are free in {_fmt_wait(wait)}"
+                raise UsageLimitExceeded(message, limit="max_tokens_per_minute", retry_after=wait)
+        if self._requests is not None:
+            self._requests.try_acquire(_KEY, 1, 0)
+        if self._tokens is not None:
+            self._tokens.try_acquire(_KEY, 0, tokens)
+        self.reserved += reserve
+        return _Ticket(model, prompt_tokens, reserve)
+
+    def settle(self, ticket: _Ticket, inbound: int | None, outbound: int | None, content: str = "") -> Decimal:
+        """Replace the reservation by the real cost; returns it (0 without a budget)."""
+        if not ticket.open:
+            return Decimal(0)
+        ticket.open = False
+        self.reserved -= ticket.reserved
+        if self.budget is None:
+            return Decimal(0)
+        self._roll()
+        if inbound is None:
+            inbound = ticket.prompt_tokens
+        if outbound is None:
+            outbound = _native.count_tokens(content, self.token_encoding)
+        cost = self.prices[ticket.model].cost(inbound, outbound)
+        self.spent_today += cost
+        return cost
+
+    def release(self, ticket: _Ticket, exc: BaseException | None) -> None:
+        """The request failed: free its reservation, or charge it when the provider may have billed it."""
+        if not ticket.open:
+            return
+        billable = exc is None or isinstance(exc, (BackendTimeout, BackendProtocolError, asyncio.CancelledError, GeneratorExit))
+        if billable and self.budget is not None:
+            ticket.open = False
+            self.reserved -= ticket.reserved
+            self._roll()
+            self.spent_today += ticket.reserved
+        else:
+            ticket.open = False
+            self.reserved -= ticket.reserved
+
+    def status(self) -> dict[str, Any]:
+        """What is left now, for status pages and logs."""
+        self._roll()
+        out: dict[str, Any] = {}
+        if self._requests is not None:
+            out["requests_available"] = self._requests.available(_KEY)[0]
+        if self._tokens is not None:
+            out["tokens_available"] = self._tokens.available(_KEY)[1]
+        if self.budget is not None:
+            out.update(
+                budget_usd=float(self.budget),
+                spent_today_usd=float(self.spent_today),
+                reserved_usd=float(self.reserved),
+                resets_in_secs=self.seconds_to_reset(),
+            )
+        out["refusals"] = dict(self.refusals)
+        return out
+
+    # ------------------------------------------------------------------ LlmBackend
+    async def complete(
+        self,
+        model: str,
+        prompt: str,
+        system_prompt: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> Completion:
+        ticket = self.admit(model, prompt, system_prompt, max_tokens)
+        try:
+            done = await self.inner.complete(model, prompt, system_prompt, temperature, max_tokens)
+        except BaseException as exc:
+            self.release(ticket, exc)
+            raise
+        self.settle(ticket, done.inbound_tokens, done.outbound_tokens, done.content)
+        return done
+
+    def stream(
+        self,
+        model: str,
+        prompt: str,
+        system_prompt: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> CompletionStream:
+        """The inner stream, admitted when the request goes out (the first `__anext__`)."""
+
+        async def source(cs: CompletionStream) -> AsyncIterator[str | Usage]:
+            ticket = self.admit(model, prompt, system_prompt, max_tokens)
+            failure: BaseException | None = None
+            try:
+                async with self.inner.stream(model, prompt, system_prompt, temperature, max_tokens) as inner:
+                    async for delta in inner:
+                        yield delta
+                    cs.model = inner.model
+                    done = inner.completion
+                assert done is not None
+                self.settle(ticket, done.inbound_tokens, done.outbound_tokens, done.content)
+                yield Usage(done.inbound_tokens, done.outbound_tokens)
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                if ticket.open:  # failed, or abandoned mid-stream (billable)
+                    self.release(ticket, failure if failure is not None else GeneratorExit())
+
+        return CompletionStream(model, source)
+
+    async def list_models(self) -> list[str]:
+        return await self.inner.list_models()
+
+    async def model_details(self) -> list[ModelInfo]:
+        return await self.inner.model_details()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+__all__ = [
+    "BackendError",
+    "BudgetExceeded",
+    "LimitedBackend",
+    "ModelPrice",
+    "UsageLimitExceeded",
+    "limits_configured",
+    "parse_prices",
+    "unpriced_models",
+    "with_limits",
+]

@@ -1,0 +1,303 @@
+"""`[model_discovery]`: keep the served (and announced) model set in step with the backend.
+
+`ModelDiscovery` polls `backend.model_details()` every `refresh_interval_secs`
+and works out which models this executor serves:
+
+* every enabled `[[models]]` entry the backend offers -- and, when the backend
+  reports load state (LM Studio's `/api/v0/models`), only those it has loaded
+  (`loaded is False` means not served; `None`, as on OpenAI, means offered);
+* models the backend offers that are *not* configured are served only when a
+  default price policy is given (`default_model`: a `ModelConfig` template whose
+  prices and limits they get, with the backend's context length when it reports
+  one). The config has no such policy, so by default they are not served: an
+  unpriced model would be free work. Each is logged once as
+  "offered by the backend but not configured: X". Embedding models are never added.
+
+Backend status is "connected" after a successful poll and "disconnected" (with
+`last_error`) after a failed one. A backend that is down at start does not stop
+the node: nothing is served or announced, it is retried every interval, and its
+models are served and announced as soon as it answers. After a backend that was
+connected goes away, the last known set stays for `withdraw_after_failures`
+failed polls in a row (default 3; a blip must not make announcements flap), then
+the models are withdrawn until it comes back.
+
+Whenever the set changes, `on_change(models)` is awaited (an exception there is
+logged; the next change retries). `attach_discovery(service)` wires that to an
+`ExecutorService`: the request handler's model set is replaced (requests for a
+withdrawn model get the signed "not served here" refusal) and, with
+`advertise_models = true`, `p2p.services.update_models` replaces the gossip
+catalog and publishes an `Update` (with `advertise_models = false` the announced
+catalog stays the configured one).
+
+Wiring in `service.py` (ExecutorService), after the node has started:
+
+    # in start(), after `addrs = await self.node.start()`:
+    self.discovery = attach_discovery(self) if self.config.model_discovery.enabled else None
+    # in stop(), first thing (before draining):
+    if self.discovery is not None: await self.discovery.stop()
+
+(the task also ends by itself once `handler.draining` is set). asyncio only.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .backends.base import LlmBackend, ModelInfo
+from .config import ModelConfig
+from .config.schema import ModelDiscoveryConfig
+
+if TYPE_CHECKING:
+    from .service import ExecutorService
+
+log = logging.getLogger(__name__)
+
+CONNECTED = "connected"
+DISCONNECTED = "disconnected"
+UNKNOWN = "unknown"
+NON_CHAT_TYPES = frozenset({"embeddings", "embedding"})
+
+OnChange = Callable[[list[ModelConfig]], Awaitable[Any]]
+
+
+class ModelDiscovery:
+    """Polls the backend's models and calls `on_change(models)` when the served set changes.
+
+    `models`: the configured `[[models]]` entries; `initial`: the set being served
+    before the first poll (the first poll calls `on_change` if it differs; default:
+    the enabled configured models). `interval` overrides `refresh_interval_secs`
+    (tests use fractions of a second); `poll_timeout` bounds one poll.
+    """
+
+    def __init__(
+        self,
+        backend: LlmBackend,
+        config: ModelDiscoveryConfig,
+        on_change: OnChange,
+        *,
+        models: Iterable[ModelConfig] = (),
+        initial: Iterable[ModelConfig] | None = None,
+        default_model: ModelConfig | None = None,
+        interval: float | None = None,
+        poll_timeout: float = 30.0,
+        withdraw_after_failures: int = 3,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        if withdraw_after_failures < 1:
+            raise ValueError("withdraw_after_failures must be >= 1")
+        self.backend = backend
+        self.config = config
+        self.on_change = on_change
+        self.configured = [m for m in models]
+        self.default_model = default_model
+        self.interval = float(interval if interval is not None else config.refresh_interval_secs)
+        if self.interval <= 0:
+            raise ValueError("interval must be > 0")
+        self.poll_timeout = poll_timeout
+        self.withdraw_after_failures = withdraw_after_failures
+        self.should_stop = should_stop
+        self.served: list[ModelConfig] = list(initial) if initial is not None else [m for m in self.configured if m.enabled]
+        self.offered: dict[str, ModelInfo] = {}
+        self.backend_status = UNKNOWN
+        self.last_error: str | None = None
+        self.last_poll: float | None = None  # time.time() of the last poll (either outcome)
+        self.last_success: float | None = None
+        self.polls = 0
+        self.failures = 0  # consecutive failed polls
+        self.changes = 0  # on_change calls that succeeded
+        self.ever_connected = False
+        self._reported_unconfigured: set[str] = set()
+        self._reported_unavailable: dict[str, str] = {}  # configured name -> why it is not served
+        self._task: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ computing the set
+    def served_from(self, details: Sequence[ModelInfo]) -> list[ModelConfig]:
+        """The model set to serve given the backend's listing (logs what it leaves out, once)."""
+        offered = {info.id: info for info in details}
+        served: list[ModelConfig] = []
+        configured_names = {m.name for m in self.configured}
+        for model in self.configured:
+            if not model.enabled:
+                continue
+            info = offered.get(model.name)
+            why = None
+            if info is None:
+                why = "not offered by the backend"
+            elif info.loaded is False:
+                why = "offered by the backend but not loaded"
+            if why is None:
+                served.append(model)
+                if self._reported_unavailable.pop(model.name, None) is not None:
+                    log.info("model discovery: configured model %s is available again", model.name)
+            elif self._reported_unavailable.get(model.name) != why:
+                self._reported_unavailable[model.name] = why
+                log.warning("model discovery: configured model %s is %s; not serving it", model.name, why)
+        extra = sorted(
+            name
+            for name, info in offered.items()
+            if name not in configured_names and info.loaded is not False and (info.type or "").lower() not in NON_CHAT_TYPES
+        )
+        if self.default_model is not None:
+            for name in extra:
+                ctx = offered[name].context_length or self.default_model.context_length
+                served.append(dataclasses.replace(self.default_model, name=name, enabled=True, context_length=ctx))
+        else:
+            new = [name for name in extra if name not in self._reported_unconfigured]
+            if new:
+                self._reported_unconfigured.update(new)
+                log.info(
+                    "model discovery: offered by the backend but not configured: %s "
+                    "(not served without a price; add [[models]] entries to serve them)",
+                    ", ".join(new),
+                )
+        return served
+
+    # ------------------------------------------------------------------ polling
+    async def poll_once(self) -> bool:
+        """One poll; True when the served set changed (and `on_change` was called)."""
+        async with self._lock:
+            self.polls += 1
+            self.last_poll = time.time()
+            try:
+                async with asyncio.timeout(self.poll_timeout):
+                    details = await self.backend.model_details()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure: the node keeps running, we retry next interval
+                self.failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if isinstance(exc, TimeoutError) and not str(exc):
+                    self.last_error = f"no model listing within {self.poll_timeout:g} s"
+                if self.backend_status != DISCONNECTED:
+                    log.warning("model discovery: backend disconnected (%s); retrying every %g s", self.last_error, self.interval)
+                self.backend_status = DISCONNECTED
+                if not self.ever_connected or self.failures >= self.withdraw_after_failures:
+                    new = []
+                else:
+                    new = list(self.served)
+            else:
+                if self.backend_status != CONNECTED:
+                    log.info("model discovery: backend connected (%d model(s) offered)", len(details))
+                self.backend_status = CONNECTED
+                self.ever_connected = True
+                self.failures = 0
+                self.last_error = None
+                self.last_success = self.last_poll
+                self.offered = {info.id: info for info in details}
+                new = self.served_from(details)
+            if new == self.served:
+                return False
+            before = {m.name for m in self.served}
+            after = {m.name for m in new}
+            try:
+                await self.on_change(list(new))
+            except Exception:
+                log.exception("model discovery: applying the new model set failed; retrying at the next poll")
+                return False
+            self.served = list(new)
+            self.changes += 1
+            log.info(
+                "model discovery: now serving %s (added: %s; removed: %s)",
+                ", ".join(sorted(after)) or "no models",
+                ", ".join(sorted(after - before)) or "-",
+                ", ".join(sorted(before - after)) or "-",
+            )
+            return True
+
+    async def run(self) -> None:
+        """Poll until cancelled (or `should_stop()` turns true)."""
+        while not (self.should_stop and self.should_stop()):
+            try:
+                await self.poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug must not end discovery silently
+                log.exception("model discovery: poll failed unexpectedly")
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> asyncio.Task:
+        """Run as a task of the running loop (idempotent)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self.run(), name="model-discovery")
+        return self._task
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def status(self) -> dict[str, Any]:
+        """For status pages and `models list`: backend status, last error, what is served and offered."""
+        return {
+            "backend_status": self.backend_status,
+            "last_error": self.last_error,
+            "last_poll": self.last_poll,
+            "last_success": self.last_success,
+            "refresh_interval_secs": self.interval,
+            "served_models": sorted(m.name for m in self.served),
+            "offered_models": {
+                name: ("loaded" if i.loaded else "not-loaded" if i.loaded is False else "listed") for name, i in sorted(self.offered.items())
+            },
+            "not_configured": sorted(self._reported_unconfigured - {m.name for m in self.served}),
+        }
+
+
+def attach_discovery(
+    service: ExecutorService,
+    *,
+    default_model: ModelConfig | None = None,
+    interval: float | None = None,
+    poll_timeout: float = 30.0,
+    withdraw_after_failures: int = 3,
+    start: bool = True,
+) -> ModelDiscovery:
+    """Wire a `ModelDiscovery` to a started `ExecutorService` and (with `start`) run it as an
+    asyncio task of the running loop. Call from that loop after `await service.start()`;
+    `await discovery.stop()` before `service.stop()` (it also ends once the handler drains).
+
+    On change: `service.handler.models` is replaced, and with `advertise_models` the
+    gossip catalog too (`update_models`, which publishes an `Update`).
+    """
+    from .p2p.services import update_models
+
+    config = service.config.model_discovery
+    handler = service.handler
+
+    async def on_change(models: list[ModelConfig]) -> None:
+        if handler.draining:
+            return
+        handler.models = {m.name: m for m in models}
+        if config.advertise_models:
+            await update_models(service.node, service.catalog, models)
+
+    discovery = ModelDiscovery(
+        service.backend,
+        config,
+        on_change,
+        models=service.config.models,
+        initial=[m for m in handler.models.values() if m.enabled],
+        default_model=default_model,
+        interval=interval,
+        poll_timeout=poll_timeout,
+        withdraw_after_failures=withdraw_after_failures,
+        should_stop=lambda: handler.draining,
+    )
+    service.discovery = discovery  # type: ignore[attr-defined]  # for status pages; service.py may declare it
+    if start:
+        discovery.start()
+    return discovery
+
+
+__all__ = ["CONNECTED", "DISCONNECTED", "ModelDiscovery", "attach_discovery"]
