@@ -242,8 +242,12 @@ def test_rust_executor_request_answer_verified(rust_executor: RustExecutor, run)
     assert (answer.inbound_tokens, answer.outbound_tokens) == (words(prompt), words(answer.content))
     assert answer.total_cost == str(words(prompt) * int(BIG_IN) + words(answer.content) * int(BIG_OUT))
     assert answer.model_used == MODEL and answer.latency_s > 0
-    seen = [r for r in rust_executor.requests() if r.get("model") == MODEL and r["variant"] == "SignedLlmRequest"]
-    assert seen and all(r["signature_valid"] is True and r["error"] is None for r in seen)
+    # the Rust peer logs the request it verified; its stdout line may trail the answer a little
+    def seen() -> list[dict[str, Any]]:
+        return [r for r in rust_executor.requests() if r.get("model") == MODEL and r["variant"] == "SignedLlmRequest"]
+
+    assert interop.wait_until(lambda: bool(seen()), 5), rust_executor.requests()
+    assert all(r["signature_valid"] is True and r["error"] is None for r in seen())
 
 
 def test_rust_executor_signed_error_is_an_answer(rust_executor: RustExecutor, run) -> None:
