@@ -127,6 +127,9 @@ class DecodedResponse(Decoded):
     total_cost: str | None
     model_used: str | None
     error: str | None
+    # envelope `receipt`: {request_hash: bytes, client: bytes, timestamp: int, success: bool,
+    # digest: bytes, signature: bytes} when well-formed; a malformed one as received; None when absent
+    receipt: Any  # dict[str, Any] | None, or a malformed value as received
 
 class DecodedAnnouncement(Decoded):
     announcement: dict[str, Any]
@@ -146,6 +149,7 @@ def encode_unsigned_request(
 def encode_signed_response(
     key: PrivateKey, content: str, inbound_tokens: int, outbound_tokens: int, total_cost: str,
     model_used: str, error: str | None, timestamp: int, nonce: int | None = None,
+    receipt: dict[str, Any] | None = None,
 ) -> bytes: ...
 def encode_unsigned_response(
     content: str, inbound_tokens: int, outbound_tokens: int, total_cost: str, model_used: str,

@@ -4,7 +4,24 @@ Decodes with the native codec, checks what the wire contract demands
 (signature, freshness, unsigned policy, addressing, model), runs the backend,
 counts tokens, prices exactly in wei and answers with a `SignedLlmResponse`.
 Every refusal is a signed error answer (PROTOCOL.md §5). The full admission
-pipeline (rate limits, prices, replay, queues, cache, ledger) builds on this.
+pipeline (rate limits, prices, replay, queues, cache) builds on this.
+
+Receipt and ledger (the answer's last steps, `_answer`):
+- with a `receipt_domain`, every signed request that passed admission (served,
+  or a signed error after admission) gets an EIP-712 `LlmResponseCommitment`
+  receipt in the answer's envelope (PROTOCOL.md §7; wire shape in
+  `native/src/codec/types.rs`). `requestHash` is the request commitment with
+  `executor` = our EVM address, the request's model, texts, `max_tokens`
+  (0 when absent), temperature as it travelled (f32, `round(t*10000)`, 0 when
+  absent), prices, nonce and deadline; the response commitment names the
+  request's signer as `client`, the request's model, the answer's content and
+  tokens, the request's prices, the answer's timestamp and `success` = no error.
+  Unsigned requests (no client to name) and refusals during admission get none.
+- with a `ledger`, one row per answered request (served or refused; malformed
+  frames and validator messages are not requests) is committed, off the event
+  loop, *before* the answer bytes are returned: an answer is never sent for a
+  request the ledger does not hold. If the write fails, a would-be served
+  answer becomes a signed error (nothing is served unrecorded).
 """
 from __future__ import annotations
 
@@ -17,6 +34,7 @@ from dataclasses import dataclass
 from . import _native
 from .backends.base import LlmBackend
 from .config import ModelConfig, RequestHandlingConfig
+from .ledger import STATUS_REFUSED, STATUS_SERVED, Ledger, LedgerEntry
 from .p2p.llm_protocol import RequestContext
 
 log = logging.getLogger(__name__)
@@ -47,6 +65,35 @@ class Refusal(Exception):
     reason: str
 
 
+@dataclass(frozen=True)
+class Reply:
+    """The `LlmResponse` payload we are about to sign."""
+
+    content: str
+    inbound_tokens: int
+    outbound_tokens: int
+    total_cost: str
+    model_used: str
+    error: str | None = None
+
+    @classmethod
+    def refusal(cls, model: str, reason: str) -> Reply:
+        """An error answer: no content, zero tokens, cost "0", the requested model (PROTOCOL.md §5)."""
+        return cls("", 0, 0, "0", model, reason)
+
+
+@dataclass
+class Timings:
+    """Milliseconds spent waiting for a backend slot and in the backend (None: never got there)."""
+
+    received_at: float  # time.monotonic()
+    queued_ms: float | None = None
+    backend_ms: float | None = None
+
+    def total_ms(self) -> float:
+        return (time.monotonic() - self.received_at) * 1000.0
+
+
 class BasicRequestHandler:
     def __init__(
         self,
@@ -58,6 +105,8 @@ class BasicRequestHandler:
         handling: RequestHandlingConfig | None = None,
         peer_id: str | None = None,
         aliases: dict[str, str] | None = None,
+        receipt_domain: _native.Eip712Domain | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.key = key
         self.models = {m.name: m for m in models}
@@ -70,6 +119,8 @@ class BasicRequestHandler:
         self.draining = False  # set on shutdown: new requests get a signed refusal
         self.peer_id = peer_id or key.peer_id
         self._names_for_us = {self.peer_id, key.address.lower()}
+        self.receipt_domain = receipt_domain  # None: answers carry no EIP-712 receipt
+        self.ledger = ledger  # None: nothing is recorded
 
     async def __call__(self, frame: bytes, ctx: RequestContext) -> bytes | None:
         try:
@@ -80,13 +131,17 @@ class BasicRequestHandler:
         if decoded.request is None:
             return self._acknowledge(decoded)
         request = decoded.request
+        now = time.monotonic()
+        timings = Timings(ctx.received_at if 0 < ctx.received_at <= now else now)
+        admitted: Admitted | None = None
         try:
             if self.draining:
                 raise Refusal("executor is shutting down; send the request to another executor")
             admitted = self._admit(decoded)
-            return await self._serve(request, admitted)
+            reply = await self._serve(request, admitted, timings)
         except Refusal as refusal:
-            return self._error(request.model, refusal.reason)
+            reply = Reply.refusal(request.model, refusal.reason)
+        return await self._answer(decoded, ctx, admitted, reply, timings)
 
     def _model_slots(self, model: ModelConfig) -> asyncio.Semaphore | contextlib.nullcontext:
         if model.max_concurrent_requests is None:
@@ -140,18 +195,29 @@ class BasicRequestHandler:
             )
         return Admitted(model, prompt_tokens, max_tokens)
 
-    async def _serve(self, request: _native.LlmRequest, admitted: Admitted) -> bytes:
+    async def _serve(self, request: _native.LlmRequest, admitted: Admitted, timings: Timings | None = None) -> Reply:
         """Runs the backend on the resolved model; `model_used` names it (not the alias)."""
         model = admitted.model
         timeout = self.handling.request_timeout_secs
+        timings = timings or Timings(time.monotonic())
+        waiting = time.monotonic()
+        running: float | None = None
         try:
             async with asyncio.timeout(timeout):
                 # max_concurrent_requests (global, then per model): the rest wait here
                 async with self._backend_slots, self._model_slots(model):
-                    completion = await self.backend.complete(
-                        model.name, request.prompt, request.system_prompt, request.temperature, admitted.max_tokens
-                    )
+                    running = time.monotonic()
+                    timings.queued_ms = (running - waiting) * 1000.0
+                    try:
+                        completion = await self.backend.complete(
+                            model.name, request.prompt, request.system_prompt, request.temperature,
+                            admitted.max_tokens,
+                        )
+                    finally:
+                        timings.backend_ms = (time.monotonic() - running) * 1000.0
         except TimeoutError:
+            if running is None:
+                timings.queued_ms = (time.monotonic() - waiting) * 1000.0
             raise Refusal(f"no answer within request_timeout_secs ({timeout:g} s)") from None
         except Exception as exc:  # a backend failure is the client's signed error, not a dropped stream
             log.warning("backend failed for model %s: %s", model.name, exc)
@@ -161,8 +227,97 @@ class BasicRequestHandler:
         if outbound is None:
             outbound = _native.count_tokens(completion.content, TOKEN_ENCODING)
         cost = inbound * int(request.inbound_price) + outbound * int(request.outbound_price)
+        return Reply(completion.content, inbound, outbound, str(cost), model.name)
+
+    async def _answer(
+        self,
+        decoded: _native.DecodedRequest,
+        ctx: RequestContext,
+        admitted: Admitted | None,
+        reply: Reply,
+        timings: Timings,
+    ) -> bytes:
+        """Sign the receipt, commit the ledger row, then sign and return the answer."""
+        request = decoded.request
+        timestamp = int(time.time())
+        receipt = self._receipt(decoded, reply, timestamp) if admitted is not None else None
+        if self.ledger is not None:
+            entry = self._ledger_entry(decoded, ctx, admitted, reply, receipt, timings)
+            try:
+                await asyncio.to_thread(self.ledger.record, entry)
+            except Exception as exc:
+                log.error("ledger write failed; answering request from %s with an error: %s", ctx.peer_id, exc)
+                if reply.error is None:  # never serve what the ledger does not hold
+                    reply = Reply.refusal(request.model, "executor could not record the request; it was not served")
+                    receipt = self._receipt(decoded, reply, timestamp) if admitted is not None else None
         return _native.encode_signed_response(
-            self.key, completion.content, inbound, outbound, str(cost), model.name, None, int(time.time())
+            self.key, reply.content, reply.inbound_tokens, reply.outbound_tokens, reply.total_cost,
+            reply.model_used, reply.error, timestamp, None, receipt,
+        )
+
+    def _receipt(self, decoded: _native.DecodedRequest, reply: Reply, timestamp: int) -> dict | None:
+        """The signed `LlmResponseCommitment` for the envelope, or None (no domain, unsigned request)."""
+        if self.receipt_domain is None or not decoded.is_signed or not decoded.signature_valid:
+            return None
+        request = decoded.request
+        client = bytes(decoded.signer)
+        try:
+            request_hash = bytes(self.receipt_domain.request_commitment_digest(
+                self.key.address_bytes, request.model, request.prompt, request.system_prompt,
+                request.max_tokens or 0, request.temperature or 0.0,
+                request.inbound_price, request.outbound_price, request.nonce, request.deadline,
+            ))
+            digest, signature = self.receipt_domain.sign_response_receipt(
+                self.key, request_hash, client, request.model, reply.content,
+                reply.inbound_tokens, reply.outbound_tokens, request.inbound_price, request.outbound_price,
+                timestamp, reply.error is None,
+            )
+        except (TypeError, ValueError) as exc:  # e.g. a price of 2**256 wei or more: not committable
+            log.warning("no receipt for a request from 0x%s: %s", client.hex(), exc)
+            return None
+        return {
+            "request_hash": request_hash,
+            "client": client,
+            "timestamp": timestamp,
+            "success": reply.error is None,
+            "digest": bytes(digest),
+            "signature": bytes(signature),
+        }
+
+    def _ledger_entry(
+        self,
+        decoded: _native.DecodedRequest,
+        ctx: RequestContext,
+        admitted: Admitted | None,
+        reply: Reply,
+        receipt: dict | None,
+        timings: Timings,
+    ) -> LedgerEntry:
+        request = decoded.request
+        signed_by = decoded.signer if decoded.is_signed and decoded.signature_valid else None
+        # `model` is always one of ours (or ""), so per-model totals cannot be flooded with
+        # made-up names; the name as requested is kept in `requested_model`
+        served = admitted.model if admitted is not None else self.resolve(request.model)
+        return LedgerEntry(
+            status=STATUS_SERVED if reply.error is None else STATUS_REFUSED,
+            model=served.name if served is not None else "",
+            requested_model=request.model,
+            client_address="0x" + bytes(signed_by).hex() if signed_by is not None else None,
+            peer_id=ctx.peer_id,
+            inbound_tokens=reply.inbound_tokens,
+            outbound_tokens=reply.outbound_tokens,
+            inbound_price=request.inbound_price,
+            outbound_price=request.outbound_price,
+            total_cost=reply.total_cost,
+            reason=reply.error,
+            request_digest=bytes(decoded.digest),
+            request_hash=receipt["request_hash"] if receipt else None,
+            receipt_digest=receipt["digest"] if receipt else None,
+            receipt_signature=receipt["signature"] if receipt else None,
+            receipt_timestamp=receipt["timestamp"] if receipt else None,
+            queued_ms=timings.queued_ms,
+            backend_ms=timings.backend_ms,
+            total_ms=timings.total_ms(),
         )
 
     def _error(self, model: str, reason: str) -> bytes:

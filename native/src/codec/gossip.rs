@@ -45,6 +45,7 @@ pub fn decode(data: &[u8]) -> Result<Opened, String> {
         signature: m.signature.to_vec(),
         timestamp: m.timestamp,
         nonce: m.nonce,
+        receipt: m.receipt,
     };
     Ok(Opened {
         variant: "ModelAnnouncement",

@@ -8,7 +8,10 @@
 //! instead, so both CBOR and JSON inputs take the same lenient path.
 //! Serialization is untouched: the derived impls write what the reference writes.
 
+use super::jval::JVal;
+use super::types::EnvelopeReceipt;
 use alloy_primitives::{Address, Bytes};
+use serde::Deserialize;
 use serde::de::{self, SeqAccess, Visitor};
 use serde::Deserializer;
 use std::fmt;
@@ -138,3 +141,12 @@ macro_rules! opt_visitor {
 
 opt_visitor!(opt_f32, f32, narrow);
 opt_visitor!(opt_f64, f64, Ok);
+
+/// The envelope's optional `receipt`: any JSON-like value; `null` is absent.
+/// Never fails on the receipt's *shape* (see `EnvelopeReceipt`).
+pub fn receipt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<EnvelopeReceipt>, D::Error> {
+    Ok(match JVal::deserialize(d)? {
+        JVal::Null => None,
+        value => Some(EnvelopeReceipt::from_jval(value)),
+    })
+}

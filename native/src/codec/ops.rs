@@ -13,6 +13,8 @@ pub struct Envelope {
     pub signature: Vec<u8>,
     pub timestamp: u64,
     pub nonce: Option<u64>,
+    /// The `receipt` entry, when the envelope carries one (responses).
+    pub receipt: Option<EnvelopeReceipt>,
 }
 
 /// What any decode yields besides the typed payload.
@@ -29,6 +31,7 @@ fn open<T: serde::Serialize>(variant: &'static str, m: SignedMessage<T>) -> Resu
         signature: m.signature.to_vec(),
         timestamp: m.timestamp,
         nonce: m.nonce,
+        receipt: m.receipt,
     };
     Ok((
         m.payload,
@@ -106,15 +109,23 @@ pub fn encode_request(
     wire::encode_cbor(&msg)
 }
 
+/// `receipt` goes in the signed envelope (after `nonce`); an unsigned
+/// response has no envelope, so a receipt there is an error.
 pub fn encode_response(
     signer: Option<&Signer>,
     r: LlmResponse,
     timestamp: u64,
     nonce: Option<u64>,
+    receipt: Option<Receipt>,
 ) -> Result<Vec<u8>, String> {
     let msg = match signer {
+        None if receipt.is_some() => return Err("an unsigned LlmResponse has no envelope to carry a receipt".into()),
         None => ResponseMessage::LlmResponse(r),
-        Some(s) => ResponseMessage::SignedLlmResponse(sign::signed(&s.secret, s.address, r, timestamp, nonce)?),
+        Some(s) => {
+            let mut m = sign::signed(&s.secret, s.address, r, timestamp, nonce)?;
+            m.receipt = receipt.map(EnvelopeReceipt::Typed);
+            ResponseMessage::SignedLlmResponse(m)
+        }
     };
     wire::encode_cbor(&msg)
 }

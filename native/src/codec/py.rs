@@ -5,7 +5,8 @@
 
 use super::jval::JVal;
 use super::ops::{self, Envelope, Opened, Signer};
-use super::types::{AcknowledgmentResponse, LlmRequest, LlmResponse};
+use super::types::{AcknowledgmentResponse, EnvelopeReceipt, LlmRequest, LlmResponse, Receipt};
+use alloy_primitives::{Address, Bytes, B256};
 use super::{gossip, wire};
 use crate::crypto::PrivateKey;
 use indexmap::IndexMap;
@@ -407,6 +408,28 @@ impl DecodedResponse {
     fn error(&self) -> Option<&str> {
         self.inner().and_then(|r| r.error.as_deref())
     }
+    /// The envelope's `receipt` (see `encode_signed_response`): a dict
+    /// `{request_hash, client, timestamp, success, digest, signature}` (bytes,
+    /// int, bool) when well-formed; a malformed one comes back as received
+    /// (any value) for the caller to report; None when absent.
+    #[getter]
+    fn receipt(slf: PyRef<'_, Self>, py: Python<'_>) -> PyResult<PyObject> {
+        let base = slf.as_super();
+        match base.envelope.as_ref().and_then(|e| e.receipt.as_ref()) {
+            None => Ok(py.None()),
+            Some(EnvelopeReceipt::Raw(v)) => jval_to_py(py, v),
+            Some(EnvelopeReceipt::Typed(r)) => {
+                let d = PyDict::new(py);
+                d.set_item("request_hash", PyBytes::new(py, r.request_hash.as_slice()))?;
+                d.set_item("client", PyBytes::new(py, r.client.as_slice()))?;
+                d.set_item("timestamp", r.timestamp)?;
+                d.set_item("success", r.success)?;
+                d.set_item("digest", PyBytes::new(py, r.digest.as_slice()))?;
+                d.set_item("signature", PyBytes::new(py, &r.signature))?;
+                Ok(d.into_any().unbind())
+            }
+        }
+    }
 }
 
 /// A decoded gossip `SignedMessage<ModelAnnouncement>` (JSON).
@@ -577,9 +600,62 @@ fn encode_unsigned_request<'py>(
     Ok(PyBytes::new(py, &frame))
 }
 
+fn receipt_item<'py>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Bound<'py, PyAny>> {
+    d.get_item(key)?
+        .ok_or_else(|| value_error(format!("receipt is missing {key:?}")))
+}
+
+fn receipt_bytes(d: &Bound<'_, PyDict>, key: &str, len: usize) -> PyResult<Vec<u8>> {
+    let v = receipt_item(d, key)?;
+    let raw = if let Ok(b) = v.downcast::<PyBytes>() {
+        b.as_bytes().to_vec()
+    } else if let Ok(t) = v.downcast::<PyString>() {
+        let t = t.to_str()?;
+        let body = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")).unwrap_or(t);
+        hex::decode(body).map_err(|_| value_error(format!("receipt {key:?} is not hex: {t:?}")))?
+    } else {
+        return Err(PyTypeError::new_err(format!("receipt {key:?} must be bytes or 0x-hex str")));
+    };
+    if raw.len() != len {
+        return Err(value_error(format!("receipt {key:?} must be {len} bytes, got {}", raw.len())));
+    }
+    Ok(raw)
+}
+
+/// A receipt dict (as `DecodedResponse.receipt` returns it) to the wire struct.
+fn receipt_arg(obj: &Bound<'_, PyAny>) -> PyResult<Receipt> {
+    let d = obj
+        .downcast::<PyDict>()
+        .map_err(|_| PyTypeError::new_err("receipt must be a dict"))?;
+    let timestamp = receipt_item(d, "timestamp")?;
+    if !timestamp.is_instance_of::<PyInt>() || timestamp.is_instance_of::<PyBool>() {
+        return Err(PyTypeError::new_err("receipt \"timestamp\" must be an int"));
+    }
+    let timestamp: u64 = timestamp
+        .extract()
+        .map_err(|_| value_error("receipt \"timestamp\" must be in 0..=2**64-1".into()))?;
+    let success = receipt_item(d, "success")?;
+    let success = success
+        .downcast::<PyBool>()
+        .map_err(|_| PyTypeError::new_err("receipt \"success\" must be a bool"))?
+        .is_true();
+    Ok(Receipt {
+        request_hash: B256::from_slice(&receipt_bytes(d, "request_hash", 32)?),
+        client: Address::from_slice(&receipt_bytes(d, "client", 20)?),
+        timestamp,
+        success,
+        digest: B256::from_slice(&receipt_bytes(d, "digest", 32)?),
+        signature: Bytes::from(receipt_bytes(d, "signature", 65)?),
+    })
+}
+
 /// Executor side: the `SignedLlmResponse` frame answering a request.
+/// `receipt`: an optional dict `{request_hash: bytes32, client: address
+/// (20 bytes or 0x-hex), timestamp: int, success: bool, digest: bytes32,
+/// signature: bytes65}` written in the envelope after `nonce` (wire shape:
+/// `codec::types::Receipt`); byte fields may also be 0x-hex text.
 #[pyfunction]
-#[pyo3(signature = (key, content, inbound_tokens, outbound_tokens, total_cost, model_used, error, timestamp, nonce=None))]
+#[pyo3(signature = (key, content, inbound_tokens, outbound_tokens, total_cost, model_used, error, timestamp, nonce=None, receipt=None))]
 #[allow(clippy::too_many_arguments)]
 fn encode_signed_response<'py>(
     py: Python<'py>,
@@ -592,8 +668,13 @@ fn encode_signed_response<'py>(
     error: Option<String>,
     timestamp: u64,
     nonce: Option<u64>,
+    receipt: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let signer = signer_of(key)?;
+    let receipt = match receipt {
+        Some(obj) if !obj.is_none() => Some(receipt_arg(obj)?),
+        _ => None,
+    };
     let r = LlmResponse {
         content,
         inbound_tokens,
@@ -603,7 +684,7 @@ fn encode_signed_response<'py>(
         error,
     };
     let frame = py
-        .allow_threads(|| ops::encode_response(Some(&signer), r, timestamp, nonce))
+        .allow_threads(|| ops::encode_response(Some(&signer), r, timestamp, nonce, receipt))
         .map_err(value_error)?;
     Ok(PyBytes::new(py, &frame))
 }
@@ -629,7 +710,7 @@ fn encode_unsigned_response<'py>(
         error,
     };
     let frame = py
-        .allow_threads(|| ops::encode_response(None, r, 0, None))
+        .allow_threads(|| ops::encode_response(None, r, 0, None, None))
         .map_err(value_error)?;
     Ok(PyBytes::new(py, &frame))
 }

@@ -123,5 +123,6 @@ pub fn signed<T: Serialize>(
         signature: signature.to_vec().into(),
         timestamp,
         nonce,
+        receipt: None,
     })
 }

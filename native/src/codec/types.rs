@@ -11,7 +11,7 @@
 
 use super::jval::JVal;
 use super::lenient;
-use alloy_primitives::{Address, Bytes};
+use alloy_primitives::{Address, Bytes, B256};
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +51,103 @@ pub struct SignedMessage<T> {
     pub signature: Bytes,
     pub timestamp: u64,
     pub nonce: Option<u64>,
+    /// Our envelope extension (see `Receipt`): written only when set, so every
+    /// other message is byte-identical to the reference's; `null` reads as absent.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient::receipt")]
+    pub receipt: Option<EnvelopeReceipt>,
+}
+
+/// The executor's EIP-712 `LlmResponseCommitment` receipt (PROTOCOL.md §7),
+/// carried in the `SignedLlmResponse` envelope after the standard fields.
+/// It is outside the signed payload and reference decoders ignore unknown
+/// envelope keys (PROTOCOL.md §4), so reference verifiers still verify.
+///
+/// ```text
+/// SignedLlmResponse = { "payload": LlmResponse, "signer": bytes(20), "signature": bytes(65),
+///                       "timestamp": uint, "nonce": uint / null,
+///                       ? "receipt": Receipt }          ; absent when there is no receipt
+/// Receipt = {                     ; definite-length map, text keys, in this order
+///   "request_hash": bytes(32),    ; EIP-712 digest of the request's LlmRequestCommitment
+///   "client":       bytes(20),    ; the commitment's `client`: the request's signer
+///   "timestamp":    uint,         ; the commitment's `timestamp` (unix seconds)
+///   "success":      bool,         ; the commitment's `success` (false for a signed error)
+///   "digest":       bytes(32),    ; EIP-712 digest of the LlmResponseCommitment
+///   "signature":    bytes(65),    ; r‖s‖v, v ∈ {0, 1}, by the executor's key over `digest`
+/// }
+/// ```
+/// The other commitment fields are not repeated: `model` is the request's
+/// model, `contentHash`/tokens come from the signed payload, prices from the
+/// request. In JSON the byte strings are lowercase `0x…` hex; a decoder
+/// accepts hex text for bytes, as everywhere (PROTOCOL.md §3).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Receipt {
+    pub request_hash: B256,
+    pub client: Address,
+    pub timestamp: u64,
+    pub success: bool,
+    pub digest: B256,
+    pub signature: Bytes,
+}
+
+/// A received `receipt` entry: typed when it has the shape above, else kept
+/// as it came (a receipt never makes a frame malformed; the client reports it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum EnvelopeReceipt {
+    Typed(Receipt),
+    Raw(JVal),
+}
+
+impl Serialize for EnvelopeReceipt {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            EnvelopeReceipt::Typed(r) => r.serialize(s),
+            EnvelopeReceipt::Raw(v) => v.serialize(s),
+        }
+    }
+}
+
+impl EnvelopeReceipt {
+    /// Typed when `value` is a map holding the six fields with the right
+    /// types and sizes (extra keys ignored), raw otherwise.
+    pub fn from_jval(value: JVal) -> Self {
+        match Receipt::from_jval(&value) {
+            Some(r) => EnvelopeReceipt::Typed(r),
+            None => EnvelopeReceipt::Raw(value),
+        }
+    }
+}
+
+impl Receipt {
+    fn from_jval(value: &JVal) -> Option<Receipt> {
+        let JVal::Object(map) = value else { return None };
+        let bytes = |key: &str, len: usize| -> Option<Vec<u8>> {
+            let raw = match map.get(key)? {
+                JVal::Bytes(b) => b.clone(),
+                JVal::Str(t) => {
+                    let body = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")).unwrap_or(t);
+                    hex::decode(body).ok()?
+                }
+                _ => return None,
+            };
+            (raw.len() == len).then_some(raw)
+        };
+        let timestamp = match map.get("timestamp")? {
+            JVal::U64(n) => *n,
+            _ => return None,
+        };
+        let success = match map.get("success")? {
+            JVal::Bool(b) => *b,
+            _ => return None,
+        };
+        Some(Receipt {
+            request_hash: B256::from_slice(&bytes("request_hash", 32)?),
+            client: Address::from_slice(&bytes("client", 20)?),
+            timestamp,
+            success,
+            digest: B256::from_slice(&bytes("digest", 32)?),
+            signature: Bytes::from(bytes("signature", 65)?),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,46 +1,46 @@
-"""EIP-712 receipts an executor may carry in the answer's envelope (PROTOCOL.md §4, §7).
+"""EIP-712 receipts an executor carries in the answer's envelope (PROTOCOL.md §4, §7).
 
-Reference decoders ignore unknown envelope keys, so an executor can add a
-`receipt` entry to the `SignedLlmResponse` map without breaking anyone. The
-native decoder does not expose envelope extras, so the (rare) frames that
-contain one are read a second time with cbor2 — lazily imported: receipts are
-optional, and the client works without cbor2.
+Reference decoders ignore unknown envelope keys, so an executor adds a
+`receipt` entry to the `SignedLlmResponse` map, after the standard fields,
+without breaking anyone. The native decoder exposes it
+(`DecodedResponse.receipt`); wire shape (a CBOR map, in this order; byte
+strings may also come as 0x-hex text), see `native/src/codec/types.rs`:
+`{"request_hash": bytes32, "client": bytes20, "timestamp": u64,
+"success": bool, "digest": bytes32, "signature": bytes65}`.
 
-Expected shape (a CBOR map; byte strings may also come as 0x-hex text):
-`{"request_hash": bytes32, "timestamp": u64, "success": bool, "digest": bytes32,
-"signature": bytes65}`. The client recomputes the response commitment from what
-it asked and what it got, so a receipt that commits to other numbers, or is not
-signed by the executor, is reported as invalid.
+The client recomputes both commitments from what it asked and what it got
+(the request's model, its prices, the answer's content and tokens), so a
+receipt that commits to other numbers, names another client, or is not
+signed by the executor is reported as invalid. `client` is optional here
+(older executors sent receipts without it).
 """
 from __future__ import annotations
 
 import logging
+import struct
 from typing import Any
 
 from .. import _native
 from .types import Receipt
 
 log = logging.getLogger(__name__)
-_warned = False
 
 
 def envelope_receipt(frame: bytes) -> Any:
-    """The raw `receipt` value of a SignedLlmResponse envelope, or None."""
-    global _warned
-    if b"receipt" not in frame:
+    """The `receipt` value of a SignedLlmResponse envelope (a dict when well-formed), or None."""
+    if b"receipt" not in frame:  # cheap: most frames carry none
         return None
     try:
-        import cbor2
-    except ImportError:
-        if not _warned:
-            log.warning("answers carry EIP-712 receipts but cbor2 is not installed: receipts are not checked")
-            _warned = True
+        return _native.decode_response(frame).receipt
+    except ValueError:
         return None
-    try:
-        message = cbor2.loads(frame)
-        return message["SignedLlmResponse"].get("receipt")
-    except Exception:
-        return None
+
+
+def wire_temperature(temperature: float | None) -> float:
+    """The temperature as the executor reads it: the request carries an f32 (0.7 → 0.699999988…)."""
+    if temperature is None:
+        return 0.0
+    return struct.unpack("<f", struct.pack("<f", float(temperature)))[0]
 
 
 def _bytes(value: Any, size: int) -> bytes:
@@ -77,22 +77,31 @@ def check_receipt(
         signature = _bytes(raw["signature"], 65)
         timestamp = int(raw["timestamp"])
         success = bool(raw["success"])
+        client = _bytes(raw["client"], 20) if "client" in raw else None
     except (KeyError, TypeError, ValueError) as exc:
         return Receipt(b"", b"", b"", 0, False, False, f"malformed receipt: {exc}")
 
     def invalid(problem: str) -> Receipt:
         return Receipt(request_hash, digest, signature, timestamp, success, False, problem)
 
-    expected_request = domain.request_commitment_digest(
-        executor_address, model, prompt, system_prompt, max_tokens or 0, temperature or 0.0,
-        inbound_price, outbound_price, nonce, deadline,
-    )
+    if client is not None and "0x" + client.hex() != client_address.lower():
+        return invalid(f"receipt names client 0x{client.hex()}, not us ({client_address.lower()})")
+    try:
+        expected_request = domain.request_commitment_digest(
+            executor_address, model, prompt, system_prompt, max_tokens or 0, wire_temperature(temperature),
+            inbound_price, outbound_price, nonce, deadline,
+        )
+    except (TypeError, ValueError) as exc:
+        return invalid(f"the request cannot be committed to: {exc}")
     if bytes(expected_request) != request_hash:
         return invalid("request_hash is not the commitment of the request we sent")
-    expected = domain.response_commitment_digest(
-        request_hash, client_address, model, content, inbound_tokens, outbound_tokens,
-        inbound_price, outbound_price, timestamp, success,
-    )
+    try:
+        expected = domain.response_commitment_digest(
+            request_hash, client_address, model, content, inbound_tokens, outbound_tokens,
+            inbound_price, outbound_price, timestamp, success,
+        )
+    except (TypeError, ValueError) as exc:
+        return invalid(f"the answer cannot be committed to: {exc}")
     if bytes(expected) != digest:
         return invalid("digest does not commit to the answer we received")
     try:

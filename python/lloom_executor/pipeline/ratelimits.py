@@ -1,0 +1,171 @@
+"""`[[rate_limiting.rules]]`: the first, cheapest admission check.
+
+One Cython `RateLimiter` (token buckets, see `_fast/ratelimit.pyx` for the
+bucket model and its memory bound) per configured rule.  A rule keys its
+buckets on the client's PeerId (`identifier = "peer_id"`) or on the remote IP
+address of the connection (`identifier = "ip_address"`).
+
+A request passes only when *every* rule allows it, and a refused request is
+debited from *no* rule: all rules are asked first without touching state
+(`retry_after`), and only when all say yes are they debited (`try_acquire`).
+Otherwise a request refused by the IP rule would still spend the peer's
+allowance, and a client that waits as told would find less than promised.
+
+`tokens` is whatever token count the caller wants charged against
+`max_tokens_per_minute`; the pipeline passes the request's budget (prompt tokens
++ max_tokens), known before the backend runs.  A request needing more tokens
+than the token bucket ever holds can never
+pass: its refusal says so instead of naming a retry time.
+
+A rule whose key is unknown (no remote IP, e.g. an in-process test transport)
+is skipped for that request and counted in `unkeyed`: sharing one bucket among
+all such clients would let one of them starve the rest.
+
+Not thread-safe (neither are the limiters): call from the event loop only.
+Rate-limit state is per process; with several worker processes each enforces
+the rules on its own share of the traffic (see ARCHITECTURE.md "Scaling past
+one core"): an exact shared limit needs a shared store behind this interface.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .._fast.ratelimit import RateLimiter, monotonic
+from ..config import RateLimitingConfig, RateLimitRule
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RateDecision", "RuleState", "RateLimitRules", "describe_rule", "format_wait"]
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    """The answer for one request.
+
+    `retry_after_secs` is 0.0 when allowed, the wait (seconds, exact float) of
+    the slowest refusing rule otherwise, `math.inf` when the request can never
+    pass.  `rule_description` names that rule; `reason` is the readable text
+    for the signed error answer ("" when allowed).
+    """
+
+    allowed: bool
+    retry_after_secs: float = 0.0
+    rule_description: str = ""
+    reason: str = ""
+
+
+@dataclass
+class RuleState:
+    """One configured rule, its limiter and its refusal counter (for metrics)."""
+
+    index: int
+    rule: RateLimitRule
+    limiter: RateLimiter
+    description: str
+    refusals: int = 0
+
+    @property
+    def identifier(self) -> str:
+        return self.rule.identifier
+
+
+def describe_rule(rule: RateLimitRule) -> str:
+    """"60 requests/minute (burst 20) and 100000 tokens/minute per peer_id"."""
+    parts = []
+    if rule.max_requests_per_minute is not None:
+        burst = f" (burst {rule.burst_size})" if rule.burst_size is not None else ""
+        parts.append(f"{rule.max_requests_per_minute} requests/minute{burst}")
+    if rule.max_tokens_per_minute is not None:
+        parts.append(f"{rule.max_tokens_per_minute} tokens/minute")
+    limits = " and ".join(parts) or "no limit"
+    return f"{limits} per {rule.identifier}"
+
+
+def format_wait(seconds: float) -> str:
+    """A wait rounded *up* to 0.1 s, so a client retrying after it is never early."""
+    return f"{math.ceil(seconds * 10 - 1e-9) / 10:.1f}"
+
+
+class RateLimitRules:
+    """All `[[rate_limiting.rules]]`; `check` admits or refuses one request.
+
+    `clock`: monotonic seconds (default: the limiters' C clock, the epoch of
+    `time.monotonic`).  `max_keys` bounds each rule's memory (see the limiter).
+    With `[rate_limiting] enabled = false` every request is allowed.
+    """
+
+    def __init__(
+        self,
+        config: RateLimitingConfig,
+        clock: Callable[[], float] | None = None,
+        *,
+        max_keys: int = 100_000,
+    ) -> None:
+        self.enabled = config.enabled
+        self._clock = clock or monotonic
+        self.rules: list[RuleState] = []
+        self.unkeyed = 0  # rule checks skipped because the request had no such key
+        if not self.enabled:
+            return
+        for index, rule in enumerate(config.rules):
+            limiter = RateLimiter(
+                rule.max_requests_per_minute,
+                rule.max_tokens_per_minute,
+                rule.burst_size,
+                max_keys=max_keys,
+            )
+            self.rules.append(RuleState(index, rule, limiter, describe_rule(rule)))
+        log.info("rate limiting: %s", "; ".join(r.description for r in self.rules) or "enabled, no rules")
+
+    def refusal_counts(self) -> dict[tuple[int, str], int]:
+        """(rule index, identifier) -> requests refused by that rule so far."""
+        return {(r.index, r.identifier): r.refusals for r in self.rules}
+
+    def check(self, peer_id: str | None, ip: str | None, tokens: int = 0) -> RateDecision:
+        """Allow and debit every rule, or refuse and debit none."""
+        if not self.rules:
+            return RateDecision(True)
+        now = self._clock()
+        keyed: list[tuple[RuleState, str]] = []
+        worst: tuple[float, RuleState, str] | None = None
+        for state in self.rules:
+            key = peer_id if state.rule.identifier == "peer_id" else ip
+            if not key:
+                self.unkeyed += 1
+                continue
+            keyed.append((state, key))
+            wait = state.limiter.retry_after(key, 1, tokens, now)
+            if wait > 0.0:
+                state.refusals += 1
+                if worst is None or wait > worst[0]:
+                    worst = (wait, state, key)
+        if worst is not None:
+            wait, state, key = worst
+            return RateDecision(False, wait, state.description, self._reason(state, key, tokens, wait, now))
+        for state, key in keyed:
+            # Same clock reading and retry_after said 0 for every rule: this cannot refuse.
+            if state.limiter.try_acquire(key, 1, tokens, now) > 0.0:  # pragma: no cover
+                log.warning("rate limit %s: debit refused after a clear check", state.description)
+        return RateDecision(True)
+
+    @staticmethod
+    def _reason(state: RuleState, key: str, tokens: int, wait: float, now: float) -> str:
+        rule = state.rule
+        if math.isinf(wait):
+            return (
+                f"rate limit: this request needs {tokens} tokens but the limit is "
+                f"{rule.max_tokens_per_minute} tokens/minute per {rule.identifier}; it can never be served here"
+                if rule.max_tokens_per_minute is not None and tokens > rule.max_tokens_per_minute
+                else f"rate limit: {state.description} can never admit this request"
+            )
+        requests_left, tokens_left = state.limiter.available(key, now)
+        exceeded = []
+        if rule.max_requests_per_minute is not None and requests_left < 1:
+            exceeded.append(f"{rule.max_requests_per_minute} requests/minute")
+        if rule.max_tokens_per_minute is not None and tokens_left < tokens:
+            exceeded.append(f"{rule.max_tokens_per_minute} tokens/minute")
+        what = " and ".join(exceeded) or state.description.rsplit(" per ", 1)[0]
+        return f"rate limit: {what} per {rule.identifier} exceeded; retry in {format_wait(wait)} s"

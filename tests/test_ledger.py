@@ -1,0 +1,315 @@
+"""The SQLite request ledger: exact rows, WAL, durability under SIGKILL, several writers, serving."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lloom_executor import _native
+from lloom_executor.backends import EchoBackend
+from lloom_executor.config import ModelConfig
+from lloom_executor.ledger import STATUS_REFUSED, STATUS_SERVED, Ledger, LedgerEntry, LedgerError
+from lloom_executor.p2p.llm_protocol import RequestContext
+from lloom_executor.serving import BasicRequestHandler
+
+PYTHON_DIR = str(Path(__file__).resolve().parents[1] / "python")
+BIG = 10**30  # wei beyond 2**64: revenue must be exact integer arithmetic
+MODEL = "gpt-3.5-turbo"
+DOMAIN = _native.Eip712Domain(31337, "0x" + "5f" * 20)
+
+
+def entry(i: int, **over: Any) -> LedgerEntry:
+    values: dict[str, Any] = dict(
+        status=STATUS_SERVED, model="m", client_address="0x" + "AB" * 20, peer_id=f"peer-{i}",
+        inbound_tokens=i, outbound_tokens=2 * i, inbound_price=str(BIG), outbound_price="3",
+        total_cost=str(i * BIG + 6 * i), request_digest=bytes([i % 256]) * 32, queued_ms=1.5, backend_ms=2.5,
+        total_ms=4.0, time=1_700_000_000.0 + i,
+    )
+    values.update(over)
+    return LedgerEntry(**values)
+
+
+def test_wal_full_sync_and_exact_row(tmp_path: Path) -> None:
+    with Ledger.in_directory(tmp_path / "data") as ledger:
+        assert ledger.path == tmp_path / "data" / "ledger.sqlite3"
+        assert ledger.journal_mode() == "wal"
+        assert ledger._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert oct(ledger.path.stat().st_mode & 0o777) == oct(0o600)
+        rowid = ledger.record(entry(7, receipt_digest=b"\x09" * 32, receipt_signature="0x" + "0a" * 65,
+                                    receipt_timestamp=1_700_000_007, request_hash=b"\x0b" * 32))
+        (row,) = ledger.entries()
+    assert row == {
+        "id": rowid, "time": 1_700_000_007.0, "status": "served", "reason": None,
+        "client_address": "0x" + "ab" * 20, "peer_id": "peer-7", "model": "m", "requested_model": "m",
+        "inbound_tokens": 7, "outbound_tokens": 14, "inbound_price": str(BIG), "outbound_price": "3",
+        "total_cost": str(7 * BIG + 42), "request_digest": "0x" + "07" * 32, "request_hash": "0x" + "0b" * 32,
+        "receipt_digest": "0x" + "09" * 32, "receipt_signature": "0x" + "0a" * 65, "receipt_timestamp": 1_700_000_007,
+        "queued_ms": 1.5, "backend_ms": 2.5, "total_ms": 4.0,
+    }
+    # another connection (another process would be the same) sees WAL mode on the file itself
+    conn = sqlite3.connect(tmp_path / "data" / "ledger.sqlite3")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_totals_exact_and_refusals_counted(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.db") as ledger:
+        ledger.record_many([entry(i) for i in range(1, 11)])
+        ledger.record(entry(1, model="other", total_cost=str(2**200)))
+        ledger.record(LedgerEntry(STATUS_REFUSED, "m", reason="model not served"))
+        totals = ledger.totals()
+        assert ledger.count() == 12
+    expected = sum(i * BIG + 6 * i for i in range(1, 11))
+    assert totals.revenue_by_model() == {"m": expected, "other": 2**200}
+    assert totals.by_model["m"].served == 10 and totals.by_model["m"].refused == 1
+    assert totals.by_model["m"].inbound_tokens == 55 and totals.by_model["m"].outbound_tokens == 110
+    assert (totals.served, totals.refused, totals.revenue) == (11, 1, expected + 2**200)
+    with Ledger(tmp_path / "l.db") as reopened:  # totals persist
+        assert reopened.totals() == totals
+
+
+def test_bad_entries_write_nothing(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.db") as ledger:
+        with pytest.raises(ValueError):
+            ledger.record_many([entry(1), entry(2, total_cost="1.5")])
+        with pytest.raises(ValueError):
+            ledger.record(entry(1, status="maybe"))
+        assert ledger.count() == 0 and ledger.totals().by_model == {}
+
+
+def test_optimize_keeps_rows(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.db") as ledger:
+        ledger.record_many([entry(i) for i in range(200)])
+        report = ledger.optimize()
+        assert report["checkpoint_complete"] is True
+        assert not Path(f"{ledger.path}-wal").exists() or Path(f"{ledger.path}-wal").stat().st_size == 0
+        assert ledger.count() == 200 and ledger.journal_mode() == "wal"
+        ledger.record(entry(1))
+        assert ledger.count() == 201
+
+
+def test_newer_schema_refused(tmp_path: Path) -> None:
+    Ledger(tmp_path / "l.db").close()
+    conn = sqlite3.connect(tmp_path / "l.db")
+    conn.execute("PRAGMA user_version = 99")
+    conn.commit()
+    conn.close()
+    with pytest.raises(LedgerError, match="schema 99"):
+        Ledger(tmp_path / "l.db")
+
+
+# -- processes -------------------------------------------------------------------------------------
+WRITER = textwrap.dedent("""
+    import os, sys, time
+    from lloom_executor.ledger import Ledger, LedgerEntry
+    path, tag, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    go = sys.argv[4] if len(sys.argv) > 4 else None
+    pause = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
+    ledger = Ledger(path)
+    while go and not os.path.exists(go):  # start together with the other writers
+        time.sleep(0.005)
+    for i in range(count):
+        ledger.record(LedgerEntry("served", "m", peer_id=f"{tag}-{i}", inbound_tokens=i, outbound_tokens=1,
+                                  inbound_price="1", outbound_price="1", total_cost=str(10**30 + i)))
+        print(f"acked {i}", flush=True)
+        time.sleep(pause)  # like an executor: rows arrive spaced, so the writers' turns interleave
+""")
+
+
+def writer(path: Path, tag: str, count: int, go: Path | None = None, pause: float = 0.0) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path), tag, str(count), *([str(go), str(pause)] if go else [])],
+        stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=PYTHON_DIR),
+    )
+
+
+def test_sigkill_loses_no_acknowledged_row(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    proc = writer(path, "w", 100_000)
+    acked: list[int] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            acked.append(int(line.split()[1]))
+            if len(acked) == 40:
+                os.kill(proc.pid, signal.SIGKILL)  # mid-stream: the next record is in flight
+                break
+        acked += [int(line.split()[1]) for line in proc.stdout]  # acks already in the pipe
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+    assert acked == list(range(len(acked))) and len(acked) >= 40
+    with Ledger(path) as ledger:
+        rows = {r["peer_id"]: r for r in ledger.entries()}
+        totals = ledger.totals().by_model["m"]
+    for i in acked:
+        row = rows[f"w-{i}"]
+        assert (row["inbound_tokens"], row["total_cost"], row["status"]) == (i, str(10**30 + i), "served")
+    # at most the one in flight committed without its ack being printed; totals match the rows exactly
+    assert len(acked) <= len(rows) <= len(acked) + 1
+    assert totals.served == len(rows) and totals.revenue == sum(int(r["total_cost"]) for r in rows.values())
+
+
+def test_two_processes_write_concurrently(tmp_path: Path) -> None:
+    path, go = tmp_path / "l.db", tmp_path / "go"
+    count = 200
+    procs = [writer(path, tag, count, go, 0.002) for tag in ("a", "b")]  # both create/open the new file at once
+    seen_while_writing = []
+    time.sleep(0.5)
+    go.touch()
+    with Ledger(path) as reader:  # a reader beside the writers (WAL)
+        while any(p.poll() is None for p in procs):
+            seen_while_writing.append(reader.count())
+            time.sleep(0.01)
+    outputs = [p.communicate(timeout=30)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert all(out.splitlines()[-1] == f"acked {count - 1}" for out in outputs)
+    with Ledger(path) as ledger:
+        rows = ledger.entries()
+        totals = ledger.totals().by_model["m"]
+    assert len(rows) == 2 * count
+    assert {r["peer_id"] for r in rows} == {f"{t}-{i}" for t in "ab" for i in range(count)}
+    assert totals.served == 2 * count
+    assert totals.revenue == 2 * sum(10**30 + i for i in range(count))
+    assert seen_while_writing == sorted(seen_while_writing)
+    order = [r["peer_id"][0] for r in rows]  # by id: the writers really interleaved
+    assert sum(a != b for a, b in zip(order, order[1:])) > 1
+
+
+# -- serving -------------------------------------------------------------------------------------
+class FailingEcho(EchoBackend):
+    async def complete(self, model: str, prompt: str, *args: Any, **kwargs: Any):
+        if prompt == "fail":
+            raise RuntimeError("backend exploded")
+        return await super().complete(model, prompt, *args, **kwargs)
+
+
+CTX = RequestContext("16Uiu2HAmLedgerPeer", "127.0.0.1", 0, 0.0)
+
+
+def handler(executor: _native.PrivateKey, ledger: Any, **kw: Any) -> BasicRequestHandler:
+    return BasicRequestHandler(executor, [ModelConfig(MODEL, inbound_price_wei=1, outbound_price_wei=2)],
+                               FailingEcho([MODEL]), ledger=ledger, aliases={"alias": MODEL}, **kw)
+
+
+def signed(client: _native.PrivateKey, executor: _native.PrivateKey, prompt: str, model: str = MODEL) -> bytes:
+    now = int(time.time())
+    return bytes(_native.encode_signed_request(client, model, prompt, None, None, 16, executor.peer_id,
+                                               str(BIG), "5", 77, now + 300, now))
+
+
+def test_serving_records_served_and_refused_rows(tmp_path: Path) -> None:
+    executor, client = _native.PrivateKey.generate(), _native.PrivateKey.generate()
+    with Ledger(tmp_path / "l.db") as ledger:
+        h = handler(executor, ledger, receipt_domain=DOMAIN)
+        frames = [signed(client, executor, "hello world", model="alias"), signed(client, executor, "x", "nope"),
+                  signed(client, executor, "fail")]
+        answers = [_native.decode_response(asyncio.run(h(f, CTX))) for f in frames]
+        rows = ledger.entries()
+        totals = ledger.totals()
+    served, unknown, failed = rows
+    ok = answers[0]
+    assert ok.error is None
+    assert {k: served[k] for k in served if k not in ("id", "time", "queued_ms", "backend_ms", "total_ms")} == {
+        "status": "served", "reason": None, "client_address": client.address.lower(),
+        "peer_id": CTX.peer_id, "model": MODEL, "requested_model": "alias",
+        "inbound_tokens": ok.inbound_tokens, "outbound_tokens": ok.outbound_tokens,
+        "inbound_price": str(BIG), "outbound_price": "5",
+        "total_cost": ok.total_cost,
+        "request_digest": "0x" + _native.decode_request(frames[0]).digest.hex(),
+        "request_hash": "0x" + ok.receipt["request_hash"].hex(),
+        "receipt_digest": "0x" + ok.receipt["digest"].hex(),
+        "receipt_signature": "0x" + ok.receipt["signature"].hex(),
+        "receipt_timestamp": ok.timestamp,
+    }
+    assert ok.total_cost == str(ok.inbound_tokens * BIG + ok.outbound_tokens * 5)
+    assert served["queued_ms"] >= 0 and served["backend_ms"] >= 0 and served["total_ms"] >= served["backend_ms"]
+    assert abs(served["time"] - time.time()) < 60
+    # refused in admission: no receipt, no backend timings, reason recorded
+    assert (unknown["status"], unknown["model"], unknown["reason"]) == ("refused", "", answers[1].error)
+    assert unknown["requested_model"] == "nope"
+    assert unknown["receipt_digest"] is None and unknown["queued_ms"] is None and unknown["backend_ms"] is None
+    assert (unknown["inbound_tokens"], unknown["outbound_tokens"], unknown["total_cost"]) == (0, 0, "0")
+    # a backend failure after admission: refused, with a failure receipt and timings
+    assert (failed["status"], failed["model"]) == ("refused", MODEL)
+    assert failed["reason"] == answers[2].error and failed["reason"].startswith("backend error")
+    assert failed["receipt_digest"] == "0x" + answers[2].receipt["digest"].hex()
+    assert failed["backend_ms"] is not None
+    assert totals.by_model[MODEL].served == 1 and totals.by_model[MODEL].refused == 1
+    assert totals.by_model[""].refused == 1 and "nope" not in totals.by_model
+    assert totals.revenue == int(ok.total_cost)
+
+
+class SlowLedger(Ledger):
+    """Commits after a delay: the answer must wait for it, the event loop must not."""
+
+    def record(self, entry: LedgerEntry) -> int:
+        time.sleep(0.3)
+        rowid = super().record(entry)
+        self.committed_at = time.monotonic()
+        return rowid
+
+
+def test_answer_waits_for_the_row_without_blocking_the_loop(tmp_path: Path) -> None:
+    executor, client = _native.PrivateKey.generate(), _native.PrivateKey.generate()
+    ledger = SlowLedger(tmp_path / "l.db")
+    h = handler(executor, ledger)
+
+    async def body() -> tuple[float, int]:
+        ticks = 0
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        t = asyncio.create_task(ticker())
+        await h(signed(client, executor, "hello"), CTX)
+        answered = time.monotonic()
+        done.set()
+        await t
+        return answered, ticks
+
+    answered, ticks = asyncio.run(body())
+    assert ledger.committed_at <= answered and ledger.count() == 1
+    assert ticks >= 10  # the loop kept running during the 0.3 s write
+    ledger.close()
+
+
+class BrokenLedger(Ledger):
+    def record(self, entry: LedgerEntry) -> int:
+        raise LedgerError("disk full")
+
+
+def test_unrecordable_request_is_not_served(tmp_path: Path) -> None:
+    executor, client = _native.PrivateKey.generate(), _native.PrivateKey.generate()
+    h = handler(executor, BrokenLedger(tmp_path / "l.db"), receipt_domain=DOMAIN)
+    answer = _native.decode_response(asyncio.run(h(signed(client, executor, "hello"), CTX)))
+    assert answer.signature_valid and answer.content == "" and answer.total_cost == "0"
+    assert "could not record" in answer.error
+    assert answer.receipt["success"] is False
+
+
+def test_ledger_usable_from_threads(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.db") as ledger:
+        threads = [threading.Thread(target=lambda k=k: [ledger.record(entry(k * 100 + i)) for i in range(25)])
+                   for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert ledger.count() == 100 and ledger.totals().by_model["m"].served == 100
