@@ -5,12 +5,21 @@ thread or subprocess behind.
 """
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# Nothing a test starts may write into the real home (~/.lloom/executor is where
+# an operator's keys, config and ledger live): point HOME at a throwaway directory,
+# keeping the Rust toolchain (found through HOME by default) where it is.
+os.environ.setdefault("CARGO_HOME", str(Path.home() / ".cargo"))
+os.environ.setdefault("RUSTUP_HOME", str(Path.home() / ".rustup"))
+os.environ["HOME"] = tempfile.mkdtemp(prefix="lloom-test-home-")
 
 sys.path.insert(0, str(Path(__file__).parent))
 import interop  # noqa: E402

@@ -155,7 +155,8 @@ async def our_executor(
     the given `mdns_fingerprint`) as `p2p.services.default_services` builds them.
     """
     key = _native.PrivateKey.generate()
-    configs = [ModelConfig(m, inbound_price_wei=1, outbound_price_wei=2) for m in models]
+    # free models: these tests offer no price unless they check costs (the price check has its own tests)
+    configs = [ModelConfig(m) for m in models]
     handler = BasicRequestHandler(signing_key or key, configs, backend or EchoBackend(list(models)))
     network = NetworkConfig(listen_address=("/ip4/127.0.0.1/tcp/0",))
     services: list[Any] = []

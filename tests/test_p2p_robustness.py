@@ -18,7 +18,7 @@ import pytest
 import trio
 
 import interop
-from interop import MODEL
+from interop import INBOUND_PRICE_WEI, MODEL, OUTBOUND_PRICE_WEI
 
 READ_TIMEOUT_SECS = 1.0
 MAX_INFLIGHT = 16
@@ -114,7 +114,7 @@ class GoodClient:
         now = int(time.time())
         return _native.encode_signed_request(
             self.client.key, MODEL, f"still served {self.ok}", None, None, None, self.node.peer_id,
-            "1", "1", 1, now + 300, now,
+            str(INBOUND_PRICE_WEI), str(OUTBOUND_PRICE_WEI), 1, now + 300, now,
         )
 
     def ask(self) -> None:

@@ -190,7 +190,7 @@ def test_no_receipt_for_refusals_unsigned_or_without_domain() -> None:
     frame, _ = _request(client, executor, "hello")
     assert _native.decode_response(run(_handler(executor, domain=None)(frame, CTX))).receipt is None
     now = int(time.time())
-    unsigned = _native.encode_unsigned_request(MODEL, "hello", None, None, 8, executor.peer_id, "1", "1", 1, now + 60)
+    unsigned = _native.encode_unsigned_request(MODEL, "hello", None, None, 8, executor.peer_id, "1", "2", 1, now + 60)
     answer = _native.decode_response(run(_handler(executor, allow_unsigned=True)(unsigned, CTX)))
     assert answer.error is None and answer.receipt is None
 
@@ -200,7 +200,7 @@ def test_uncommittable_price_answers_without_receipt() -> None:
     executor, client = _native.PrivateKey.generate(), _native.PrivateKey.generate()
     now = int(time.time())
     frame = _native.encode_signed_request(client, MODEL, "hello", None, None, 8, executor.peer_id,
-                                          str(2**256), "1", 1, now + 60, now)
+                                          str(2**256), "2", 1, now + 60, now)
     answer = _native.decode_response(run(_handler(executor)(frame, CTX)))
     assert answer.error is None and answer.receipt is None
 

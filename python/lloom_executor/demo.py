@@ -74,6 +74,7 @@ async def run_demo(workdir: Path | None = None) -> DemoResult:
                 "models": [{"name": DEMO_MODEL, "inbound_price": "0.00001", "outbound_price": "0.00002"}],
                 "metrics": {"enabled": False},
                 "api": {"enabled": False},
+                "storage": {"data_dir": str(base / "data")},
             }
         )
         create_identity(config.identity)

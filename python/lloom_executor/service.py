@@ -3,27 +3,41 @@
 `start` follows the manual: log who we are and what we serve, say which
 configured features are not active, serve until SIGINT/SIGTERM, then drain:
 refuse new work (signed), let in-flight requests finish up to
-`drain_timeout_secs`, announce `Removal`, stop the host, close the backend.
+`drain_timeout_secs`, announce `Removal`, stop the host, close the backend,
+the cache and the ledger.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import signal
 import time
+from pathlib import Path
 
+from . import _native
 from .backends.base import LlmBackend
 from .backends.limits import with_limits
 from .backends.registry import create_backend
+from .cache import build_cache
 from .config import Config, inactive_features
 from .identity import Identity
+from .ledger import Ledger
+from .metrics import Metrics, MetricsServer, PushLoop
 from .model_discovery import attach_discovery
 from .p2p.announcements import ModelCatalog
 from .p2p.node import P2PNode
-from .p2p.services import default_services
-from .serving import BasicRequestHandler
+from .p2p.services import default_services, network_view, update_models
+from .pipeline.content_filter import ContentFilter
+from .pipeline.pricing import PricingEngine, backend_load
+from .pipeline.ratelimits import RateLimitRules
+from .pipeline.replay import ReplayGuard
+from .serving import BasicRequestHandler, PipelineStages
 
 log = logging.getLogger(__name__)
+
+HOUSEKEEPING_SECS = 5.0
 
 
 def backend_from_config(config: Config) -> LlmBackend:
@@ -32,6 +46,18 @@ def backend_from_config(config: Config) -> LlmBackend:
         return create_backend("echo", models=[m.name for m in config.models])
     return create_backend(
         llm.backend, base_url=llm.base_url, api_key=llm.api_key, timeout_secs=llm.timeout_secs, max_retries=llm.max_retries
+    )
+
+
+def stages_from_config(config: Config, handler_load, market) -> PipelineStages:
+    """The request path's optional stages as the config switches them (replay protection always)."""
+    return PipelineStages(
+        rate_limits=RateLimitRules(config.rate_limiting) if config.rate_limiting.enabled else None,
+        replay=ReplayGuard(),
+        pricing=PricingEngine(config.pricing, {m.name: m for m in config.models}, load=handler_load, market=market),
+        content_filter=ContentFilter(config.content_filter) if config.content_filter.enabled else None,
+        cache=build_cache(config.cache) if config.cache.enabled else None,
+        metrics=Metrics(),
     )
 
 
@@ -52,6 +78,7 @@ class ExecutorService:
         self.discovery = None  # model_discovery.ModelDiscovery while [model_discovery] runs
         self._discovery_options = discovery_options or {}
         self.catalog = ModelCatalog([m for m in config.models if m.enabled], backend_type=config.llm_client.backend)
+        chain = config.blockchain  # the receipt domain, also with blockchain.enabled = false (PROTOCOL.md §7)
         self.handler = BasicRequestHandler(
             identity.eth_key,
             list(config.models),
@@ -60,7 +87,14 @@ class ExecutorService:
             handling=config.request_handling,
             peer_id=identity.peer_id,
             aliases=config.model_aliases,
+            receipt_domain=_native.Eip712Domain(chain.chain_id, chain.contract_address),
         )
+        self.stages = self.handler.stages = stages_from_config(
+            config,
+            lambda: backend_load(self.handler.in_flight, config.request_handling.max_concurrent_requests),
+            lambda: self.handler.stages.market,
+        )
+        self.metrics = self.stages.metrics
         self.node = P2PNode(
             identity.p2p_key,
             config.network,
@@ -70,12 +104,23 @@ class ExecutorService:
         )
         self.started_at: float | None = None
         self.api = None  # api.ApiServer while [api] is enabled and serving
+        self.metrics_server: MetricsServer | None = None
+        self.push_loop: PushLoop | None = None
+        self.ledger: Ledger | None = None
+        self._housekeeping: asyncio.Task | None = None
+        self._price_version = None
 
     async def start(self) -> list[str]:
         for feature in inactive_features(self.config):
             log.warning("configured but not active in this version: %s", feature)
         if self.config.request_handling.allow_unsigned:
             log.warning("allow_unsigned = true: unsigned requests are served (no client accountability)")
+        data_dir = Path(self.config.storage.data_dir)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.ledger = self.handler.ledger = await asyncio.to_thread(Ledger.in_directory, data_dir)
+        check = getattr(self.stages.cache, "check", None)
+        if check is not None:  # Redis: say at start whether it is reachable (the node serves either way)
+            await check()
         addrs = await self.node.start()
         self.started_at = time.monotonic()
         log.info("peer id %s, EVM address %s (%s)", self.identity.peer_id, self.identity.address, self.identity.source)
@@ -87,6 +132,13 @@ class ExecutorService:
             log.info("configured models: %s (served once the backend offers them)", ", ".join(served) or "none")
         else:
             log.info("serving models: %s", ", ".join(served) if served else "none (add [[models]] entries)")
+        log.info("ledger: %s", self.ledger.path)
+        await self._start_http()
+        self._housekeeping = asyncio.create_task(self._housekeep(), name="lloom-housekeeping")
+        return addrs
+
+    async def _start_http(self) -> None:
+        """The admin API and the metrics endpoint: a failure is logged, the P2P service goes on."""
         if self.config.api.enabled:
             from .api import ApiServer
 
@@ -94,9 +146,50 @@ class ExecutorService:
             try:
                 await api.start()
                 self.api = api
-            except Exception as exc:  # the P2P service goes on without its admin API
+            except Exception as exc:
                 log.error("[api] not serving on %s: %s: %s", self.config.api.listen_address, type(exc).__name__, exc)
-        return addrs
+        metrics = self.config.metrics
+        if metrics.enabled:
+            server = MetricsServer(self.metrics, metrics.endpoint)
+            try:
+                await server.start()
+                self.metrics_server = server
+            except OSError as exc:
+                log.error("[metrics] not serving on %s: %s", metrics.endpoint, exc)
+            if metrics.push_gateway:
+                self.push_loop = PushLoop(
+                    self.metrics, metrics.push_gateway, metrics.push_interval_secs, grouping={"instance": self.identity.peer_id}
+                )
+                self.push_loop.start()
+
+    async def _housekeep(self) -> None:
+        """Periodic upkeep off the request path: peer count for metrics, the market view for
+        pricing, and a gossip `Update` when our current prices change."""
+        interval = min(HOUSEKEEPING_SECS, self.config.pricing.update_interval_secs)
+        while True:
+            try:
+                self.metrics.set_peers(len(await self.node.call(_peer_ids)))
+                if self.config.pricing.strategy == "market":
+                    self.stages.market = await network_view(self.node)
+                await self._announce_price_changes()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never let upkeep die; say what failed
+                log.warning("housekeeping: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(interval)
+
+    async def _announce_price_changes(self) -> None:
+        pricing = self.stages.pricing
+        prices = pricing.prices()
+        if pricing.version == self._price_version:
+            return
+        self._price_version = pricing.version
+        current = [
+            dataclasses.replace(m, inbound_price_wei=prices[m.name][0], outbound_price_wei=prices[m.name][1])
+            for m in self.handler.models.values()
+            if m.enabled and m.name in prices
+        ]
+        await update_models(self.node, self.catalog, current)
 
     async def inflight(self) -> int:
         stats = self.node.stream_handler.stats if self.node.stream_handler else None
@@ -113,11 +206,25 @@ class ExecutorService:
         left = await self.inflight()
         if left:
             log.warning("drain timeout: %d request(s) still in flight are cut off", left)
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
         if self.api is not None:
             await self.api.stop()
             self.api = None
+        if self.push_loop is not None:
+            await asyncio.to_thread(self.push_loop.stop)
+            self.push_loop = None
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+            self.metrics_server = None
         await self.node.stop()
         await self.backend.close()
+        if self.stages.cache is not None:
+            await self.stages.cache.close()
+        if self.ledger is not None:
+            await asyncio.to_thread(self.ledger.close)
         log.info("executor stopped")
 
     async def run_until_signal(self) -> None:
@@ -133,3 +240,7 @@ class ExecutorService:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             await self.stop()
+
+
+async def _peer_ids(rt) -> list[str]:
+    return list(rt.peers.peers)

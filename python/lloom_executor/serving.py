@@ -29,13 +29,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import _native
 from .backends.base import LlmBackend
 from .config import ModelConfig, RequestHandlingConfig
 from .ledger import STATUS_REFUSED, STATUS_SERVED, Ledger, LedgerEntry
 from .p2p.llm_protocol import RequestContext
+
+if TYPE_CHECKING:
+    from .cache.base import ResponseCache
+    from .metrics import Metrics
+    from .pipeline.content_filter import ContentFilter
+    from .pipeline.pricing import PricingEngine
+    from .pipeline.ratelimits import RateLimitRules
+    from .pipeline.replay import ReplayGuard
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +69,27 @@ def prompt_text(request: _native.LlmRequest) -> str:
 
 @dataclass(frozen=True)
 class Refusal(Exception):
-    """A request we answer with a signed error instead of content."""
+    """A request we answer with a signed error instead of content; `code` labels it in metrics."""
 
     reason: str
+    code: str = "refused"
+
+
+@dataclass
+class PipelineStages:
+    """The optional stages of the request path, each built from its config section (None: off).
+
+    Replay protection is not optional in an executor (`ExecutorService` always
+    builds it); it is optional here so tests can exercise one stage at a time.
+    """
+
+    rate_limits: RateLimitRules | None = None
+    replay: ReplayGuard | None = None
+    pricing: PricingEngine | None = None
+    content_filter: ContentFilter | None = None
+    cache: ResponseCache | None = None
+    metrics: Metrics | None = None
+    market: dict = field(default_factory=dict)  # latest network view, for market pricing
 
 
 @dataclass(frozen=True)
@@ -107,6 +134,7 @@ class BasicRequestHandler:
         aliases: dict[str, str] | None = None,
         receipt_domain: _native.Eip712Domain | None = None,
         ledger: Ledger | None = None,
+        stages: PipelineStages | None = None,
     ) -> None:
         self.key = key
         self.models = {m.name: m for m in models}
@@ -121,6 +149,8 @@ class BasicRequestHandler:
         self._names_for_us = {self.peer_id, key.address.lower()}
         self.receipt_domain = receipt_domain  # None: answers carry no EIP-712 receipt
         self.ledger = ledger  # None: nothing is recorded
+        self.stages = stages or PipelineStages()
+        self.in_flight = 0  # backend calls running now: the load of dynamic pricing
 
     async def __call__(self, frame: bytes, ctx: RequestContext) -> bytes | None:
         try:
@@ -134,14 +164,24 @@ class BasicRequestHandler:
         now = time.monotonic()
         timings = Timings(ctx.received_at if 0 < ctx.received_at <= now else now)
         admitted: Admitted | None = None
+        status = "success"
         try:
             if self.draining:
-                raise Refusal("executor is shutting down; send the request to another executor")
-            admitted = self._admit(decoded)
+                raise Refusal("executor is shutting down; send the request to another executor", "draining")
+            admitted = self._admit(decoded, ctx)
             reply = await self._serve(request, admitted, timings)
         except Refusal as refusal:
             reply = Reply.refusal(request.model, refusal.reason)
-        return await self._answer(decoded, ctx, admitted, reply, timings)
+            status = refusal.code
+        answer = await self._answer(decoded, ctx, admitted, reply, timings)
+        if self.stages.metrics is not None:
+            model = admitted.model if admitted else self.resolve(request.model)  # only our names label series
+            cost = int(reply.total_cost) if reply.error is None else 0
+            self.stages.metrics.request_finished(
+                model.name if model else "unknown", status, timings.total_ms() / 1000.0,
+                reply.inbound_tokens, reply.outbound_tokens, cost,
+            )
+        return answer
 
     def _model_slots(self, model: ModelConfig) -> asyncio.Semaphore | contextlib.nullcontext:
         if model.max_concurrent_requests is None:
@@ -156,44 +196,85 @@ class BasicRequestHandler:
         model = self.models.get(self.aliases.get(name, name))
         return model if model is not None and model.enabled else None
 
-    def _admit(self, decoded: _native.DecodedRequest) -> Admitted:
+    def _admit(self, decoded: _native.DecodedRequest, ctx: RequestContext) -> Admitted:
+        """Every admission check, cheapest first; each refusal names its reason (PROTOCOL.md §5).
+
+        Synchronous on purpose: nothing can interleave between the replay check
+        and remembering the digest, which happens last so a request refused for
+        another reason (rate, price) can be retried as it is.
+        """
         request = decoded.request
+        stages = self.stages
+        limit = self.handling.max_tokens_per_request
+        prompt_tokens = _native.count_tokens(prompt_text(request), TOKEN_ENCODING)
+        if stages.rate_limits is not None:
+            wanted = prompt_tokens + (request.max_tokens if request.max_tokens is not None else limit)
+            decision = stages.rate_limits.check(ctx.peer_id, ctx.remote_ip, wanted)
+            if not decision.allowed:
+                if stages.metrics is not None:
+                    stages.metrics.rate_limited(decision.rule_description)
+                raise Refusal(decision.reason, "rate_limited")
+        if request.max_tokens is not None and request.max_tokens > limit:
+            raise Refusal(f"max_tokens {request.max_tokens} exceeds this executor's limit of {limit}", "too_large")
+        if stages.content_filter is not None and (reason := stages.content_filter.check_length(request.system_prompt, request.prompt)):
+            raise Refusal(reason, "too_large")
         now = int(time.time())
         if decoded.is_signed:
             if not decoded.signature_valid:
-                raise Refusal("invalid signature: it does not recover to the signer")
+                raise Refusal("invalid signature: it does not recover to the signer", "invalid_signature")
             age = now - decoded.timestamp
             if age > MAX_MESSAGE_AGE_SECS:
-                raise Refusal(f"request too old: signed {age} s ago (limit {MAX_MESSAGE_AGE_SECS} s)")
+                raise Refusal(f"request too old: signed {age} s ago (limit {MAX_MESSAGE_AGE_SECS} s)", "stale")
             if -age > MAX_CLOCK_SKEW_SECS:
-                raise Refusal(f"request timestamp {-age} s in the future (limit {MAX_CLOCK_SKEW_SECS} s)")
+                raise Refusal(f"request timestamp {-age} s in the future (limit {MAX_CLOCK_SKEW_SECS} s)", "stale")
         elif not self.allow_unsigned:
-            raise Refusal("unsigned requests are not accepted by this executor; send a SignedLlmRequest")
+            raise Refusal("unsigned requests are not accepted by this executor; send a SignedLlmRequest", "unsigned")
         if request.deadline and request.deadline < now:
-            raise Refusal(f"deadline {request.deadline} has passed")
+            raise Refusal(f"deadline {request.deadline} has passed", "expired")
+        digest = bytes(decoded.digest)
+        if stages.replay is not None and stages.replay.seen(digest):
+            raise Refusal("replay: this signed request was already received", "replay")
         target = request.executor_address.strip()
         if target.lower() not in self._names_for_us and target not in self._names_for_us:
-            raise Refusal(f"request is addressed to {target}, not to this executor ({self.peer_id})")
+            raise Refusal(f"request is addressed to {target}, not to this executor ({self.peer_id})", "wrong_executor")
         for side in ("inbound_price", "outbound_price"):
             price = getattr(request, side)
             if not (price.isascii() and price.isdigit()):
-                raise Refusal(f"{side} must be a whole number of wei in decimal, got {price!r}")
+                raise Refusal(f"{side} must be a whole number of wei in decimal, got {price!r}", "bad_price")
         model = self.resolve(request.model)
         if model is None:
             served = sorted(name for name, m in self.models.items() if m.enabled)
-            raise Refusal(f"model {request.model!r} is not served here; available: {served}")
-        limit = self.handling.max_tokens_per_request
-        if request.max_tokens is not None and request.max_tokens > limit:
-            raise Refusal(f"max_tokens {request.max_tokens} exceeds this executor's limit of {limit}")
-        prompt_tokens = _native.count_tokens(prompt_text(request), TOKEN_ENCODING)
+            raise Refusal(f"model {request.model!r} is not served here; available: {served}", "unknown_model")
         room = model.context_length - prompt_tokens
         max_tokens = request.max_tokens if request.max_tokens is not None else min(limit, room)
         if max_tokens > room or room <= 0:
             raise Refusal(
                 f"prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) exceeds the "
-                f"context length {model.context_length} of model {model.name!r}"
+                f"context length {model.context_length} of model {model.name!r}",
+                "too_large",
             )
+        if reason := self._check_price(model, int(request.inbound_price), int(request.outbound_price)):
+            raise Refusal(reason, "price_too_low")
+        if stages.content_filter is not None and (reason := stages.content_filter.check_prompt(request.system_prompt, request.prompt)):
+            raise Refusal(reason, "content_filtered")
+        if stages.replay is not None and not stages.replay.check_and_remember(digest, deadline=request.deadline):
+            raise Refusal("replay: this signed request was already received", "replay")
         return Admitted(model, prompt_tokens, max_tokens)
+
+    def _check_price(self, model: ModelConfig, offered_in: int, offered_out: int) -> str | None:
+        """Our current price (strategy-dependent) must be covered; config prices for models the engine does not know yet."""
+        pricing = self.stages.pricing
+        if pricing is not None:
+            try:
+                return pricing.check_offer(model.name, offered_in, offered_out)
+            except KeyError:  # a model discovery added after the engine was built
+                pass
+        if offered_in >= model.inbound_price_wei and offered_out >= model.outbound_price_wei:
+            return None
+        return (
+            f"price too low: this executor charges {model.inbound_price_wei} wei/input token and "
+            f"{model.outbound_price_wei} wei/output token for {model.name}"
+        )
 
     async def _serve(self, request: _native.LlmRequest, admitted: Admitted, timings: Timings | None = None) -> Reply:
         """Runs the backend on the resolved model; `model_used` names it (not the alias)."""
@@ -202,19 +283,29 @@ class BasicRequestHandler:
         timings = timings or Timings(time.monotonic())
         waiting = time.monotonic()
         running: float | None = None
+        cache = self.stages.cache
+        key = cache.key_for(model.name, request.system_prompt, request.prompt, request.temperature, admitted.max_tokens) if cache else None
         try:
             async with asyncio.timeout(timeout):
-                # max_concurrent_requests (global, then per model): the rest wait here
-                async with self._backend_slots, self._model_slots(model):
-                    running = time.monotonic()
-                    timings.queued_ms = (running - waiting) * 1000.0
-                    try:
-                        completion = await self.backend.complete(
-                            model.name, request.prompt, request.system_prompt, request.temperature,
-                            admitted.max_tokens,
-                        )
-                    finally:
-                        timings.backend_ms = (time.monotonic() - running) * 1000.0
+                completion = await cache.get(key) if key is not None else None
+                if key is not None and self.stages.metrics is not None:
+                    self.stages.metrics.cache_result(completion is not None)
+                if completion is None:
+                    # max_concurrent_requests (global, then per model): the rest wait here
+                    async with self._backend_slots, self._model_slots(model):
+                        running = time.monotonic()
+                        timings.queued_ms = (running - waiting) * 1000.0
+                        self.in_flight += 1
+                        try:
+                            completion = await self.backend.complete(
+                                model.name, request.prompt, request.system_prompt, request.temperature,
+                                admitted.max_tokens,
+                            )
+                        finally:
+                            self.in_flight -= 1
+                            timings.backend_ms = (time.monotonic() - running) * 1000.0
+                    if key is not None and self._response_allowed(completion.content):
+                        await cache.put(key, completion)
         except TimeoutError:
             if running is None:
                 timings.queued_ms = (time.monotonic() - waiting) * 1000.0
@@ -222,12 +313,18 @@ class BasicRequestHandler:
         except Exception as exc:  # a backend failure is the client's signed error, not a dropped stream
             log.warning("backend failed for model %s: %s", model.name, exc)
             raise Refusal(f"backend error: {exc}") from None
+        if not self._response_allowed(completion.content):
+            raise Refusal("the answer was withheld by this executor's content filter", "content_filtered")
         inbound = completion.inbound_tokens if completion.inbound_tokens is not None else admitted.prompt_tokens
         outbound = completion.outbound_tokens
         if outbound is None:
             outbound = _native.count_tokens(completion.content, TOKEN_ENCODING)
         cost = inbound * int(request.inbound_price) + outbound * int(request.outbound_price)
         return Reply(completion.content, inbound, outbound, str(cost), model.name)
+
+    def _response_allowed(self, content: str) -> bool:
+        content_filter = self.stages.content_filter
+        return content_filter is None or content_filter.check_response(content) is None
 
     async def _answer(
         self,

@@ -36,6 +36,7 @@ from .schema import (
     RateLimitingConfig,
     RateLimitRule,
     RequestHandlingConfig,
+    StorageConfig,
     eth_to_wei,
 )
 
@@ -127,6 +128,7 @@ __all__ = [
     "RateLimitRule",
     "RateLimitingConfig",
     "RequestHandlingConfig",
+    "StorageConfig",
     "eth_to_wei",
     "inactive_features",
     "load_config",

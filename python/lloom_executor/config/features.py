@@ -23,8 +23,6 @@ def inactive_features(config: Config) -> list[str]:
             if getattr(model, key) is not None
         ]
         note(bool(per_model), f"[[models]] {model.name}: {', '.join(per_model)} not enforced yet")
-    note(config.metrics.enabled, "[metrics]: the Prometheus endpoint and push gateway are not implemented yet")
-    note(config.pricing.strategy != "fixed", f"[pricing] strategy {config.pricing.strategy!r}: not implemented yet; fixed model prices apply")
     note(config.blockchain.enabled, "[blockchain]: on-chain submission is not implemented yet")
     note(config.batching.enabled, "[batching]: requests are not batched yet")
     note(config.priority.enabled, "[priority]: priority queues are not active yet")
@@ -33,10 +31,7 @@ def inactive_features(config: Config) -> list[str]:
         r.max_memory_gb is not None or r.max_cpu_percent != 100.0 or r.gpu_memory_reserved_gb or bool(r.per_model),
         "[resources]: resource limits are not enforced yet",
     )
-    note(config.cache.enabled, "[cache]: the response cache is not implemented yet")
     note(bool(config.gpu_allocation.devices or config.gpu_allocation.model_affinity), "[gpu_allocation]: not implemented yet; one backend serves all models")
-    note(config.content_filter.enabled, "[content_filter]: not implemented yet")
-    note(config.rate_limiting.enabled, "[rate_limiting]: not enforced yet")
     note(config.clustering.enabled, "[clustering]: not implemented; this node runs alone")
     note(config.failover.enabled, "[failover]: not implemented; this node runs alone")
     note(bool(config.plugins), "[[plugins]]: plugin loading is not implemented yet")

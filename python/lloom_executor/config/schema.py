@@ -409,6 +409,13 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    """[storage] (ours, not in the manual): where the ledger and other state live."""
+
+    data_dir: str = setting("~/.lloom/executor/data", convert=expand_path)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; see `load_config` for files, `${VAR}` and environment overrides."""
 
@@ -436,3 +443,4 @@ class Config:
     failover: FailoverConfig = setting(factory=FailoverConfig)
     plugins: tuple[PluginConfig, ...] = setting(())
     webhooks: WebhooksConfig = setting(factory=WebhooksConfig)
+    storage: StorageConfig = setting(factory=StorageConfig)
