@@ -37,8 +37,11 @@ def test_help_of_every_command(command: list[str]) -> None:
 def test_demo_end_to_end() -> None:
     out = cli("demo")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "demo ok: every answer signed by the executor's key and priced exactly in wei" in out.stdout
-    assert out.stdout.count(" valid ") == 3
+    assert "demo ok: every answer signed by the executor's key, priced exactly in wei, with a valid EIP-712 receipt" in out.stdout
+    rows = [line for line in out.stdout.splitlines() if line.startswith(("echo-demo", "no-such-model"))]
+    assert [line.split()[0] for line in rows] == ["echo-demo", "echo-demo", "no-such-model"]
+    assert all(" valid " in line for line in rows)  # every signature
+    assert sum(line.count(" valid ") for line in rows[:2]) == 4  # served: signature and receipt
     assert "error: model 'no-such-model' is not served here" in out.stdout
     found = re.search(r"^found via (.*)$", out.stdout, re.M)
     assert found and "kad_providers" in found.group(1) and "gossip" in found.group(1)

@@ -344,7 +344,7 @@ def demo() -> None:
     click.echo(f"found via {', '.join(result.discovered_via) or 'bootstrap address only'}")
     click.echo("")
     print_table(
-        ["model", "prompt", "answer", "tokens in/out", "cost (wei)", "signature", "latency"],
+        ["model", "prompt", "answer", "tokens in/out", "cost (wei)", "signature", "receipt", "latency"],
         [
             [
                 r.model,
@@ -353,13 +353,13 @@ def demo() -> None:
                 f"{r.inbound_tokens}/{r.outbound_tokens}",
                 r.total_cost_wei,
                 "valid" if r.signature_ok else "INVALID",
+                r.receipt,
                 f"{r.latency_ms:.0f} ms",
             ]
             for r in result.rows
         ],
     )
     click.echo("")
-    click.echo("receipts: not issued by this version yet (EIP-712 receipts come with the request pipeline)")
     if not result.ok:
-        raise click.ClickException("demo failed: an answer did not verify or was priced wrong")
-    click.echo("demo ok: every answer signed by the executor's key and priced exactly in wei")
+        raise click.ClickException("demo failed: an answer or its receipt did not verify, or was priced wrong")
+    click.echo("demo ok: every answer signed by the executor's key, priced exactly in wei, with a valid EIP-712 receipt")

@@ -10,6 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import _native
 from .client import LloomClient
 from .config import Config
 from .identity import create_identity, load_identity
@@ -37,6 +38,7 @@ class DemoRow:
     signer: str
     error: str | None
     latency_ms: float
+    receipt: str  # "valid", "none" (refusals during admission carry none) or the problem
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class DemoResult:
         refused = [r for r in self.rows if r.model != DEMO_MODEL]
         return (
             all(r.signature_ok and r.signer == self.executor_address.lower() for r in self.rows)
-            and all(r.error is None and r.total_cost_wei == r.expected_cost_wei for r in served)
+            and all(r.error is None and r.total_cost_wei == r.expected_cost_wei and r.receipt == "valid" for r in served)
             and all(r.error is not None for r in refused)
         )
 
@@ -81,7 +83,9 @@ async def run_demo(workdir: Path | None = None) -> DemoResult:
         executor = ExecutorService(config, load_identity(config.identity, environ={}))
         listen = await executor.start()
         try:
-            async with LloomClient(bootstrap=[listen[0]], request_timeout=30) as client:
+            chain = config.blockchain
+            domain = _native.Eip712Domain(chain.chain_id, chain.contract_address)
+            async with LloomClient(bootstrap=[listen[0]], request_timeout=30, eip712_domain=domain) as client:
                 found = await client.find_executors(timeout=15)
                 target = next((e for e in found if e.peer_id == executor.identity.peer_id), None)
                 via = sorted(target.via) if target else []
@@ -100,6 +104,7 @@ async def run_demo(workdir: Path | None = None) -> DemoResult:
                             model, prompt, answer.content, answer.inbound_tokens, answer.outbound_tokens,
                             answer.total_cost, str(expected), answer.signature_valid, answer.signer,
                             answer.error, answer.latency_s * 1000,
+                            "none" if answer.receipt is None else ("valid" if answer.receipt.valid else answer.receipt.problem or "INVALID"),
                         )
                     )
         finally:
