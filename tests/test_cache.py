@@ -576,7 +576,7 @@ def test_disk_shared_by_two_processes_stays_consistent(tmp_path: Path) -> None:
     """Two processes write and read one directory with a small budget (constant eviction);
     afterwards the index, its totals and the files agree exactly and the budget holds."""
     path, n, max_bytes = tmp_path / "shared", 150, 20 * SIZE
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "python"), *sys.path])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # the lloom_executor this run imports
     procs = [
         subprocess.Popen([sys.executable, "-c", WRITER, str(path), tag, str(n), str(max_bytes)], env=env)
         for tag in ("alpha", "bravo")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,7 @@ def test_eth_to_wei_refuses(text: str) -> None:
         eth_to_wei(text)
 
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "python" / "lloom_executor" / "data" / "config.example.toml"
+EXAMPLE = resources.files("lloom_executor") / "data" / "config.example.toml"  # as the installed package ships it
 
 
 def test_full_example_config_is_valid() -> None:

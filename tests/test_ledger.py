@@ -22,7 +22,7 @@ from lloom_executor.ledger import STATUS_REFUSED, STATUS_SERVED, Ledger, LedgerE
 from lloom_executor.p2p.llm_protocol import RequestContext
 from lloom_executor.serving import BasicRequestHandler
 
-PYTHON_DIR = str(Path(__file__).resolve().parents[1] / "python")
+PYTHON_PATH = os.pathsep.join(sys.path)  # subprocesses import the lloom_executor this run imports
 BIG = 10**30  # wei beyond 2**64: revenue must be exact integer arithmetic
 MODEL = "gpt-3.5-turbo"
 DOMAIN = _native.Eip712Domain(31337, "0x" + "5f" * 20)
@@ -130,7 +130,7 @@ def writer(path: Path, tag: str, count: int, go: Path | None = None, pause: floa
     return subprocess.Popen(
         [sys.executable, "-c", WRITER, str(path), tag, str(count), *([str(go), str(pause)] if go else [])],
         stdout=subprocess.PIPE, text=True,
-        env=dict(os.environ, PYTHONPATH=PYTHON_DIR),
+        env=dict(os.environ, PYTHONPATH=PYTHON_PATH),
     )
 
 
