@@ -17,7 +17,7 @@ from openai_server import OpenAIServer, refused_url
 from lloom_executor._native import PrivateKey
 from lloom_executor.client import LloomClient
 
-COMMANDS = [[], ["init"], ["config"], ["config", "validate"], ["start"], ["test-backend"], ["models"], ["models", "list"], ["peers"], ["peers", "list"], ["demo"]]
+COMMANDS = [[], ["init"], ["config"], ["config", "validate"], ["start"], ["test-backend"], ["models"], ["models", "list"], ["peers"], ["peers", "list"], ["maintenance"], ["maintenance", "clean-cache"], ["maintenance", "optimize-db"], ["maintenance", "backup"], ["demo"]]
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 90) -> subprocess.CompletedProcess[str]:
