@@ -181,7 +181,8 @@ class ApiState:
 
     async def models(self) -> dict[str, Any]:
         service = self.service
-        rows, status = await model_rows(service.config, self.probe)  # type: ignore[arg-type]
+        pricing = service.stages.pricing
+        rows, status = await model_rows(service.config, self.probe, pricing.prices() if pricing else None)  # type: ignore[arg-type]
         network = await network_view(service.node) if _node_running(service) else {}
         network.pop(service.identity.peer_id, None)
         llm = service.config.llm_client

@@ -54,8 +54,13 @@ class ModelRow:
     backend_state: str  # loaded | not-loaded | listed | missing | unknown
 
 
-async def model_rows(config: Config, backend: LlmBackend | None) -> tuple[list[ModelRow], str]:
-    """Configured models joined with what the backend reports (when it can be reached)."""
+async def model_rows(
+    config: Config, backend: LlmBackend | None, prices: dict[str, tuple[int, int]] | None = None
+) -> tuple[list[ModelRow], str]:
+    """Configured models joined with what the backend reports (when it can be reached).
+
+    `prices`: a running node's current prices (dynamic or market pricing); config prices otherwise.
+    """
     details: dict[str, ModelInfo] = {}
     status = "not checked"
     if backend is not None:
@@ -76,5 +81,6 @@ async def model_rows(config: Config, backend: LlmBackend | None) -> tuple[list[M
         else:
             state = "loaded" if info.loaded else "not-loaded"
         aliases = sorted(a for a, target in config.model_aliases.items() if target == m.name)
-        rows.append(ModelRow(m.name, aliases, m.enabled, m.context_length, m.inbound_price_wei, m.outbound_price_wei, state))
+        price_in, price_out = (prices or {}).get(m.name, (m.inbound_price_wei, m.outbound_price_wei))
+        rows.append(ModelRow(m.name, aliases, m.enabled, m.context_length, price_in, price_out, state))
     return rows, status

@@ -245,6 +245,14 @@ class Metrics:
             if status == SUCCESS:
                 stats.successes += 1
 
+    def seed_revenue(self, by_model: Mapping[str, int]) -> None:
+        """Continue the revenue counters from the ledger's totals (wei) after a restart."""
+        with self._lock:
+            for model, wei in by_model.items():
+                _, stats = self._model(model)
+                stats.revenue_wei += int(wei)
+                self.revenue_wei += int(wei)
+
     def set_queue_sizes(self, sizes: Mapping[str, int]) -> None:
         """Current queue lengths by priority ("high", "normal"); priorities not given keep their value."""
         with self._lock:

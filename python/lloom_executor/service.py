@@ -30,9 +30,12 @@ from .p2p.announcements import ModelCatalog
 from .p2p.node import P2PNode
 from .p2p.services import default_services, network_view, update_models
 from .pipeline.content_filter import ContentFilter
+from .pipeline.dispatch import dispatcher_from_config
+from .pipeline.gpu import device_pool_from_config
 from .pipeline.pricing import PricingEngine, backend_load
 from .pipeline.ratelimits import RateLimitRules
 from .pipeline.replay import ReplayGuard
+from .pipeline.resources import ResourceGovernor, resources_configured
 from .serving import BasicRequestHandler, PipelineStages
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,8 @@ HOUSEKEEPING_SECS = 5.0
 
 
 def backend_from_config(config: Config) -> LlmBackend:
+    if config.gpu_allocation.devices:  # one backend per device, chosen per request
+        return device_pool_from_config(config)
     llm = config.llm_client
     if llm.backend == "echo":
         return create_backend("echo", models=[m.name for m in config.models])
@@ -51,13 +56,20 @@ def backend_from_config(config: Config) -> LlmBackend:
 
 def stages_from_config(config: Config, handler_load, market) -> PipelineStages:
     """The request path's optional stages as the config switches them (replay protection always)."""
+    metrics = Metrics()
+    resources = (
+        ResourceGovernor(config.resources, gpu_devices=config.gpu_allocation.devices)
+        if resources_configured(config.resources) else None
+    )
     return PipelineStages(
         rate_limits=RateLimitRules(config.rate_limiting) if config.rate_limiting.enabled else None,
         replay=ReplayGuard(),
         pricing=PricingEngine(config.pricing, {m.name: m for m in config.models}, load=handler_load, market=market),
         content_filter=ContentFilter(config.content_filter) if config.content_filter.enabled else None,
         cache=build_cache(config.cache) if config.cache.enabled else None,
-        metrics=Metrics(),
+        metrics=metrics,
+        dispatcher=dispatcher_from_config(config, resources=resources, on_sizes=metrics.set_queue_sizes),
+        resources=resources,
     )
 
 
@@ -115,9 +127,11 @@ class ExecutorService:
             log.warning("configured but not active in this version: %s", feature)
         if self.config.request_handling.allow_unsigned:
             log.warning("allow_unsigned = true: unsigned requests are served (no client accountability)")
-        data_dir = Path(self.config.storage.data_dir)
+        data_dir = Path(self.config.storage.data_dir).expanduser()  # defaults are written with ~
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.ledger = self.handler.ledger = await asyncio.to_thread(Ledger.in_directory, data_dir)
+        totals = await asyncio.to_thread(self.ledger.totals)
+        self.metrics.seed_revenue(totals.revenue_by_model())  # revenue metrics continue across restarts
         check = getattr(self.stages.cache, "check", None)
         if check is not None:  # Redis: say at start whether it is reachable (the node serves either way)
             await check()

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -37,14 +38,17 @@ from .backends.base import LlmBackend
 from .config import ModelConfig, RequestHandlingConfig
 from .ledger import STATUS_REFUSED, STATUS_SERVED, Ledger, LedgerEntry
 from .p2p.llm_protocol import RequestContext
+from .pipeline.dispatch import NotDispatched
 
 if TYPE_CHECKING:
     from .cache.base import ResponseCache
     from .metrics import Metrics
     from .pipeline.content_filter import ContentFilter
+    from .pipeline.dispatch import Dispatcher
     from .pipeline.pricing import PricingEngine
     from .pipeline.ratelimits import RateLimitRules
     from .pipeline.replay import ReplayGuard
+    from .pipeline.resources import ResourceGovernor
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +94,8 @@ class PipelineStages:
     cache: ResponseCache | None = None
     metrics: Metrics | None = None
     market: dict = field(default_factory=dict)  # latest network view, for market pricing
+    dispatcher: Dispatcher | None = None  # [priority]/[batching] queues; None: the direct path
+    resources: ResourceGovernor | None = None  # [resources] limits
 
 
 @dataclass(frozen=True)
@@ -169,7 +175,7 @@ class BasicRequestHandler:
             if self.draining:
                 raise Refusal("executor is shutting down; send the request to another executor", "draining")
             admitted = self._admit(decoded, ctx)
-            reply = await self._serve(request, admitted, timings)
+            reply = await self._serve(request, admitted, timings, decoded)
         except Refusal as refusal:
             reply = Reply.refusal(request.model, refusal.reason)
             status = refusal.code
@@ -276,8 +282,22 @@ class BasicRequestHandler:
             f"{model.outbound_price_wei} wei/output token for {model.name}"
         )
 
-    async def _serve(self, request: _native.LlmRequest, admitted: Admitted, timings: Timings | None = None) -> Reply:
-        """Runs the backend on the resolved model; `model_used` names it (not the alias)."""
+    async def _serve(
+        self,
+        request: _native.LlmRequest,
+        admitted: Admitted,
+        timings: Timings | None = None,
+        decoded: _native.DecodedRequest | None = None,
+    ) -> Reply:
+        """Runs the backend on the resolved model; `model_used` names it (not the alias).
+
+        The cache first; on a miss the backend, through `_backend_turn` (the
+        `[priority]`/`[batching]` queues, or the max_concurrent_requests
+        semaphores) and the `[resources]` checks. A refusal before the backend
+        was called (queue full, expired while queued, resources) forgets the
+        request's replay digest: nothing was done for it, so the client may
+        send the same signed request again.
+        """
         model = admitted.model
         timeout = self.handling.request_timeout_secs
         timings = timings or Timings(time.monotonic())
@@ -291,8 +311,8 @@ class BasicRequestHandler:
                 if key is not None and self.stages.metrics is not None:
                     self.stages.metrics.cache_result(completion is not None)
                 if completion is None:
-                    # max_concurrent_requests (global, then per model): the rest wait here
-                    async with self._backend_slots, self._model_slots(model):
+                    waiting = time.monotonic()
+                    async with self._backend_turn(request, admitted, decoded):
                         running = time.monotonic()
                         timings.queued_ms = (running - waiting) * 1000.0
                         self.in_flight += 1
@@ -309,7 +329,19 @@ class BasicRequestHandler:
         except TimeoutError:
             if running is None:
                 timings.queued_ms = (time.monotonic() - waiting) * 1000.0
+                self._forget(decoded)
+                raise Refusal(
+                    f"expired while queued: no backend slot within request_timeout_secs ({timeout:g} s)", "expired"
+                ) from None
             raise Refusal(f"no answer within request_timeout_secs ({timeout:g} s)") from None
+        except NotDispatched as exc:
+            timings.queued_ms = (time.monotonic() - waiting) * 1000.0
+            self._forget(decoded)
+            raise Refusal(exc.reason, exc.code) from None
+        except Refusal:
+            if running is None:
+                self._forget(decoded)
+            raise
         except Exception as exc:  # a backend failure is the client's signed error, not a dropped stream
             log.warning("backend failed for model %s: %s", model.name, exc)
             raise Refusal(f"backend error: {exc}") from None
@@ -321,6 +353,48 @@ class BasicRequestHandler:
             outbound = _native.count_tokens(completion.content, TOKEN_ENCODING)
         cost = inbound * int(request.inbound_price) + outbound * int(request.outbound_price)
         return Reply(completion.content, inbound, outbound, str(cost), model.name)
+
+    @contextlib.asynccontextmanager
+    async def _backend_turn(
+        self, request: _native.LlmRequest, admitted: Admitted, decoded: _native.DecodedRequest | None
+    ) -> AsyncIterator[None]:
+        """Holds a backend slot for one call: queued by priority (dispatcher) or behind the semaphores.
+
+        `[resources]`: a request that can never run here is refused first; one
+        that cannot start yet (memory, CPU) waits in the queue when there is
+        one, and is refused without a queue (waiting on a semaphore would hide
+        it from the priority order that a queue gives).
+        """
+        model = admitted.model
+        governor = self.stages.resources
+        if governor is not None and (reason := governor.refusal(model.name)):
+            raise Refusal(reason, "resources")
+        dispatcher = self.stages.dispatcher
+        if dispatcher is not None:
+            signed = decoded is None or (decoded.is_signed and decoded.signature_valid)
+            priority = dispatcher.priority_of(
+                model, int(request.inbound_price), int(request.outbound_price), signed=signed, pricing=self.stages.pricing
+            )
+            deadline = dispatcher.clock() + (request.deadline - time.time()) if request.deadline else None
+            async with dispatcher.slot(model.name, priority=priority, deadline=deadline, limit=model.max_concurrent_requests):
+                yield
+            return
+        async with self._backend_slots, self._model_slots(model):
+            if governor is None:
+                yield
+                return
+            if reason := governor.wait_reason(model.name) or governor.cpu_busy():
+                raise Refusal(f"{reason}; try again later", "resources")
+            governor.started(model.name)
+            try:
+                yield
+            finally:
+                governor.finished(model.name)
+
+    def _forget(self, decoded: _native.DecodedRequest | None) -> None:
+        """Lets the same signed request be sent again (it was refused before any work was done)."""
+        if decoded is not None and self.stages.replay is not None:
+            self.stages.replay.forget(bytes(decoded.digest))
 
     def _response_allowed(self, content: str) -> bool:
         content_filter = self.stages.content_filter

@@ -15,6 +15,7 @@ for how it evicts and what happens when its store fails.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import replace
 
@@ -43,7 +44,7 @@ def build_cache(config: CacheConfig) -> ResponseCache | None:
     if config.backend == "memory":
         cache: ResponseCache = MemoryCache(max_bytes, config.ttl_seconds, deterministic_only=config.deterministic_only)
     elif config.backend == "disk":
-        cache = DiskCache(config.path, max_bytes, config.ttl_seconds, deterministic_only=config.deterministic_only)
+        cache = DiskCache(os.path.expanduser(config.path), max_bytes, config.ttl_seconds, deterministic_only=config.deterministic_only)
     elif config.backend == "redis":
         cache = RedisCache(
             config.redis.url, config.redis.prefix, max_bytes, config.ttl_seconds,

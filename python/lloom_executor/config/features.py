@@ -24,14 +24,11 @@ def inactive_features(config: Config) -> list[str]:
         ]
         note(bool(per_model), f"[[models]] {model.name}: {', '.join(per_model)} not enforced yet")
     note(config.blockchain.enabled, "[blockchain]: on-chain submission is not implemented yet")
-    note(config.batching.enabled, "[batching]: requests are not batched yet")
-    note(config.priority.enabled, "[priority]: priority queues are not active yet")
-    r = config.resources
+    note(config.resources.swap_enabled, "[resources] swap_enabled: the executor does not manage swap")
     note(
-        r.max_memory_gb is not None or r.max_cpu_percent != 100.0 or r.gpu_memory_reserved_gb or bool(r.per_model),
-        "[resources]: resource limits are not enforced yet",
+        bool(config.gpu_allocation.model_affinity and not config.gpu_allocation.devices),
+        "[gpu_allocation] model_affinity without devices: one backend serves all models",
     )
-    note(bool(config.gpu_allocation.devices or config.gpu_allocation.model_affinity), "[gpu_allocation]: not implemented yet; one backend serves all models")
     note(config.clustering.enabled, "[clustering]: not implemented; this node runs alone")
     note(config.failover.enabled, "[failover]: not implemented; this node runs alone")
     note(bool(config.plugins), "[[plugins]]: plugin loading is not implemented yet")

@@ -1,0 +1,354 @@
+"""`[priority]` and `[batching]`: admitted requests wait in the Cython scheduler's
+queues and are let through to the backend in priority order, in per-model batches.
+
+How a request moves (`Dispatcher.slot`, used by the serving path):
+
+1. `push` into the scheduler at its priority with its signed deadline; a full
+   queue refuses at once (`NotDispatched`, code "queue_full", the scheduler's
+   "normal queue full (200/200)"); nothing waits unbounded.
+2. `pump` (run after every push, every finished call and on a timer) pops ready
+   batches while fewer than `max_concurrent_requests` calls are running or
+   popped-but-not-started, and grants each popped request its turn: all
+   requests of a batch start in the same pass, concurrently. The rest stay in
+   the scheduler, so when the backend is saturated whatever frees a slot goes to
+   the highest priority waiting (high, then normal, then low; FIFO within one).
+3. A popped request starts only within its model's `max_concurrent_requests`
+   and the `[resources]` memory budget; until then it is *held* (still counted,
+   still expiring). New batches are not popped while the process CPU is above
+   `max_cpu_percent`.
+4. A request whose deadline passes while queued or held is answered with a
+   signed error ("expired while queued ..."), never dropped; the serving path's
+   `request_timeout_secs` bounds the wait as well.
+
+Batching here means *formation*: up to `max_batch_size` requests of one model
+gathered within `batch_timeout_ms` and released together. Each still makes its
+own backend call (one `/v1/chat/completions` each, run concurrently): the
+OpenAI chat API takes one conversation per call, there is no multi-prompt chat
+request, so the batch reaches the GPU through the model server's own
+continuous batching, which concurrent calls feed.
+
+Priorities: *high* when the offer is at least `high_priority_price_multiplier`
+× our current price on both sides (`PricingEngine.is_high_priority`; a free
+model has no high priority); *low* for unsigned requests (served only with
+`allow_unsigned`; no accountable client); *normal* otherwise. Size is not a
+criterion: demoting large `max_tokens` would punish clients that send none (the
+reference client's default) or reward leaving it out, and size is already paid
+for. Without `[priority]` every request is normal and its queue size applies.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .._fast.scheduler import HIGH, LOW, NORMAL, DeadlinePassed, Handle, QueueFull, Scheduler, monotonic
+from .pricing import exact_multiplier, scale_up
+
+if TYPE_CHECKING:
+    from ..config import Config, ModelConfig
+    from .pricing import PricingEngine
+    from .resources import ResourceGovernor
+
+log = logging.getLogger(__name__)
+
+CPU_RECHECK_SECS = 0.25  # how often held-back work looks at the CPU again
+RECENT_BATCHES = 256
+
+QUEUED, HELD, RUNNING, DONE, EXPIRED, WITHDRAWN = "queued", "held", "running", "done", "expired", "withdrawn"
+
+
+class NotDispatched(Exception):
+    """The request never reached the backend: `reason` for the client, `code` for metrics."""
+
+    def __init__(self, reason: str, code: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's place in line; `granted` resolves when it may call the backend."""
+
+    model: str
+    limit: int | None  # the model's max_concurrent_requests
+    granted: asyncio.Future
+    state: str = QUEUED
+    handle: Handle | None = None
+    enqueued_at: float = 0.0
+    started_at: float | None = None
+
+
+@dataclass
+class _Counts:
+    running: int = 0
+    by_model: dict[str, int] = field(default_factory=dict)
+
+
+class Dispatcher:
+    """The queue between admission and the backend; one per executor, on its event loop.
+
+    `clock` is monotonic seconds (the scheduler's clock too): tests inject one
+    and call `pump()` after moving it, instead of sleeping.
+    """
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        max_concurrent_requests: int,
+        *,
+        priority_multiplier: float | None = None,
+        resources: ResourceGovernor | None = None,
+        on_sizes: Callable[[Mapping[str, int]], None] | None = None,
+        clock: Callable[[], float] = monotonic,
+    ) -> None:
+        self.scheduler = scheduler
+        self.max_concurrent_requests = max_concurrent_requests
+        self.priority_multiplier = priority_multiplier  # None: [priority] off, all normal
+        self.resources = resources
+        self._on_sizes = on_sizes
+        self.clock = clock
+        self._counts = _Counts()
+        self._held: deque[Job] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._last_sizes: dict[str, int] | None = None
+        self.recent_batches: deque[tuple[str | None, int]] = deque(maxlen=RECENT_BATCHES)
+        self.batches = 0
+
+    # -- policy ------------------------------------------------------------------------
+    def priority_of(
+        self,
+        model: ModelConfig,
+        offered_in: int,
+        offered_out: int,
+        *,
+        signed: bool,
+        pricing: PricingEngine | None = None,
+    ) -> int:
+        """HIGH / NORMAL / LOW for one admitted request (module doc: who gets which)."""
+        if self.priority_multiplier is None:
+            return NORMAL
+        if not signed:
+            return LOW
+        if pricing is not None:
+            try:
+                high = pricing.is_high_priority(model.name, offered_in, offered_out, self.priority_multiplier)
+                return HIGH if high else NORMAL
+            except KeyError:  # a model added after the pricing engine was built: its config price
+                pass
+        price_in, price_out = model.inbound_price_wei, model.outbound_price_wei
+        if price_in == 0 and price_out == 0:
+            return NORMAL
+        m = exact_multiplier(self.priority_multiplier)
+        return HIGH if offered_in >= scale_up(price_in, m) and offered_out >= scale_up(price_out, m) else NORMAL
+
+    # -- the request's side --------------------------------------------------------------
+    @asynccontextmanager
+    async def slot(
+        self,
+        model: str,
+        *,
+        priority: int = NORMAL,
+        deadline: float | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[Job]:
+        """Wait for this request's turn; inside the block it holds a backend slot.
+
+        `deadline`: monotonic seconds (None: none). Raises `NotDispatched` for a
+        full queue or a deadline reached before the turn came. Cancelling the
+        waiter (the request timeout) takes the request out of line.
+        """
+        job = self._enqueue(model, priority, deadline, limit)
+        try:
+            await job.granted
+        except BaseException:
+            if job.state == RUNNING:  # granted in the same instant as cancelled
+                self._release(job)
+            else:
+                self._withdraw(job)
+            raise
+        try:
+            yield job
+        finally:
+            self._release(job)
+
+    def _enqueue(self, model: str, priority: int, deadline: float | None, limit: int | None) -> Job:
+        now = self.clock()
+        job = Job(model, limit, asyncio.get_running_loop().create_future(), enqueued_at=now)
+        try:
+            job.handle = self.scheduler.push(job, model, priority, deadline, now)
+        except QueueFull as exc:
+            log.info("refused: %s", exc.reason)
+            raise NotDispatched(f"{exc.reason}; try again later", "queue_full") from None
+        except DeadlinePassed:
+            raise NotDispatched("expired while queued: the request's deadline has passed", "expired") from None
+        self.pump()
+        return job
+
+    def _withdraw(self, job: Job) -> None:
+        if job.state == QUEUED and job.handle is not None:
+            self.scheduler.remove(job.handle)
+        elif job.state == HELD:
+            self._held.remove(job)
+        job.state = WITHDRAWN
+        self.pump()
+
+    def _release(self, job: Job) -> None:
+        if job.state != RUNNING:
+            return
+        job.state = DONE
+        counts = self._counts
+        counts.running -= 1
+        left = counts.by_model[job.model] - 1
+        if left:
+            counts.by_model[job.model] = left
+        else:
+            del counts.by_model[job.model]
+        if self.resources is not None:
+            self.resources.finished(job.model)
+        self.pump()
+
+    # -- the dispatcher's side ------------------------------------------------------------
+    @property
+    def running(self) -> int:
+        """Backend calls in flight through this dispatcher."""
+        return self._counts.running
+
+    @property
+    def held(self) -> int:
+        """Requests popped from the queues that wait for a model slot or memory."""
+        return len(self._held)
+
+    def sizes(self) -> dict[str, int]:
+        return self.scheduler.sizes()
+
+    def pump(self) -> None:
+        """Expire, start and pop what the clock and the free slots allow; then set the timer."""
+        now = self.clock()
+        for job in self.scheduler.pop_expired(now):
+            self._expire(job)
+        if self._held:
+            waiting, self._held = self._held, deque()
+            for job in waiting:
+                if job.handle is not None and job.handle.deadline <= now:
+                    self._expire(job)
+                elif self._can_start(job):
+                    self._start(job, now)
+                else:
+                    self._held.append(job)
+        cpu_blocked = False
+        while self._counts.running + len(self._held) < self.max_concurrent_requests:
+            if self.resources is not None and self.scheduler and self.resources.cpu_busy():
+                cpu_blocked = True
+                break
+            batch = self.scheduler.pop_batch(now)
+            if batch is None:
+                break
+            model, jobs = batch
+            self.batches += 1
+            self.recent_batches.append((model, len(jobs)))
+            log.debug("batch %d: %d request(s) for %s", self.batches, len(jobs), model)
+            for job in jobs:
+                if self._can_start(job):
+                    self._start(job, now)
+                else:
+                    job.state = HELD
+                    self._held.append(job)
+        self._publish_sizes()
+        self._arm_timer(now, cpu_blocked)
+
+    def _can_start(self, job: Job) -> bool:
+        counts = self._counts
+        if counts.running >= self.max_concurrent_requests:
+            return False
+        if job.limit is not None and counts.by_model.get(job.model, 0) >= job.limit:
+            return False
+        return self.resources is None or self.resources.wait_reason(job.model) is None
+
+    def _start(self, job: Job, now: float) -> None:
+        if job.granted.done():  # the waiter is gone (cancelled): nothing to start
+            job.state = WITHDRAWN
+            return
+        job.state = RUNNING
+        job.started_at = now
+        counts = self._counts
+        counts.running += 1
+        counts.by_model[job.model] = counts.by_model.get(job.model, 0) + 1
+        if self.resources is not None:
+            self.resources.started(job.model)
+        job.granted.set_result(None)
+
+    def _expire(self, job: Job) -> None:
+        job.state = EXPIRED
+        if not job.granted.done():
+            waited = self.clock() - job.enqueued_at
+            job.granted.set_exception(NotDispatched(
+                f"expired while queued: the request's deadline passed after {waited:.1f} s in the queue "
+                "before a backend slot was free",
+                "expired",
+            ))
+
+    def _publish_sizes(self) -> None:
+        if self._on_sizes is None:
+            return
+        sizes = self.scheduler.sizes()
+        if sizes != self._last_sizes:
+            self._last_sizes = sizes
+            self._on_sizes(sizes)
+
+    def _arm_timer(self, now: float, cpu_blocked: bool) -> None:
+        """One loop timer for the next moment something can change without an event."""
+        waits: list[float] = []
+        room = self._counts.running + len(self._held) < self.max_concurrent_requests
+        if cpu_blocked:
+            waits.append(CPU_RECHECK_SECS)
+        elif room and (ready := self.scheduler.next_ready_in(now)) is not None:
+            waits.append(ready)
+        if (expiry := self.scheduler.next_expiry_in(now)) is not None:
+            waits.append(expiry)
+        for job in self._held:
+            if job.handle is not None and job.handle.deadline != float("inf"):
+                waits.append(job.handle.deadline - now)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if waits:
+            delay = max(0.0, min(waits))
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.pump()
+
+
+def scheduler_from_config(config: Config, clock: Callable[[], float] | None = None) -> Scheduler:
+    """[batching] forms batches (off: every request is a batch of one, ready at once);
+    [priority] queue_sizes bound the queues either way."""
+    batching = config.batching
+    if batching.enabled:
+        return Scheduler(batching.max_batch_size, batching.batch_timeout_ms, batching.group_by_model,
+                         config.priority.queue_sizes, clock=clock)
+    return Scheduler(1, 0, True, config.priority.queue_sizes, clock=clock)
+
+
+def dispatcher_from_config(
+    config: Config,
+    *,
+    resources: ResourceGovernor | None = None,
+    on_sizes: Callable[[Mapping[str, int]], None] | None = None,
+) -> Dispatcher | None:
+    """A dispatcher when [priority] or [batching] is enabled; None keeps the direct path."""
+    if not (config.priority.enabled or config.batching.enabled):
+        return None
+    return Dispatcher(
+        scheduler_from_config(config),
+        config.request_handling.max_concurrent_requests,
+        priority_multiplier=config.priority.high_priority_price_multiplier if config.priority.enabled else None,
+        resources=resources,
+        on_sizes=on_sizes,
+    )
