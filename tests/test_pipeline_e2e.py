@@ -119,3 +119,56 @@ def test_configured_pipeline_end_to_end(tmp_path: Path) -> None:
         assert refusals == ["price too low", "prompt refused by this executor's content filter", "rate limit", "replay"]
     finally:
         ledger.close()
+
+
+# B asks 3e12 wei on each side. A's own prices are 1e12 in, 2e12 out with peak 2.0: the market
+# median is capped at 2e12 for input and passes (3e12 <= 4e12) for output.
+EXPECTED = (2 * PRICE_IN, 3 * PRICE_IN)
+
+
+def test_market_pricing_follows_the_network_and_is_reannounced(tmp_path: Path) -> None:
+    """A prices from B's verified announcement (bounded by its peak multiplier), re-announces
+    the new price, and refuses offers below it; B sees A's new price in its network view."""
+    from lloom_executor.p2p.services import network_view
+
+    gossip_only = {"enable_mdns": False, "enable_autonat": False, "enable_relay": False, "enable_kad": False}
+    b_dir, a_dir = tmp_path / "b", tmp_path / "a"
+    b_dir.mkdir()
+    a_dir.mkdir()
+    b_config = config_for(
+        b_dir,
+        models=[{"name": "m", "inbound_price": "0.000003", "outbound_price": "0.000003"}],  # 3e12 wei
+        metrics={"enabled": False},
+    )
+
+    async def scenario() -> dict[str, Any]:
+        b = ExecutorService(b_config, load_identity(b_config.identity, environ={}), heartbeat_secs=1.0)
+        b_addr = (await b.start())[0]
+        a_config = config_for(
+            a_dir,
+            network={"listen_address": "/ip4/127.0.0.1/tcp/0", "bootstrap_peers": [b_addr], "protocols": gossip_only},
+            pricing={"strategy": "market", "update_interval_secs": 1, "peak_multiplier": 2.0, "off_peak_multiplier": 0.5},
+            metrics={"enabled": False},
+        )
+        a = ExecutorService(a_config, load_identity(a_config.identity, environ={}), heartbeat_secs=1.0)
+        a_addr = (await a.start())[0]
+        try:
+            deadline = time.monotonic() + 30
+            a_peer = a.identity.peer_id
+            while time.monotonic() < deadline:
+                seen_by_b = (await network_view(b.node)).get(a_peer, {}).get("prices", {}).get("m")
+                if seen_by_b is not None and tuple(seen_by_b) == EXPECTED:
+                    break
+                await asyncio.sleep(0.2)
+            current = a.stages.pricing.prices()["m"]
+            async with LloomClient(bootstrap=[a_addr], enable_kad=False, enable_gossip=False) as client:
+                cheap = await client.request(a_peer, "m", "hi", inbound_price=str(PRICE_IN), outbound_price=str(PRICE_OUT))
+        finally:
+            await a.stop()
+            await b.stop()
+        return {"seen_by_b": seen_by_b, "current": current, "cheap": cheap, "a_view": a.stages.market}
+
+    r = asyncio.run(scenario())
+    assert r["current"] == EXPECTED, r
+    assert r["seen_by_b"] is not None and tuple(r["seen_by_b"]) == EXPECTED
+    assert r["cheap"].error.startswith("price too low: this executor charges 2000000000000 wei/input token")
