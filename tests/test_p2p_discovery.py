@@ -7,7 +7,6 @@ connections; timings are shortened through `default_services` keywords only.
 """
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -379,7 +378,7 @@ async def _request_via_circuit(host, circuit: str, peer_id: str, frame: bytes) -
 
     transport = CircuitV2Transport(host, CircuitV2Protocol(host, allow_hop=False), RelayConfig())
     with trio.fail_after(20):
-        conn = await transport.dial(multiaddr.Multiaddr(circuit))
+        await transport.dial(multiaddr.Multiaddr(circuit))
         stream = await host.new_stream(ID.from_base58(peer_id), [LLM_PROTOCOL])
         await stream.write(frame)
         await stream.close()

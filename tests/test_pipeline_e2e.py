@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from lloom_executor import _native
 from lloom_executor.client import LloomClient

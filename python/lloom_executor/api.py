@@ -34,11 +34,9 @@ import dataclasses
 import hmac
 import json
 import logging
-import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -46,6 +44,7 @@ from starlette.routing import Route
 
 from .backends.base import BackendError, BackendTimeout, LlmBackend, ModelInfo
 from .diagnostics import model_rows
+from .httpserve import EmbeddedHttpServer, split_host_port
 from .p2p.services import network_view
 
 if TYPE_CHECKING:
@@ -230,19 +229,6 @@ def build_app(state: ApiState, auth_token: str | None) -> Starlette:
     return app
 
 
-class _EmbeddedServer(uvicorn.Server):
-    """Leaves signals to the executor (run_until_signal drains on SIGINT/SIGTERM)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self):
-        yield
-
-
-def split_host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 class ApiServer:
     """Starts/stops the HTTP API as a task on the running asyncio loop."""
 
@@ -255,8 +241,7 @@ class ApiServer:
         self.probe = BackendProbe(service.backend, interval_secs=self.probe_interval_secs, timeout_secs=self.probe_timeout_secs)
         self.app = build_app(ApiState(service, self.probe), self.config.auth_token)
         self.url: str | None = None
-        self._server: _EmbeddedServer | None = None
-        self._task: asyncio.Task | None = None
+        self._http: EmbeddedHttpServer | None = None
 
     @property
     def tls(self) -> bool:
@@ -264,64 +249,22 @@ class ApiServer:
 
     async def start(self) -> str:
         """Bind (errors surface here as OSError/ssl errors), probe the backend once, serve."""
-        host, port = split_host_port(self.config.listen_address)
-        uv_config = uvicorn.Config(
-            self.app,
-            host=host,
-            port=port,
-            loop="none",
-            lifespan="off",
-            access_log=False,
-            log_config=None,  # uvicorn's loggers propagate to ours ([logging])
-            log_level="warning",
-            ssl_certfile=self.config.tls_cert if self.tls else None,
-            ssl_keyfile=self.config.tls_key if self.tls else None,
-            timeout_graceful_shutdown=5,
+        self._http = EmbeddedHttpServer(
+            self.app, self.config.listen_address, name="api", tls_cert=self.config.tls_cert, tls_key=self.config.tls_key
         )
-        uv_config.load()  # the TLS context: a bad cert/key fails now, not in the task
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        await self.probe.start()
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(128)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        bound = sock.getsockname()[1]
-        try:
-            await self.probe.start()
-            self._server = _EmbeddedServer(uv_config)
-            self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="lloom-api")
-            deadline = time.monotonic() + 10
-            while not self._server.started and not self._task.done() and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-            if not self._server.started:
-                if self._task.done():
-                    await self._task  # raises what stopped it
-                raise RuntimeError("the API server did not start")
+            self.url = await self._http.start()
         except BaseException:
-            sock.close()
-            await self.stop()
+            await self.probe.stop()
             raise
-        shown = f"[{host}]" if ":" in host else host
-        self.url = f"{'https' if self.tls else 'http'}://{shown}:{bound}"
         log.info("api listening on %s (auth %s)", self.url, "required except /health" if self.config.auth_token else "off")
         return self.url
 
     async def stop(self) -> None:
         await self.probe.stop()
-        if self._server is None or self._task is None:
-            return
-        self._server.should_exit = True
-        try:
-            await asyncio.wait_for(self._task, timeout=10)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
-            self._task.cancel()
-        except Exception as exc:
-            log.warning("api server stopped with %s: %s", type(exc).__name__, exc)
-        self._server = self._task = None
+        if self._http is not None:
+            await self._http.stop()
 
 
 # -- the CLI's side: read a running node's API --------------------------------------

@@ -44,23 +44,21 @@ the series without bound.
 """
 from __future__ import annotations
 
-import asyncio
 import bisect
 import collections
-import contextlib
 import logging
 import math
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import uvicorn
 from prometheus_client import CollectorRegistry, push_to_gateway
 from prometheus_client.asgi import make_asgi_app
 from prometheus_client.metrics_core import Metric
+
+from .httpserve import EmbeddedHttpServer
 
 log = logging.getLogger(__name__)
 
@@ -349,19 +347,6 @@ class Metrics:
 # -- serving /metrics -----------------------------------------------------------------
 
 
-class _EmbeddedServer(uvicorn.Server):
-    """Leaves signals to the executor, as the [api] server does."""
-
-    @contextlib.contextmanager
-    def capture_signals(self):
-        yield
-
-
-def _split_host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def metrics_app(metrics: Metrics) -> Callable:
     """ASGI app: GET /metrics in the Prometheus text format (OpenMetrics on request); 404 elsewhere."""
     prometheus = make_asgi_app(metrics.registry)
@@ -386,63 +371,18 @@ class MetricsServer:
         self.metrics = metrics
         self.endpoint = endpoint
         self.url: str | None = None
-        self._server: _EmbeddedServer | None = None
-        self._task: asyncio.Task | None = None
+        self._http: EmbeddedHttpServer | None = None
 
     async def start(self) -> str:
         """Bind (an OSError surfaces here, e.g. the port is taken), then serve; returns the /metrics URL."""
-        host, port = _split_host_port(self.endpoint)
-        uv_config = uvicorn.Config(
-            metrics_app(self.metrics),
-            host=host,
-            port=port,
-            loop="none",
-            lifespan="off",
-            access_log=False,
-            log_config=None,
-            log_level="warning",
-            timeout_graceful_shutdown=5,
-        )
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(128)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        bound = sock.getsockname()[1]
-        try:
-            self._server = _EmbeddedServer(uv_config)
-            self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="lloom-metrics")
-            deadline = time.monotonic() + 10
-            while not self._server.started and not self._task.done() and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-            if not self._server.started:
-                if self._task.done():
-                    await self._task
-                raise RuntimeError("the metrics server did not start")
-        except BaseException:
-            sock.close()
-            await self.stop()
-            raise
-        shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{bound}/metrics"
+        self._http = EmbeddedHttpServer(metrics_app(self.metrics), self.endpoint, name="metrics")
+        self.url = await self._http.start() + "/metrics"
         log.info("metrics on %s", self.url)
         return self.url
 
     async def stop(self) -> None:
-        if self._server is None or self._task is None:
-            return
-        self._server.should_exit = True
-        try:
-            await asyncio.wait_for(self._task, timeout=10)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
-            self._task.cancel()
-        except Exception as exc:
-            log.warning("metrics server stopped with %s: %s", type(exc).__name__, exc)
-        self._server = self._task = None
+        if self._http is not None:
+            await self._http.stop()
 
 
 # -- pushing to a Pushgateway ---------------------------------------------------------

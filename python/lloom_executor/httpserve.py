@@ -1,0 +1,98 @@
+"""One way to serve an ASGI app (the admin API, /metrics) inside the executor's asyncio loop.
+
+uvicorn runs as a task of the running (uvloop) loop; the socket is bound
+before the task starts, so a taken port or a bad TLS cert/key fails in
+`start()` where the caller can report it, and signals stay with the executor
+(which drains on SIGINT/SIGTERM).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from typing import Any
+
+import uvicorn
+
+log = logging.getLogger(__name__)
+
+
+class _EmbeddedServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class EmbeddedHttpServer:
+    def __init__(self, app: Any, address: str, *, name: str, tls_cert: str | None = None, tls_key: str | None = None) -> None:
+        self.app = app
+        self.address = address
+        self.name = name
+        self.tls = bool(tls_cert and tls_key)
+        self._tls_cert, self._tls_key = (tls_cert, tls_key) if self.tls else (None, None)
+        self.base_url: str | None = None  # scheme://host:bound-port once started
+        self._server: _EmbeddedServer | None = None
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> str:
+        host, port = split_host_port(self.address)
+        config = uvicorn.Config(
+            self.app,
+            host=host,
+            port=port,
+            loop="none",
+            lifespan="off",
+            access_log=False,
+            log_config=None,  # uvicorn's loggers propagate to ours ([logging])
+            log_level="warning",
+            ssl_certfile=self._tls_cert,
+            ssl_keyfile=self._tls_key,
+            timeout_graceful_shutdown=5,
+        )
+        config.load()  # the TLS context: a bad cert/key fails now, not in the task
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        bound = sock.getsockname()[1]
+        try:
+            self._server = _EmbeddedServer(config)
+            self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name=f"lloom-{self.name}")
+            deadline = time.monotonic() + 10
+            while not self._server.started and not self._task.done() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            if not self._server.started:
+                if self._task.done():
+                    await self._task  # raises what stopped it
+                raise RuntimeError(f"the {self.name} server did not start")
+        except BaseException:
+            sock.close()
+            await self.stop()
+            raise
+        shown = f"[{host}]" if ":" in host else host
+        self.base_url = f"{'https' if self.tls else 'http'}://{shown}:{bound}"
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        try:
+            await asyncio.wait_for(self._task, timeout=10)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            self._task.cancel()
+        except Exception as exc:
+            log.warning("%s server stopped with %s: %s", self.name, type(exc).__name__, exc)
+        self._server = self._task = None
