@@ -1,27 +1,10 @@
-"""The asyncio-side answer to one `/lloom/llm/1.0.0` frame (the basic request path).
+"""The asyncio-side answer to one `/lloom/llm/1.0.0` frame: the executor's request path.
 
-Decodes with the native codec, checks what the wire contract demands
-(signature, freshness, unsigned policy, addressing, model), runs the backend,
-counts tokens, prices exactly in wei and answers with a `SignedLlmResponse`.
-Every refusal is a signed error answer (PROTOCOL.md §5). The full admission
-pipeline (rate limits, prices, replay, queues, cache) builds on this.
-
-Receipt and ledger (the answer's last steps, `_answer`):
-- with a `receipt_domain`, every signed request that passed admission (served,
-  or a signed error after admission) gets an EIP-712 `LlmResponseCommitment`
-  receipt in the answer's envelope (PROTOCOL.md §7; wire shape in
-  `native/src/codec/types.rs`). `requestHash` is the request commitment with
-  `executor` = our EVM address, the request's model, texts, `max_tokens`
-  (0 when absent), temperature as it travelled (f32, `round(t*10000)`, 0 when
-  absent), prices, nonce and deadline; the response commitment names the
-  request's signer as `client`, the request's model, the answer's content and
-  tokens, the request's prices, the answer's timestamp and `success` = no error.
-  Unsigned requests (no client to name) and refusals during admission get none.
-- with a `ledger`, one row per answered request (served or refused; malformed
-  frames and validator messages are not requests) is committed, off the event
-  loop, *before* the answer bytes are returned: an answer is never sent for a
-  request the ledger does not hold. If the write fails, a would-be served
-  answer becomes a signed error (nothing is served unrecorded).
+Decode (native codec) -> admission, cheapest check first (`_admit`) -> backend
+turn, directly or through the dispatcher's queues (`_serve`) -> exact wei
+pricing -> receipt and ledger row (`records.py`) -> signed `SignedLlmResponse`.
+Every refusal is a signed error answer (PROTOCOL.md §5); the optional stages
+(`PipelineStages`) are built from their config sections by `service.py`.
 """
 from __future__ import annotations
 
@@ -36,9 +19,10 @@ from typing import TYPE_CHECKING
 from . import _native
 from .backends.base import LlmBackend
 from .config import ModelConfig, RequestHandlingConfig
-from .ledger import STATUS_REFUSED, STATUS_SERVED, Ledger, LedgerEntry
+from .ledger import Ledger
 from .p2p.llm_protocol import RequestContext
 from .pipeline.dispatch import NotDispatched
+from .records import ledger_entry, sign_receipt
 
 if TYPE_CHECKING:
     from .cache.base import ResponseCache
@@ -400,6 +384,11 @@ class BasicRequestHandler:
         content_filter = self.stages.content_filter
         return content_filter is None or content_filter.check_response(content) is None
 
+    def _receipt(self, decoded: _native.DecodedRequest, reply: Reply, timestamp: int) -> dict | None:
+        if self.receipt_domain is None:
+            return None
+        return sign_receipt(self.receipt_domain, self.key, decoded, reply, timestamp)
+
     async def _answer(
         self,
         decoded: _native.DecodedRequest,
@@ -413,7 +402,8 @@ class BasicRequestHandler:
         timestamp = int(time.time())
         receipt = self._receipt(decoded, reply, timestamp) if admitted is not None else None
         if self.ledger is not None:
-            entry = self._ledger_entry(decoded, ctx, admitted, reply, receipt, timings)
+            served = admitted.model if admitted is not None else self.resolve(decoded.request.model)
+            entry = ledger_entry(decoded, ctx, served, reply, receipt, timings)
             try:
                 await asyncio.to_thread(self.ledger.record, entry)
             except Exception as exc:
@@ -424,71 +414,6 @@ class BasicRequestHandler:
         return _native.encode_signed_response(
             self.key, reply.content, reply.inbound_tokens, reply.outbound_tokens, reply.total_cost,
             reply.model_used, reply.error, timestamp, None, receipt,
-        )
-
-    def _receipt(self, decoded: _native.DecodedRequest, reply: Reply, timestamp: int) -> dict | None:
-        """The signed `LlmResponseCommitment` for the envelope, or None (no domain, unsigned request)."""
-        if self.receipt_domain is None or not decoded.is_signed or not decoded.signature_valid:
-            return None
-        request = decoded.request
-        client = bytes(decoded.signer)
-        try:
-            request_hash = bytes(self.receipt_domain.request_commitment_digest(
-                self.key.address_bytes, request.model, request.prompt, request.system_prompt,
-                request.max_tokens or 0, request.temperature or 0.0,
-                request.inbound_price, request.outbound_price, request.nonce, request.deadline,
-            ))
-            digest, signature = self.receipt_domain.sign_response_receipt(
-                self.key, request_hash, client, request.model, reply.content,
-                reply.inbound_tokens, reply.outbound_tokens, request.inbound_price, request.outbound_price,
-                timestamp, reply.error is None,
-            )
-        except (TypeError, ValueError) as exc:  # e.g. a price of 2**256 wei or more: not committable
-            log.warning("no receipt for a request from 0x%s: %s", client.hex(), exc)
-            return None
-        return {
-            "request_hash": request_hash,
-            "client": client,
-            "timestamp": timestamp,
-            "success": reply.error is None,
-            "digest": bytes(digest),
-            "signature": bytes(signature),
-        }
-
-    def _ledger_entry(
-        self,
-        decoded: _native.DecodedRequest,
-        ctx: RequestContext,
-        admitted: Admitted | None,
-        reply: Reply,
-        receipt: dict | None,
-        timings: Timings,
-    ) -> LedgerEntry:
-        request = decoded.request
-        signed_by = decoded.signer if decoded.is_signed and decoded.signature_valid else None
-        # `model` is always one of ours (or ""), so per-model totals cannot be flooded with
-        # made-up names; the name as requested is kept in `requested_model`
-        served = admitted.model if admitted is not None else self.resolve(request.model)
-        return LedgerEntry(
-            status=STATUS_SERVED if reply.error is None else STATUS_REFUSED,
-            model=served.name if served is not None else "",
-            requested_model=request.model,
-            client_address="0x" + bytes(signed_by).hex() if signed_by is not None else None,
-            peer_id=ctx.peer_id,
-            inbound_tokens=reply.inbound_tokens,
-            outbound_tokens=reply.outbound_tokens,
-            inbound_price=request.inbound_price,
-            outbound_price=request.outbound_price,
-            total_cost=reply.total_cost,
-            reason=reply.error,
-            request_digest=bytes(decoded.digest),
-            request_hash=receipt["request_hash"] if receipt else None,
-            receipt_digest=receipt["digest"] if receipt else None,
-            receipt_signature=receipt["signature"] if receipt else None,
-            receipt_timestamp=receipt["timestamp"] if receipt else None,
-            queued_ms=timings.queued_ms,
-            backend_ms=timings.backend_ms,
-            total_ms=timings.total_ms(),
         )
 
     def _error(self, model: str, reason: str) -> bytes:
