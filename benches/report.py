@@ -29,7 +29,7 @@ def main(path: str) -> None:
         ours_name, ours_t = ours[0]
         for name, t in others:
             oracle = name.split("[")[-1].rstrip("]") if "[" in name else name.removeprefix("test_")
-            print(f"| {group} | {ours_t * 1e6:.2f} µs | {t * 1e6:.2f} µs ({oracle}) | {t / ours_t:.1f}× |")
+            print(f"| {group} | {ours_t * 1e6:.2f} µs | {t * 1e6:.2f} µs ({oracle}) | {t / ours_t:.3g}× |")
 
 
 if __name__ == "__main__":
