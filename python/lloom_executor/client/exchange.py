@@ -20,6 +20,7 @@ from libp2p.peer.peerinfo import PeerInfo
 
 from .._native import MAX_RESPONSE_BYTES
 from ..p2p.llm_protocol import LLM_PROTOCOL
+from ..p2p.node import allow_redial
 from ..p2p.streams import FrameTooLarge, read_to_eof, reset_quietly
 from .types import ExecutorUnreachable, InvalidResponse, RequestTimeout
 
@@ -59,6 +60,7 @@ class Dialer:
             known = peerstore_addrs(self._host, peer)
             if not known:
                 raise ExecutorUnreachable(f"no address known for executor {peer}; discover it or pass its multiaddr")
+            allow_redial(self._host, peer)
             with trio.move_on_after(timeout) as scope:
                 try:
                     await self._host.connect(PeerInfo(peer, known))

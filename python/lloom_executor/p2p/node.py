@@ -16,6 +16,7 @@ from typing import Protocol
 import multiaddr
 import trio
 from libp2p.abc import IHost
+from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from .._native import PrivateKey
@@ -189,7 +190,17 @@ async def _supervised(service: NodeService, rt: NodeRuntime, task_status: trio.T
 
 
 async def dial(host: IHost, address: str) -> str:
-    """Connect to a `/…/p2p/<id>` address; returns the peer id."""
+    """Connect to a `/…/p2p/<id>` address now (see `allow_redial`); returns the peer id."""
     info = info_from_p2p_addr(multiaddr.Multiaddr(address))
+    allow_redial(host, info.peer_id)
     await host.connect(info)
     return str(info.peer_id)
+
+
+def allow_redial(host: IHost, peer_id: ID) -> None:
+    """py-libp2p 0.8.1 refuses to dial a peer for 60 s after a dial to it failed (its
+    "negative cache"); a deliberate dial (bootstrap backoff, a client's request) decides
+    its own retries, so lift that block first."""
+    unblock = getattr(host.get_network(), "unblock_peer", None)
+    if unblock is not None:
+        unblock(peer_id)
