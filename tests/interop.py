@@ -397,3 +397,55 @@ def trio_host() -> Iterator[TrioHost]:
         yield client
     finally:
         client.stop()
+
+
+# -- operator config files for tests that run the CLI -----------------------------------------------
+def write_operator_config(
+    directory: Path,
+    *,
+    llm: str = 'backend = "echo"',
+    models: Sequence[str] = (),
+    api: str = "enabled = false",
+    extra: str = "",
+    name: str = "config.toml",
+) -> Path:
+    """A config file as an operator writes one, for a node on loopback: key files (0600) beside it
+    (created once per directory, so two configs there share the node's key), the data dir beside
+    it, mDNS/AutoNAT/relay and metrics off, `[api]` as given. `llm` is the `[llm_client]` body;
+    `extra` adds whole sections; each model costs 0.000001 / 0.000002 ETH per input / output token."""
+    from lloom_executor import _native
+
+    keys = [directory / "identity_key", directory / "eth_key"]
+    if not all(path.exists() for path in keys):
+        secret = _native.PrivateKey.generate().to_hex()
+        for path in keys:
+            path.write_text(secret)
+            path.chmod(0o600)
+    model_tables = "".join(
+        f'[[models]]\nname = "{m}"\ninbound_price = "0.000001"\noutbound_price = "0.000002"\n' for m in models
+    )
+    path = directory / name
+    path.write_text(
+        f"""
+[network]
+listen_address = "/ip4/127.0.0.1/tcp/0"
+[network.protocols]
+enable_mdns = false
+enable_autonat = false
+enable_relay = false
+[identity]
+private_key_path = "{keys[0]}"
+ethereum_private_key_path = "{keys[1]}"
+[llm_client]
+{llm}
+[metrics]
+enabled = false
+[api]
+{api}
+[storage]
+data_dir = "{directory / 'data'}"
+{extra}
+{model_tables}
+"""
+    )
+    return path

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+import interop
 from openai_server import OpenAIServer, refused_url
 
 from lloom_executor._native import PrivateKey
@@ -282,34 +283,9 @@ def free_port() -> int:
 
 
 def write_config_file(tmp_path: Path, name: str, api: str) -> Path:
-    keys = write_keys(tmp_path)
-    path = tmp_path / name
-    path.write_text(
-        f"""
-[network]
-listen_address = "/ip4/127.0.0.1/tcp/0"
-[network.protocols]
-enable_mdns = false
-enable_autonat = false
-enable_relay = false
-[identity]
-private_key_path = "{keys['private_key_path']}"
-ethereum_private_key_path = "{keys['ethereum_private_key_path']}"
-[llm_client]
-backend = "echo"
-[metrics]
-enabled = false
-[api]
-{api}
-[model_aliases]
-fast = "test-model"
-[[models]]
-name = "test-model"
-inbound_price = "0.000001"
-outbound_price = "0.000002"
-"""
+    return interop.write_operator_config(
+        tmp_path, models=["test-model"], api=api, extra='[model_aliases]\nfast = "test-model"', name=name
     )
-    return path
 
 
 def test_peers_list_and_models_list_against_a_running_node(tmp_path: Path) -> None:

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+import interop
 from openai_server import OpenAIServer, refused_url
 
-from lloom_executor._native import PrivateKey
 from lloom_executor.client import LloomClient
 
 COMMANDS = [[], ["init"], ["config"], ["config", "validate"], ["start"], ["test-backend"], ["models"], ["models", "list"], ["peers"], ["peers", "list"], ["maintenance"], ["maintenance", "clean-cache"], ["maintenance", "optimize-db"], ["maintenance", "backup"], ["demo"]]
@@ -48,38 +48,8 @@ def test_demo_end_to_end() -> None:
 
 
 def write_config(tmp_path: Path, base_url: str, *, models: list[str], extra: str = "", backend: str = "lmstudio") -> Path:
-    key = PrivateKey.generate()
-    for name in ("identity_key", "eth_key"):
-        path = tmp_path / name
-        path.write_text(key.to_hex())
-        path.chmod(0o600)
-    model_tables = "".join(f'[[models]]\nname = "{m}"\ninbound_price = "0.000001"\noutbound_price = "0.000002"\n' for m in models)
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f"""
-[network]
-listen_address = "/ip4/127.0.0.1/tcp/0"
-[network.protocols]
-enable_mdns = false
-enable_autonat = false
-enable_relay = false
-[identity]
-private_key_path = "{tmp_path / 'identity_key'}"
-ethereum_private_key_path = "{tmp_path / 'eth_key'}"
-[llm_client]
-backend = "{backend}"
-base_url = "{base_url}"
-timeout_secs = 5
-max_retries = 1
-[metrics]
-enabled = false
-[api]
-enabled = false
-{extra}
-{model_tables}
-"""
-    )
-    return config
+    llm = f'backend = "{backend}"\nbase_url = "{base_url}"\ntimeout_secs = 5\nmax_retries = 1'
+    return interop.write_operator_config(tmp_path, llm=llm, models=models, extra=extra)
 
 
 def test_test_backend_success(tmp_path: Path) -> None:

@@ -160,39 +160,10 @@ ANSWERS_BEFORE_KILL = 60
 
 
 def write_config(tmp_path: Path, base_url: str) -> Path:
-    write_keys(tmp_path)
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f"""
-[network]
-listen_address = "/ip4/127.0.0.1/tcp/0"
-[network.protocols]
-enable_mdns = false
-enable_autonat = false
-enable_relay = false
-[identity]
-private_key_path = "{tmp_path / 'identity_key'}"
-ethereum_private_key_path = "{tmp_path / 'eth_key'}"
-[llm_client]
-backend = "lmstudio"
-base_url = "{base_url}"
-timeout_secs = 10
-max_retries = 0
-[request_handling]
-max_concurrent_requests = 16
-[metrics]
-enabled = false
-[api]
-enabled = false
-[storage]
-data_dir = "{tmp_path / 'data'}"
-[[models]]
-name = "{MODEL}"
-inbound_price = "0.000001"
-outbound_price = "0.000002"
-"""
+    llm = f'backend = "lmstudio"\nbase_url = "{base_url}"\ntimeout_secs = 10\nmax_retries = 0'
+    return interop.write_operator_config(
+        tmp_path, llm=llm, models=[MODEL], extra="[request_handling]\nmax_concurrent_requests = 16"
     )
-    return config
 
 
 class Executor:
