@@ -43,3 +43,25 @@ def test_level_filters(tmp_path: Path) -> None:
             logging.getLogger().removeHandler(handler)
     text = log_file.read_text()
     assert "shown" in text and "hidden" not in text
+
+
+def _libp2p_lines(tmp_path: Path, level: str) -> str:
+    log_file = tmp_path / f"{level}.log"
+    handlers = setup_logging(LoggingConfig(level=level, file=str(log_file)), stderr=False)
+    try:
+        logging.getLogger("libp2p.kad_dht.kad_dht").warning("Failed to read DHT message from stream: %s", "")
+        logging.getLogger("libp2p.host.basic_host").error("Failed to open stream to peer X:\n  Error: protocols not supported")
+        logging.getLogger("libp2p.network.swarm").warning("a real problem: %s", "listener died")
+    finally:
+        for handler in handlers:
+            handler.close()
+            logging.getLogger().removeHandler(handler)
+    return log_file.read_text()
+
+
+def test_libp2p_records_go_through_our_handlers_without_expected_noise(tmp_path: Path) -> None:
+    text = _libp2p_lines(tmp_path, "info")
+    assert "WARNING libp2p.network.swarm: a real problem: listener died" in text
+    assert "DHT message" not in text and "protocols not supported" not in text
+    verbose = _libp2p_lines(tmp_path, "debug")
+    assert "Failed to read DHT message from stream" in verbose and "protocols not supported" in verbose

@@ -6,6 +6,7 @@ import gzip
 import logging
 import logging.handlers
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,20 @@ def _gzip_rotator(source: str, dest: str) -> None:
     with open(source, "rb") as src, gzip.open(dest, "wb") as dst:
         shutil.copyfileobj(src, dst)
     os.remove(source)
+
+
+# py-libp2p logs these at WARNING/ERROR for every reference peer, which serves neither
+# identify, ping nor AutoNAT and closes finished Kademlia streams: expected, not a fault.
+HARMLESS_LIBP2P = re.compile(
+    r"protocols? not supported|Failed to read DHT message from stream|Failed to open stream to peer"
+)
+
+
+class _QuietExpectedLibp2p(logging.Filter):
+    """Drops py-libp2p's expected-noise records unless the operator asked for debug output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("libp2p") and HARMLESS_LIBP2P.search(record.getMessage()))
 
 
 def setup_logging(config: LoggingConfig, *, stderr: bool = True) -> list[logging.Handler]:
@@ -45,9 +60,18 @@ def setup_logging(config: LoggingConfig, *, stderr: bool = True) -> list[logging
         root.removeHandler(handler)
     for handler in handlers:
         handler.setFormatter(formatter)
+        if level > logging.DEBUG:
+            handler.addFilter(_QuietExpectedLibp2p())
         root.addHandler(handler)
     root.setLevel(min(level, logging.WARNING))
     logging.getLogger("lloom_executor").setLevel(level)
-    # py-libp2p is chatty at info; its warnings and errors still show.
-    logging.getLogger("libp2p").setLevel(max(level, logging.WARNING))
+    # py-libp2p configures its logger tree when imported (no handlers, propagate off, so its
+    # records reach stderr raw through logging's last resort): import it first, then route its
+    # records through ours, at warning and above (it is chatty at info).
+    import libp2p  # noqa: F401
+
+    libp2p_root = logging.getLogger("libp2p")
+    libp2p_root.handlers.clear()
+    libp2p_root.propagate = True
+    libp2p_root.setLevel(max(level, logging.WARNING) if level > logging.DEBUG else level)
     return handlers
