@@ -5,8 +5,23 @@ import gzip
 import logging
 from pathlib import Path
 
+import pytest
+
 from lloom_executor.config import LoggingConfig
 from lloom_executor.logs import setup_logging
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """setup_logging configures process-wide loggers: put them back for the tests that follow."""
+    names = ["", "lloom_executor", "libp2p"]
+    saved = {n: (logging.getLogger(n).level, logging.getLogger(n).propagate, list(logging.getLogger(n).handlers)) for n in names}
+    yield
+    for n, (level, propagate, handlers) in saved.items():
+        logger = logging.getLogger(n)
+        logger.setLevel(level)
+        logger.propagate = propagate
+        logger.handlers[:] = handlers
 
 
 def test_rotating_compressed_file(tmp_path: Path) -> None:
