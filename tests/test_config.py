@@ -204,3 +204,16 @@ def test_cross_field_and_value_rules(tmp_path: Path, text: str, expected: str) -
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text), environ={})
     assert expected in info.value.problems
+
+
+def test_secrets_stay_out_of_reprs() -> None:
+    config = Config.from_dict(
+        {
+            "llm_client": {"backend": "openai", "api_key": "sk-secret-value"},
+            "api": {"auth_token": "token-secret-value"},
+            "webhooks": {"enabled": True, "endpoints": [{"url": "http://127.0.0.1:9/hook", "auth_header": "Bearer hook-secret"}]},
+        }
+    )
+    text = repr(config)
+    assert config.llm_client.api_key == "sk-secret-value"
+    assert "sk-secret-value" not in text and "token-secret-value" not in text and "hook-secret" not in text

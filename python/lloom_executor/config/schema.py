@@ -45,9 +45,10 @@ def setting(
         "raw": raw,
         "doc": doc,
     }
+    # secrets stay out of reprs, so a logged or dumped config never shows them
     if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+        return field(default_factory=factory, metadata=meta, repr=not secret)
+    return field(default=default, metadata=meta, repr=not secret)
 
 
 # -- converters (raise ValueError with a readable message) --------------------------
