@@ -32,10 +32,13 @@ HARMLESS_LIBP2P = re.compile(
 
 
 class _QuietExpectedLibp2p(logging.Filter):
-    """Drops py-libp2p's expected-noise records unless the operator asked for debug output."""
+    """Drops py-libp2p's info chatter (some of its modules set their own levels) and its
+    expected-noise records, unless the operator asked for debug output."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.name.startswith("libp2p") and HARMLESS_LIBP2P.search(record.getMessage()))
+        if not record.name.startswith("libp2p"):
+            return True
+        return record.levelno >= logging.WARNING and not HARMLESS_LIBP2P.search(record.getMessage())
 
 
 def setup_logging(config: LoggingConfig, *, stderr: bool = True) -> list[logging.Handler]:

@@ -242,18 +242,20 @@ class ExecutorService:
         log.info("executor stopped")
 
     async def run_until_signal(self) -> None:
-        await self.start()
+        """Serve until SIGINT/SIGTERM; a signal during start-up stops the node once it is up."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
+            await self.start()
             await stop.wait()
             log.info("signal received: draining")
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-            await self.stop()
+            if self.started_at is not None:
+                await self.stop()
 
 
 async def _peer_ids(rt) -> list[str]:
