@@ -175,6 +175,7 @@ class OpenAIServer:
         strict_models: bool = True,
         latency: float = 0.0,
         omit_usage: bool = False,
+        port: int = 0,
     ) -> None:
         self.models = [dict(m) for m in (models if models is not None else DEFAULT_MODELS)]
         self.api_key = api_key
@@ -183,6 +184,7 @@ class OpenAIServer:
         self.latency = latency
         self.omit_usage = omit_usage
         self.requests: list[RecordedRequest] = []
+        self.fixed_port = port  # 0: an ephemeral port (the usual case)
         self.port: int | None = None
         self._behaviours: list[Behaviour] = []
         self._lock = threading.Lock()
@@ -313,7 +315,7 @@ class OpenAIServer:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        server = await asyncio.start_server(self._handle, "127.0.0.1", self.fixed_port)
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
         try:

@@ -172,30 +172,6 @@ def test_models_appear_and_disappear_with_the_backend_listing(caplog: pytest.Log
     assert len(unconfigured) == 1 and "extra-model" in unconfigured[0] and "embed-model" not in unconfigured[0]
 
 
-class FixedPortServer(OpenAIServer):
-    """The test server on a chosen port: a backend that comes up where the executor already looks."""
-
-    def __init__(self, port: int, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.fixed_port = port
-
-    async def _main(self) -> None:
-        self._stop = asyncio.Event()
-        server = await asyncio.start_server(self._handle, "127.0.0.1", self.fixed_port)
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 2)
-
-
 def test_backend_down_at_start_then_models_announced_when_it_comes_up() -> None:
     url = refused_url()
     port = int(url.rsplit(":", 1)[1].split("/")[0])
@@ -216,7 +192,7 @@ def test_backend_down_at_start_then_models_announced_when_it_comes_up() -> None:
                 assert discovery.backend_status == DISCONNECTED
                 updates = (await published(service)).get("Update", 0)
 
-                with FixedPortServer(port, models=DEFAULT_MODELS):
+                with OpenAIServer(models=DEFAULT_MODELS, port=port):
                     await until(lambda: discovery.backend_status == CONNECTED, "connected once the server is up")
                     await until(lambda: "test-model" in service.handler.models, "test-model served")
                     assert discovery.last_error is None

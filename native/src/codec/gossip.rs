@@ -3,7 +3,7 @@
 //! signature are lowercase `0x…` hex, as alloy writes them human-readably.
 
 use super::jval::JVal;
-use super::ops::{Envelope, Opened, Signer};
+use super::ops::{self, Opened, Signer};
 use super::sign;
 use super::types::{ModelAnnouncement, SignedMessage};
 use super::wire;
@@ -39,17 +39,5 @@ pub fn encode(signer: &Signer, announcement: &JVal, timestamp: u64, nonce: Optio
 pub fn decode(data: &[u8]) -> Result<Opened, String> {
     let m: SignedMessage<ModelAnnouncement> =
         wire::decode_json(data, "SignedMessage<ModelAnnouncement>", MAX_ANNOUNCEMENT_BYTES)?;
-    let check = sign::verify(&m.payload, &m.signer, &m.signature)?;
-    let envelope = Envelope {
-        signer: m.signer.0 .0,
-        signature: m.signature.to_vec(),
-        timestamp: m.timestamp,
-        nonce: m.nonce,
-        receipt: m.receipt,
-    };
-    Ok(Opened {
-        variant: "ModelAnnouncement",
-        envelope: Some(envelope),
-        check,
-    })
+    ops::open("ModelAnnouncement", m).map(|(_, opened)| opened)
 }

@@ -24,7 +24,8 @@ pub struct Opened {
     pub check: Verification,
 }
 
-fn open<T: serde::Serialize>(variant: &'static str, m: SignedMessage<T>) -> Result<(T, Opened), String> {
+/// Verify a `SignedMessage` and split it into its payload and what Python sees of the rest.
+pub(super) fn open<T: serde::Serialize>(variant: &'static str, m: SignedMessage<T>) -> Result<(T, Opened), String> {
     let check = sign::verify(&m.payload, &m.signer, &m.signature)?;
     let envelope = Envelope {
         signer: m.signer.0 .0,
