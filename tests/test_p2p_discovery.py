@@ -7,6 +7,7 @@ connections; timings are shortened through `default_services` keywords only.
 """
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -267,6 +268,29 @@ def test_mdns_discovery_without_bootstrap(executor_node) -> None:
     poll(lambda: b.peer_id in peers_of(a) or a.peer_id in peers_of(b), 25, "mDNS discovery and dial")
     mdns_a, mdns_b = service(a, "mdns"), service(b, "mdns")
     assert b.peer_id in mdns_a.discovered or a.peer_id in mdns_b.discovered
+
+
+def _threads_started_since(before: set[int]) -> list[str]:
+    """Threads alive now that were not before, less the worker pools that
+    outlive a node by design: trio's thread cache (idle workers end after 10 s)
+    and the test loop's default executor (`uvloop_N`, lives as long as the loop)."""
+    return [t.name for t in threading.enumerate()
+            if t.ident not in before and not t.name.startswith(("Trio thread", "uvloop_"))]
+
+
+def test_stopped_node_leaves_no_threads(executor_node, loop_thread) -> None:
+    """mDNS (zeroconf runs its own threads) and gossipsub (py-libp2p's seen-message
+    cache has a sweeper thread) are stopped with the node: nothing is left running."""
+    before = {t.ident for t in threading.enumerate()}
+    node = executor_node(
+        network=network(enable_mdns=True, enable_autonat=True),
+        services_factory=services_factory(fingerprint=uuid.uuid4().hex[:8]),
+    )
+    assert {"mdns", "gossip"} <= set(node.call(_service_names))
+    assert _threads_started_since(before), "the node runs threads of its own"
+    node.stop()
+    wait_until(lambda: not _threads_started_since(before), 15, interval=0.1)
+    assert not _threads_started_since(before)
 
 
 # -- switches ----------------------------------------------------------------------------------------

@@ -132,6 +132,9 @@ class GossipService:
             pubsub.subscriptions = None
             send.close()
             self.pubsub = None
+            # py-libp2p never stops the seen-message cache's sweeper thread itself:
+            # without this every stopped node leaves one thread behind.
+            pubsub.seen_messages.stop()
 
     async def shutdown(self, rt: NodeRuntime) -> None:
         """Say goodbye: a Removal reaches peers before the host closes."""

@@ -106,7 +106,7 @@ class MdnsService:
         mdns, self._mdns = self._mdns, None
         if mdns is not None:
             try:
-                await trio.to_thread.run_sync(mdns.stop, cancellable=True)
+                await trio.to_thread.run_sync(mdns.stop, abandon_on_cancel=True)
             except Exception as exc:
                 log.debug("mDNS stop: %s", exc)
 
