@@ -43,7 +43,13 @@ times=None applies forever): see `Behaviour` and the helpers `fail`, `hang`,
 
 Every request is recorded (`requests`, `chat_requests`) with method, path,
 lower-cased headers, raw body, parsed JSON and `time` (time.monotonic() when
-its head arrived, comparable with the test's own clock).
+its head arrived, comparable with the test's own clock). Chat calls are also
+logged as they begin and end (`chat_events`: (time.monotonic(), "start" |
+"end", model, last user message)): "start" when the request has been read,
+"end" just before the first byte of a non-stream answer is written (so before
+the client can have it; a stream ends when it has been sent), so a call's
+logged span lies inside the client's. `in_flight_at_starts()` replays that
+log into the calls in flight, per model, as each call began.
 """
 from __future__ import annotations
 
@@ -196,6 +202,8 @@ class OpenAIServer:
         self._tasks: set[asyncio.Task] = set()
         self._connections = 0
         self._completions = 0
+        self.chat_events: list[tuple[float, str, str, str]] = []
+        self._open_calls: dict[int, tuple[str, str]] = {}  # id(writer) -> (model, prompt) of its chat call
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -300,6 +308,16 @@ class OpenAIServer:
     def requests_to(self, path: str) -> list[RecordedRequest]:
         return [r for r in list(self.requests) if r.path == path]
 
+    def in_flight_at_starts(self) -> list[tuple[str, dict[str, int]]]:
+        """For each chat call in the order they began: (its prompt, {model: calls in flight then, itself included})."""
+        running: dict[str, int] = {}
+        out = []
+        for _, kind, model, prompt in list(self.chat_events):
+            running[model] = running.get(model, 0) + (1 if kind == "start" else -1)
+            if kind == "start":
+                out.append((prompt, {m: n for m, n in running.items() if n}))
+        return out
+
     # ------------------------------------------------------------------ server internals
 
     def _run(self) -> None:
@@ -384,6 +402,7 @@ class OpenAIServer:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         head = {"Content-Type": "application/json", "Content-Length": str(len(body)), "Connection": "keep-alive"}
         head.update(headers or {})
+        self._end_call(writer)
         writer.write(self._head(status, head) + body)
         await writer.drain()
         return True
@@ -393,6 +412,25 @@ class OpenAIServer:
         return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
     async def _dispatch(self, req: RecordedRequest, writer: asyncio.StreamWriter) -> bool:
+        body = req.json
+        if req.method != "POST" or req.path != CHAT_PATH or not isinstance(body, dict):
+            return await self._answer(req, writer)
+        model = str(body.get("model"))
+        messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+        prompt = next((str(m.get("content")) for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), "")
+        self.chat_events.append((time.monotonic(), "start", model, prompt))
+        self._open_calls[id(writer)] = (model, prompt)
+        try:
+            return await self._answer(req, writer)
+        finally:
+            self._end_call(writer)
+
+    def _end_call(self, writer: asyncio.StreamWriter) -> None:
+        call = self._open_calls.pop(id(writer), None)
+        if call is not None:
+            self.chat_events.append((time.monotonic(), "end", *call))
+
+    async def _answer(self, req: RecordedRequest, writer: asyncio.StreamWriter) -> bool:
         b = self._take(req.path) or Behaviour(times=None)
         delay = self.latency + b.latency
         if delay:

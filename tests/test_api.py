@@ -37,7 +37,10 @@ from lloom_executor.service import ExecutorService
 
 TOKEN = "s3cret-admin-token"
 IN_WEI, OUT_WEI = 10**12, 2 * 10**12
-DETAILED_FIELDS = {"status", "uptime_seconds", "models_loaded", "active_requests", "total_requests", "backend_status", "p2p_peers"}
+DETAILED_FIELDS = {
+    "status", "uptime_seconds", "models_loaded", "active_requests", "total_requests", "backend_status", "p2p_peers",
+    "throttled_models",
+}
 
 
 def write_keys(tmp_path: Path) -> dict[str, str]:
@@ -110,6 +113,7 @@ def test_health_detailed_and_admin_after_real_requests(tmp_path: Path, start_ser
     assert before["models_loaded"] == ["test-model", "unloaded-model"]  # enabled ones only
     assert (before["total_requests"], before["active_requests"], before["p2p_peers"]) == (0, 0, 0)
     assert before["backend_status"] == "connected" and before["status"] == "healthy"
+    assert before["throttled_models"] == {}  # no [[models]] max_tokens_per_second here
     assert isinstance(before["uptime_seconds"], int) and before["uptime_seconds"] >= 0
 
     address = service.node.listen_addrs[0]

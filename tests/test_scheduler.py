@@ -3,7 +3,8 @@
 The model (RefScheduler) keeps one flat list of entries and recomputes every
 decision from scratch (O(n) per call), straight from the rules: expire what
 reached its deadline, then for the highest priority with a ready group
-(>= max_batch_size entries, or oldest entry waited >= timeout) take the group
+(>= its batch size of entries: max_batch_size, or the model's own cap when
+grouping by model and smaller; or oldest entry waited >= timeout) take the group
 whose oldest entry is oldest, FIFO, topped up from lower priorities of the
 same model.  Times are multiples of 1/64 s and timeouts multiples of 1/64 s
 so float arithmetic is exact on both sides.
@@ -44,8 +45,9 @@ class E:
 
 
 class RefScheduler:
-    def __init__(self, max_batch, timeout_s, by_model, caps, fill=True):
+    def __init__(self, max_batch, timeout_s, by_model, caps, fill=True, model_caps=None):
         self.max_batch = max_batch
+        self.model_caps = model_caps or {}
         self.timeout = timeout_s
         self.by_model = by_model
         self.caps = caps  # indexed by priority
@@ -83,19 +85,25 @@ class RefScheduler:
                 out.setdefault(self.key(e), []).append(e)
         return out
 
-    def is_ready(self, g, now):
-        return len(g) >= self.max_batch or g[0].enq + self.timeout <= now
+    def cap(self, key):
+        if not self.by_model:
+            return self.max_batch
+        return min(self.max_batch, self.model_caps.get(key, self.max_batch))
+
+    def is_ready(self, key, g, now):
+        return len(g) >= self.cap(key) or g[0].enq + self.timeout <= now
 
     def pop_batch(self, now):
         self.expire(now)
         for p in (2, 1, 0):
             for key, g in self.groups(p).items():
-                if self.is_ready(g, now):
-                    taken = g[: self.max_batch]
+                if self.is_ready(key, g, now):
+                    cap = self.cap(key)
+                    taken = g[:cap]
                     if self.fill:
                         for q in range(p - 1, -1, -1):
                             more = self.groups(q).get(key, [])
-                            taken += more[: self.max_batch - len(taken)]
+                            taken += more[: cap - len(taken)]
                     for e in taken:
                         e.state = "dispatched"
                     return key, [e.item for e in taken]
@@ -113,8 +121,8 @@ class RefScheduler:
         self.expire(now)
         best = None
         for p in (2, 1, 0):
-            for g in self.groups(p).values():
-                if self.is_ready(g, now):
+            for key, g in self.groups(p).items():
+                if self.is_ready(key, g, now):
                     return 0.0
                 w = g[0].enq + self.timeout - now
                 best = w if best is None else min(best, w)
@@ -131,15 +139,16 @@ class RefScheduler:
         return {NAMES[p]: sum(1 for e in q if e.prio == p) for p in (2, 1, 0)}
 
 
-def make_pair(max_batch=4, timeout_ticks=8, by_model=True, caps=(6, 8, 5), fill=True):
+def make_pair(max_batch=4, timeout_ticks=8, by_model=True, caps=(6, 8, 5), fill=True, model_caps=None):
     sched = Scheduler(
         max_batch_size=max_batch,
         batch_timeout_ms=timeout_ticks * 1000 / 64,
         group_by_model=by_model,
         queue_sizes={"low": caps[0], "normal": caps[1], "high": caps[2]},
         fill_from_lower=fill,
+        model_batch_sizes=model_caps,
     )
-    ref = RefScheduler(max_batch, timeout_ticks / 64, by_model, list(caps), fill)
+    ref = RefScheduler(max_batch, timeout_ticks / 64, by_model, list(caps), fill, model_caps)
     return sched, ref
 
 
@@ -156,6 +165,8 @@ op_pop = st.tuples(st.just("pop"), st.integers(0, 12))
 op_exp = st.tuples(st.just("expired"), st.integers(0, 12))
 op_next = st.tuples(st.just("next"), st.integers(0, 4))
 op_rm = st.tuples(st.just("remove"), st.integers(0, 10_000))
+# [[models]] max_batch_size: none, or caps for some models (below, at and above the global size)
+model_caps_st = st.one_of(st.none(), st.dictionaries(st.sampled_from(["m0", "m1", "m2"]), st.integers(1, 6), max_size=3))
 
 
 @settings(max_examples=200, deadline=None)
@@ -166,9 +177,10 @@ op_rm = st.tuples(st.just("remove"), st.integers(0, 10_000))
     fill=st.booleans(),
     caps=st.tuples(st.integers(0, 8), st.integers(0, 8), st.integers(0, 8)),
     ops=st.lists(st.one_of(op_push, op_push, op_push, op_pop, op_exp, op_next, op_rm), min_size=10, max_size=150),
+    model_caps=model_caps_st,
 )
-def test_matches_reference_model(max_batch, timeout_ticks, by_model, fill, caps, ops) -> None:
-    sched, ref = make_pair(max_batch, timeout_ticks, by_model, caps, fill)
+def test_matches_reference_model(max_batch, timeout_ticks, by_model, fill, caps, ops, model_caps) -> None:
+    sched, ref = make_pair(max_batch, timeout_ticks, by_model, caps, fill, model_caps)
     handles: list[tuple[Handle, E]] = []
     tick = 64 * 1000
     pushed = dispatched = expired = cancelled = 0
@@ -197,7 +209,7 @@ def test_matches_reference_model(max_batch, timeout_ticks, by_model, fill, caps,
             got = sched.pop_batch(now=tick / 64)
             assert got == ref.pop_batch(tick / 64)
             if got:
-                assert 1 <= len(got[1]) <= max_batch
+                assert 1 <= len(got[1]) <= sched.batch_size_for(got[0]) <= max_batch
                 dispatched += len(got[1])
         elif kind == "expired":
             tick += op[1]
@@ -234,8 +246,9 @@ def test_matches_reference_model_random_walk(seed) -> None:
     rng = random.Random(seed)
     max_batch = rng.randint(1, 5)
     by_model = rng.random() < 0.5
+    model_caps = None if rng.random() < 0.5 else {m: rng.randint(1, 6) for m in ("m0", "m1", "m2") if rng.random() < 0.6}
     sched, ref = make_pair(max_batch, rng.randint(0, 16), by_model,
-                           tuple(rng.randint(0, 10) for _ in range(3)), rng.random() < 0.5)
+                           tuple(rng.randint(0, 10) for _ in range(3)), rng.random() < 0.5, model_caps)
     pairs = []
     tick = 64 * 500
     for i in range(rng.randint(50, 300)):
@@ -441,6 +454,62 @@ def test_fill_from_lower_priorities_same_model_only() -> None:
         else:
             assert first == ("m", ["h1"])
             assert s.pop_batch(now=1.0) == ("m", ["n1"])
+
+
+# ------------------------------------------------- per-model batch sizes ([[models]] max_batch_size)
+
+def test_model_batch_size_1_never_batches_that_model() -> None:
+    sched = Scheduler(max_batch_size=4, batch_timeout_ms=60_000, model_batch_sizes={"solo": 1})
+    sched.push("s1", "solo", now=0.0)  # a full batch of one at once: no waiting for the timeout
+    sched.push("s2", "solo", now=0.0)
+    for i in range(3):
+        sched.push(f"o{i}", "other", now=0.0)
+    assert sched.batch_size_for("solo") == 1 and sched.batch_size_for("other") == 4
+    assert sched.next_ready_in(now=0.0) == 0.0
+    assert sched.pop_batch(now=0.0) == ("solo", ["s1"])
+    assert sched.pop_batch(now=0.0) == ("solo", ["s2"])
+    assert sched.pop_batch(now=0.0) is None  # "other" holds 3 of 4: waits for size or timeout
+    sched.push("o3", "other", now=0.0)
+    assert sched.pop_batch(now=0.0) == ("other", ["o0", "o1", "o2", "o3"])
+
+
+@pytest.mark.parametrize("cap, expected", [(2, 2), (3, 3), (4, 3), (100, 3)])
+def test_model_batch_size_below_at_and_above_the_global(cap: int, expected: int) -> None:
+    """The batch is min([batching] max_batch_size, the model's max_batch_size)."""
+    sched = Scheduler(max_batch_size=3, batch_timeout_ms=60_000, model_batch_sizes={"m": cap})
+    assert sched.batch_size_for("m") == expected and sched.model_batch_sizes == {"m": cap}
+    for i in range(expected - 1):
+        sched.push(i, "m", now=0.0)
+    assert sched.pop_batch(now=0.0) is None  # one short of its size: not ready before the timeout
+    for i in range(expected - 1, 7):
+        sched.push(i, "m", now=0.0)
+    assert sched.pop_batch(now=0.0) == ("m", list(range(expected)))
+    assert sched.pop_batch(now=0.0) == ("m", list(range(expected, 2 * expected)))
+
+
+def test_model_batch_size_applies_to_fill_from_lower() -> None:
+    sched = Scheduler(max_batch_size=8, batch_timeout_ms=0, model_batch_sizes={"m": 2})
+    sched.push("l1", "m", "low", now=0.0)
+    sched.push("n1", "m", "normal", now=0.0)
+    sched.push("h1", "m", "high", now=0.0)
+    assert sched.pop_batch(now=0.0) == ("m", ["h1", "n1"])  # topped up to 2, not 8
+    assert sched.pop_batch(now=0.0) == ("m", ["l1"])
+
+
+def test_model_batch_sizes_without_group_by_model_use_the_global_size() -> None:
+    sched = Scheduler(max_batch_size=3, batch_timeout_ms=60_000, group_by_model=False, model_batch_sizes={"a": 1})
+    assert sched.batch_size_for("a") == 3
+    sched.push("a1", "a", now=0.0)
+    sched.push("a2", "a", now=0.0)
+    assert sched.pop_batch(now=0.0) is None  # batches mix models: the model's cap cannot apply
+    sched.push("b1", "b", now=0.0)
+    assert sched.pop_batch(now=0.0) == (None, ["a1", "a2", "b1"])
+
+
+@pytest.mark.parametrize("bad", [{"m": 0}, {"m": 2.0}, {"m": True}, {"m": None}])
+def test_invalid_model_batch_sizes(bad) -> None:
+    with pytest.raises(ValueError, match="batch size for model 'm' must be an integer >= 1"):
+        Scheduler(model_batch_sizes=bad)
 
 
 # ------------------------------------------------------------ deadlines

@@ -7,7 +7,10 @@ Endpoints (JSON):
                          manual's `curl http://localhost:8080/health` send no token, and
                          it tells nothing beyond up/down.
   GET /health/detailed   the manual's fields: status, uptime_seconds, models_loaded,
-                         active_requests, total_requests, backend_status, p2p_peers.
+                         active_requests, total_requests, backend_status, p2p_peers;
+                         and throttled_models: {model: {resume_in_seconds,
+                         waiting_requests}} for each model over its [[models]]
+                         max_tokens_per_second now (empty when none is).
   GET /admin/peers       connected peers (PeerBook snapshot: peer_id, addresses, direction,
                          connected_since, protocols, latency_ms, roles).
   GET /admin/models      configured models with prices (wei per token), aliases, enabled and
@@ -176,6 +179,16 @@ class ApiState:
             "total_requests": stats.served if stats else 0,
             "backend_status": self.probe.status,
             "p2p_peers": len(await self.peers()),
+            "throttled_models": self.throttled_models(),
+        }
+
+    def throttled_models(self) -> dict[str, dict[str, Any]]:
+        stages = self.service.stages
+        over = stages.resources.throttled() if stages.resources is not None else {}
+        waiting = stages.dispatcher.throttled_by_model() if stages.dispatcher is not None and over else {}
+        return {
+            model: {"resume_in_seconds": round(secs, 3), "waiting_requests": waiting.get(model, 0)}
+            for model, secs in sorted(over.items())
         }
 
     async def models(self) -> dict[str, Any]:

@@ -20,6 +20,10 @@ Exposed families (names and labels as in the manual's "Monitoring > Prometheus M
   lloom_executor_p2p_peers                                    gauge
   lloom_executor_rate_limited_total{rule}                     counter
   lloom_executor_cache_requests_total{result}                 counter, result hit|miss
+  lloom_executor_webhook_events_total{endpoint,host,event,result}
+                                                              counter, result delivered|failed|dropped
+                                                              (`webhooks.py`; endpoint: index in
+                                                              [[webhooks.endpoints]], host: its host)
 
 Why one custom collector instead of prometheus_client's Counter/Summary: its
 Summary has no quantiles, and money must stay exact. Everything is kept in
@@ -205,6 +209,7 @@ class Metrics:
         self._peers = 0
         self._rate_limited: collections.Counter[str] = collections.Counter()
         self._cache = {"hit": 0, "miss": 0}
+        self._webhooks: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
         self.revenue_wei = 0
         self.registry.register(self)
 
@@ -269,6 +274,12 @@ class Metrics:
         with self._lock:
             self._cache["hit" if hit else "miss"] += 1
 
+    def webhook_event(self, endpoint: str, host: str, event: str, result: str, n: int = 1) -> None:
+        """`n` webhook events to endpoint `endpoint` (its index) on `host`: result delivered, failed
+        (every attempt failed) or dropped (queue overflow, or still queued when the node stopped)."""
+        with self._lock:
+            self._webhooks[(str(endpoint), str(host), str(event), str(result))] += int(n)
+
     def model_loaded(self, model: str, seconds: float) -> None:
         """The backend (or discovery) saw `model` become loaded, taking `seconds`."""
         with self._lock:
@@ -299,6 +310,7 @@ class Metrics:
         peers = family("p2p_peers", "Connected P2P peers.", "gauge")
         limited = family("rate_limited", "Requests refused by rate limiting, by rule.", "counter")
         cache = family("cache_requests", "Response cache lookups, by result (hit/miss).", "counter")
+        webhooks = family("webhook_events", "Webhook events by endpoint, event and result (delivered/failed/dropped).", "counter")
 
         with self._lock:
             for (model, status), n in sorted(self._requests.items()):
@@ -332,6 +344,9 @@ class Metrics:
                 limited.add_sample(limited.name + "_total", {"rule": rule}, n)
             for result, n in self._cache.items():
                 cache.add_sample(cache.name + "_total", {"result": result}, n)
+            for (endpoint, host, event, result), n in sorted(self._webhooks.items()):
+                labels = {"endpoint": endpoint, "host": host, "event": event, "result": result}
+                webhooks.add_sample(webhooks.name + "_total", labels, n)
 
         memory.add_sample(memory.name, {}, _process_rss())
         out = [requests, summary, histogram, queue, tokens, tps, revenue, per_request]
@@ -341,6 +356,8 @@ class Metrics:
                 gpu.add_sample(gpu.name, {"device": device}, percent)
             out.append(gpu)
         out += [memory, load_time, peers, limited, cache]
+        if self._webhooks:
+            out.append(webhooks)
         return out
 
 

@@ -22,12 +22,15 @@ failed polls in a row (default 3; a blip must not make announcements flap), then
 the models are withdrawn until it comes back.
 
 Whenever the set changes, `on_change(models)` is awaited (an exception there is
-logged; the next change retries). `attach_discovery(service)` wires that to an
+logged; the next change retries). `on_status(status, last_error)` (optional,
+synchronous) is called when the backend status changes (connected/disconnected). `attach_discovery(service)` wires that to an
 `ExecutorService`: the request handler's model set is replaced (requests for a
 withdrawn model get the signed "not served here" refusal) and, with
 `advertise_models = true`, `p2p.services.update_models` replaces the gossip
 catalog and publishes an `Update` (with `advertise_models = false` the announced
-catalog stays the configured one).
+catalog stays the configured one); with `[webhooks]`, `model_loaded` /
+`model_unloaded` events for the difference, and an `error` event
+(`backend_unreachable`) when the backend becomes unreachable.
 
 Wiring in `service.py` (ExecutorService), after the node has started:
 
@@ -63,6 +66,7 @@ UNKNOWN = "unknown"
 NON_CHAT_TYPES = frozenset({"embeddings", "embedding"})
 
 OnChange = Callable[[list[ModelConfig]], Awaitable[Any]]
+OnStatus = Callable[[str, "str | None"], Any]
 
 
 class ModelDiscovery:
@@ -87,6 +91,7 @@ class ModelDiscovery:
         poll_timeout: float = 30.0,
         withdraw_after_failures: int = 3,
         should_stop: Callable[[], bool] | None = None,
+        on_status: OnStatus | None = None,
     ) -> None:
         if withdraw_after_failures < 1:
             raise ValueError("withdraw_after_failures must be >= 1")
@@ -101,6 +106,7 @@ class ModelDiscovery:
         self.poll_timeout = poll_timeout
         self.withdraw_after_failures = withdraw_after_failures
         self.should_stop = should_stop
+        self.on_status = on_status
         self.served: list[ModelConfig] = list(initial) if initial is not None else [m for m in self.configured if m.enabled]
         self.offered: dict[str, ModelInfo] = {}
         self.backend_status = UNKNOWN
@@ -176,18 +182,22 @@ class ModelDiscovery:
                     self.last_error = f"no model listing within {self.poll_timeout:g} s"
                 if self.backend_status != DISCONNECTED:
                     log.warning("model discovery: backend disconnected (%s); retrying every %g s", self.last_error, self.interval)
+                    self._status_changed(DISCONNECTED)
                 self.backend_status = DISCONNECTED
                 if not self.ever_connected or self.failures >= self.withdraw_after_failures:
                     new = []
                 else:
                     new = list(self.served)
             else:
-                if self.backend_status != CONNECTED:
+                connected = self.backend_status != CONNECTED
+                if connected:
                     log.info("model discovery: backend connected (%d model(s) offered)", len(details))
                 self.backend_status = CONNECTED
                 self.ever_connected = True
                 self.failures = 0
                 self.last_error = None
+                if connected:
+                    self._status_changed(CONNECTED)
                 self.last_success = self.last_poll
                 self.offered = {info.id: info for info in details}
                 new = self.served_from(details)
@@ -209,6 +219,14 @@ class ModelDiscovery:
                 ", ".join(sorted(before - after)) or "-",
             )
             return True
+
+    def _status_changed(self, status: str) -> None:
+        if self.on_status is None:
+            return
+        try:
+            self.on_status(status, self.last_error)
+        except Exception:
+            log.exception("model discovery: on_status failed")
 
     async def run(self) -> None:
         """Poll until cancelled (or `should_stop()` turns true)."""
@@ -268,7 +286,8 @@ def attach_discovery(
     `await discovery.stop()` before `service.stop()` (it also ends once the handler drains).
 
     On change: `service.handler.models` is replaced, and with `advertise_models` the
-    gossip catalog too (`update_models`, which publishes an `Update`).
+    gossip catalog too (`update_models`, which publishes an `Update`); `service.webhooks`
+    (when set) gets model_loaded/model_unloaded and backend_unreachable events.
     """
     from .p2p.services import update_models
 
@@ -278,9 +297,18 @@ def attach_discovery(
     async def on_change(models: list[ModelConfig]) -> None:
         if handler.draining:
             return
+        before = list(handler.models.values())
         handler.models = {m.name: m for m in models}
+        webhooks = getattr(service, "webhooks", None)
+        if webhooks is not None:
+            webhooks.models_changed(before, models, "discovery")
         if config.advertise_models:
             await update_models(service.node, service.catalog, models)
+
+    def on_status(status: str, error: str | None) -> None:
+        webhooks = getattr(service, "webhooks", None)
+        if webhooks is not None and status == DISCONNECTED and not handler.draining:
+            webhooks.operational_error("backend_unreachable", f"model discovery: the backend is unreachable ({error})")
 
     discovery = ModelDiscovery(
         service.backend,
@@ -293,6 +321,7 @@ def attach_discovery(
         poll_timeout=poll_timeout,
         withdraw_after_failures=withdraw_after_failures,
         should_stop=lambda: handler.draining,
+        on_status=on_status,
     )
     service.discovery = discovery  # type: ignore[attr-defined]  # for status pages; service.py may declare it
     if start:

@@ -4,7 +4,8 @@
 configured features are not active, serve until SIGINT/SIGTERM, then drain:
 refuse new work (signed), let in-flight requests finish up to
 `drain_timeout_secs`, announce `Removal`, stop the host, close the backend,
-the cache and the ledger.
+the cache and the ledger, send the `stopped` webhook event and flush the
+webhook queues (bounded, `webhooks.py`).
 """
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ from .pipeline.gpu import device_pool_from_config
 from .pipeline.pricing import PricingEngine, backend_load
 from .pipeline.ratelimits import RateLimitRules
 from .pipeline.replay import ReplayGuard
-from .pipeline.resources import ResourceGovernor, resources_configured
+from .pipeline.resources import governor_from_config
 from .serving import BasicRequestHandler, PipelineStages
+from .webhooks import Webhooks, model_data
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +59,7 @@ def backend_from_config(config: Config) -> LlmBackend:
 def stages_from_config(config: Config, handler_load, market) -> PipelineStages:
     """The request path's optional stages as the config switches them (replay protection always)."""
     metrics = Metrics()
-    resources = (
-        ResourceGovernor(config.resources, gpu_devices=config.gpu_allocation.devices)
-        if resources_configured(config.resources) else None
-    )
+    resources = governor_from_config(config)  # [resources] and [[models]] needs; warns what it cannot enforce
     return PipelineStages(
         rate_limits=RateLimitRules(config.rate_limiting) if config.rate_limiting.enabled else None,
         replay=ReplayGuard(),
@@ -81,9 +80,11 @@ class ExecutorService:
         backend: LlmBackend | None = None,
         *,
         discovery_options: dict | None = None,
+        webhook_options: dict | None = None,
         **service_options,
     ) -> None:
-        """`service_options` tune P2P timings and `discovery_options` the model discovery (tests shorten them)."""
+        """`service_options` tune P2P timings, `discovery_options` the model discovery and
+        `webhook_options` the webhook delivery timings (tests shorten them)."""
         self.config = config
         self.identity = identity
         self.backend = with_limits(backend or backend_from_config(config), config.openai_limits)
@@ -107,6 +108,9 @@ class ExecutorService:
             lambda: self.handler.stages.market,
         )
         self.metrics = self.stages.metrics
+        self.webhooks = self.stages.webhooks = Webhooks.from_config(
+            config.webhooks, identity.eth_key, peer_id=identity.peer_id, metrics=self.metrics, **(webhook_options or {})
+        )
         self.node = P2PNode(
             identity.p2p_key,
             config.network,
@@ -137,6 +141,8 @@ class ExecutorService:
             await check()
         addrs = await self.node.start()
         self.started_at = time.monotonic()
+        if self.webhooks is not None:
+            self.webhooks.start()
         log.info("peer id %s, EVM address %s (%s)", self.identity.peer_id, self.identity.address, self.identity.source)
         for addr in addrs:
             log.info("listening on %s", addr)
@@ -149,6 +155,13 @@ class ExecutorService:
         log.info("ledger: %s", self.ledger.path)
         await self._start_http()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="lloom-housekeeping")
+        if self.webhooks is not None:
+            from . import __version__
+
+            self.webhooks.emit("started", {"version": __version__, "listen_addresses": [str(a) for a in addrs], "models": served})
+            for model in self.handler.models.values():
+                if model.enabled:
+                    self.webhooks.emit("model_loaded", model_data(model, "config"))
         return addrs
 
     async def _start_http(self) -> None:
@@ -239,6 +252,10 @@ class ExecutorService:
             await self.stages.cache.close()
         if self.ledger is not None:
             await asyncio.to_thread(self.ledger.close)
+        if self.webhooks is not None:
+            uptime = time.monotonic() - self.started_at if self.started_at is not None else 0.0
+            self.webhooks.emit("stopped", {"uptime_secs": round(uptime, 3), "cut_off": left})
+            await self.webhooks.stop()
         log.info("executor stopped")
 
     async def run_until_signal(self) -> None:

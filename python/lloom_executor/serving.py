@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import _native
-from .backends.base import LlmBackend
+from .backends.base import Completion, LlmBackend
 from .config import ModelConfig, RequestHandlingConfig
 from .ledger import Ledger
 from .p2p.llm_protocol import RequestContext
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .pipeline.ratelimits import RateLimitRules
     from .pipeline.replay import ReplayGuard
     from .pipeline.resources import ResourceGovernor
+    from .webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,13 @@ class Admitted:
     model: ModelConfig
     prompt_tokens: int
     max_tokens: int
+
+
+def outbound_tokens(completion: Completion) -> int:
+    """The answer's output tokens: the backend's count, else ours of its content."""
+    if completion.outbound_tokens is not None:
+        return completion.outbound_tokens
+    return _native.count_tokens(completion.content, TOKEN_ENCODING)
 
 
 def prompt_text(request: _native.LlmRequest) -> str:
@@ -80,6 +88,7 @@ class PipelineStages:
     market: dict = field(default_factory=dict)  # latest network view, for market pricing
     dispatcher: Dispatcher | None = None  # [priority]/[batching] queues; None: the direct path
     resources: ResourceGovernor | None = None  # [resources] limits
+    webhooks: Webhooks | None = None  # [webhooks]: request_completed / error events
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,7 @@ class Timings:
     received_at: float  # time.monotonic()
     queued_ms: float | None = None
     backend_ms: float | None = None
+    cached: bool = False  # answered from the response cache
 
     def total_ms(self) -> float:
         return (time.monotonic() - self.received_at) * 1000.0
@@ -147,6 +157,8 @@ class BasicRequestHandler:
             decoded = _native.decode_request(frame)
         except ValueError as exc:
             log.info("undecodable request from %s: %s", ctx.peer_id, exc)
+            if self.stages.webhooks is not None:
+                self.stages.webhooks.malformed_request(ctx.peer_id, f"malformed request: {exc}")
             return self._error("", f"malformed request: {exc}")
         if decoded.request is None:
             return self._acknowledge(decoded)
@@ -163,7 +175,7 @@ class BasicRequestHandler:
         except Refusal as refusal:
             reply = Reply.refusal(request.model, refusal.reason)
             status = refusal.code
-        answer = await self._answer(decoded, ctx, admitted, reply, timings)
+        answer = await self._answer(decoded, ctx, admitted, reply, timings, status)
         if self.stages.metrics is not None:
             model = admitted.model if admitted else self.resolve(request.model)  # only our names label series
             cost = int(reply.total_cost) if reply.error is None else 0
@@ -287,16 +299,18 @@ class BasicRequestHandler:
         timings = timings or Timings(time.monotonic())
         waiting = time.monotonic()
         running: float | None = None
+        turn: list = []  # the dispatcher's Job once in line: what it waited for, if it times out
         cache = self.stages.cache
         key = cache.key_for(model.name, request.system_prompt, request.prompt, request.temperature, admitted.max_tokens) if cache else None
         try:
             async with asyncio.timeout(timeout):
                 completion = await cache.get(key) if key is not None else None
+                timings.cached = completion is not None
                 if key is not None and self.stages.metrics is not None:
                     self.stages.metrics.cache_result(completion is not None)
                 if completion is None:
                     waiting = time.monotonic()
-                    async with self._backend_turn(request, admitted, decoded):
+                    async with self._backend_turn(request, admitted, decoded, turn):
                         running = time.monotonic()
                         timings.queued_ms = (running - waiting) * 1000.0
                         self.in_flight += 1
@@ -308,14 +322,18 @@ class BasicRequestHandler:
                         finally:
                             self.in_flight -= 1
                             timings.backend_ms = (time.monotonic() - running) * 1000.0
+                        governor = self.stages.resources
+                        if governor is not None and governor.metered(model.name):  # before the slot is freed
+                            governor.produced(model.name, outbound_tokens(completion))
                     if key is not None and self._response_allowed(completion.content):
                         await cache.put(key, completion)
         except TimeoutError:
             if running is None:
                 timings.queued_ms = (time.monotonic() - waiting) * 1000.0
                 self._forget(decoded)
+                why = f" ({turn[0].waiting_for})" if turn and turn[0].waiting_for else ""
                 raise Refusal(
-                    f"expired while queued: no backend slot within request_timeout_secs ({timeout:g} s)", "expired"
+                    f"expired while queued: no backend slot within request_timeout_secs ({timeout:g} s){why}", "expired"
                 ) from None
             raise Refusal(f"no answer within request_timeout_secs ({timeout:g} s)") from None
         except NotDispatched as exc:
@@ -332,22 +350,26 @@ class BasicRequestHandler:
         if not self._response_allowed(completion.content):
             raise Refusal("the answer was withheld by this executor's content filter", "content_filtered")
         inbound = completion.inbound_tokens if completion.inbound_tokens is not None else admitted.prompt_tokens
-        outbound = completion.outbound_tokens
-        if outbound is None:
-            outbound = _native.count_tokens(completion.content, TOKEN_ENCODING)
+        outbound = outbound_tokens(completion)
         cost = inbound * int(request.inbound_price) + outbound * int(request.outbound_price)
         return Reply(completion.content, inbound, outbound, str(cost), model.name)
 
     @contextlib.asynccontextmanager
     async def _backend_turn(
-        self, request: _native.LlmRequest, admitted: Admitted, decoded: _native.DecodedRequest | None
+        self,
+        request: _native.LlmRequest,
+        admitted: Admitted,
+        decoded: _native.DecodedRequest | None,
+        turn: list | None = None,
     ) -> AsyncIterator[None]:
         """Holds a backend slot for one call: queued by priority (dispatcher) or behind the semaphores.
 
-        `[resources]`: a request that can never run here is refused first; one
-        that cannot start yet (memory, CPU) waits in the queue when there is
-        one, and is refused without a queue (waiting on a semaphore would hide
-        it from the priority order that a queue gives).
+        `[resources]` and the `[[models]]` needs: a request that can never run
+        here is refused first; one that cannot start yet (memory, GPU memory,
+        cores, the model's max_tokens_per_second, CPU) waits in the queue when
+        there is one, and is refused without a queue (waiting on a semaphore
+        would hide it from the priority order that a queue gives). `turn`
+        receives the dispatcher's Job once it is in line.
         """
         model = admitted.model
         governor = self.stages.resources
@@ -360,7 +382,10 @@ class BasicRequestHandler:
                 model, int(request.inbound_price), int(request.outbound_price), signed=signed, pricing=self.stages.pricing
             )
             deadline = dispatcher.clock() + (request.deadline - time.time()) if request.deadline else None
-            async with dispatcher.slot(model.name, priority=priority, deadline=deadline, limit=model.max_concurrent_requests):
+            async with dispatcher.slot(
+                model.name, priority=priority, deadline=deadline, limit=model.max_concurrent_requests,
+                on_enqueue=turn.append if turn is not None else None,
+            ):
                 yield
             return
         async with self._backend_slots, self._model_slots(model):
@@ -368,7 +393,8 @@ class BasicRequestHandler:
                 yield
                 return
             if reason := governor.wait_reason(model.name) or governor.cpu_busy():
-                raise Refusal(f"{reason}; try again later", "resources")
+                code = "throttled" if governor.ready_in(model.name) > 0 else "resources"
+                raise Refusal(f"{reason}; try again later", code)
             governor.started(model.name)
             try:
                 yield
@@ -396,13 +422,15 @@ class BasicRequestHandler:
         admitted: Admitted | None,
         reply: Reply,
         timings: Timings,
+        status: str = "success",
     ) -> bytes:
-        """Sign the receipt, commit the ledger row, then sign and return the answer."""
+        """Sign the receipt, commit the ledger row, then sign and return the answer (and queue its
+        webhook event: `status` is the refusal's code, or "success")."""
         request = decoded.request
         timestamp = int(time.time())
         receipt = self._receipt(decoded, reply, timestamp) if admitted is not None else None
+        served = admitted.model if admitted is not None else self.resolve(decoded.request.model)
         if self.ledger is not None:
-            served = admitted.model if admitted is not None else self.resolve(decoded.request.model)
             entry = ledger_entry(decoded, ctx, served, reply, receipt, timings)
             try:
                 await asyncio.to_thread(self.ledger.record, entry)
@@ -411,6 +439,9 @@ class BasicRequestHandler:
                 if reply.error is None:  # never serve what the ledger does not hold
                     reply = Reply.refusal(request.model, "executor could not record the request; it was not served")
                     receipt = self._receipt(decoded, reply, timestamp) if admitted is not None else None
+                    status = "ledger_error"
+        if self.stages.webhooks is not None:
+            self.stages.webhooks.request_answered(decoded, ctx, served, reply, receipt, timings, status)
         return _native.encode_signed_response(
             self.key, reply.content, reply.inbound_tokens, reply.outbound_tokens, reply.total_cost,
             reply.model_used, reply.error, timestamp, None, receipt,

@@ -58,6 +58,7 @@ class Scheduler:
         queue_sizes: Mapping[str | int, int] | None = None,
         fill_from_lower: bool = True,
         clock: Callable[[], float] | None = None,
+        model_batch_sizes: Mapping[Hashable, int] | None = None,
     ) -> None: ...
     def push(
         self,
@@ -80,6 +81,10 @@ class Scheduler:
     def __bool__(self) -> bool: ...
     @property
     def max_batch_size(self) -> int: ...
+    @property
+    def model_batch_sizes(self) -> dict[Hashable, int]: ...
+    def batch_size_for(self, model: Hashable) -> int:
+        """min(max_batch_size, the model's cap) when grouping by model, else max_batch_size."""
     @property
     def batch_timeout_ms(self) -> float: ...
     @property

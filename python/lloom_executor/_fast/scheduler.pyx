@@ -17,12 +17,18 @@ Semantics
 * Groups: entries are grouped per (priority, model) when ``group_by_model`` is
   true, per priority alone otherwise (batches then mix models and carry
   ``model=None``).
-* A group is *ready* when it holds ``max_batch_size`` live entries or its
+* Batch size per group: ``max_batch_size``, or, when grouping by model and
+  ``model_batch_sizes`` names the model, ``min(max_batch_size, that entry)``
+  (a model whose server batches less, down to 1: no batching for it).
+  Without ``group_by_model`` a batch mixes models and the global size applies.
+  The size is fixed when a group is created (a C field of the group), so
+  every check below reads it in O(1).
+* A group is *ready* when it holds its batch size of live entries or its
   oldest entry has waited ``batch_timeout_ms``.  ``pop_batch`` serves the
   highest priority that has a ready group; within a priority the ready group
   with the oldest head goes first; within a group, FIFO.
 * ``fill_from_lower`` (default on): a ready batch that is short of
-  ``max_batch_size`` is topped up with the *same* model's entries from lower
+  its batch size is topped up with the *same* model's entries from lower
   priorities (higher first, FIFO).  A GPU batch slot costs about the same
   whether it is used or not, so this only ever serves lower-priority work
   earlier, never higher-priority work later.
@@ -222,6 +228,7 @@ cdef class _Group(_Fifo):
     cdef object key           # model, or None when not grouping by model
     cdef int priority
     cdef Py_ssize_t live
+    cdef Py_ssize_t cap       # its batch size: max_batch_size, or the model's if smaller
     cdef Handle full_mark     # the head pushed on the full-group heap, if any
 
 
@@ -294,10 +301,13 @@ cdef class Scheduler:
 
     ``Scheduler(max_batch_size=8, batch_timeout_ms=100, group_by_model=True,
     queue_sizes={"low": 100, "normal": 200, "high": 50},
-    fill_from_lower=True, clock=None)``
+    fill_from_lower=True, clock=None, model_batch_sizes=None)``
 
     ``queue_sizes`` keys are priority names or numbers; missing ones keep the
-    defaults.  See the module docstring for the rules.
+    defaults.  ``model_batch_sizes`` maps a model to its own batch cap (an
+    integer >= 1; the effective size is the smaller of it and
+    ``max_batch_size``), used only with ``group_by_model``.  See the module
+    docstring for the rules.
     """
 
     cdef Py_ssize_t _max_batch
@@ -315,9 +325,10 @@ cdef class Scheduler:
     cdef Py_ssize_t _dl_live   # queued entries with a finite deadline
     cdef list _expired         # expired items not yet reported
     cdef long long _seq
+    cdef dict _model_caps      # model -> its batch cap (as given), or None
 
     def __init__(self, max_batch_size=8, batch_timeout_ms=100.0, group_by_model=True,
-                 queue_sizes=None, fill_from_lower=True, clock=None):
+                 queue_sizes=None, fill_from_lower=True, clock=None, model_batch_sizes=None):
         cdef int p
         if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) \
                 or max_batch_size < 1:
@@ -337,6 +348,14 @@ cdef class Scheduler:
                 if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                     raise ValueError(f"queue size for {name!r} must be an integer >= 0, got {v!r}")
                 sizes[name] = v
+        caps = None
+        if model_batch_sizes is not None:
+            caps = {}
+            for model, v in dict(model_batch_sizes).items():
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    raise ValueError(f"batch size for model {model!r} must be an integer >= 1, got {v!r}")
+                caps[model] = v
+        self._model_caps = caps or None
         self._max_batch = max_batch_size
         self._timeout_ms = timeout_ms
         self._timeout = timeout_ms / 1000.0
@@ -410,7 +429,7 @@ cdef class Scheduler:
             for other in groups.values():
                 other.full_mark = None
             for other in groups.values():
-                if other.live >= self._max_batch:
+                if other.live >= other.cap:
                     other.full_mark = other.front_live()
                     heap.append(other.full_mark)
             _heapify(heap, False)
@@ -429,11 +448,11 @@ cdef class Scheduler:
             if g.full_mark is not e:
                 _hpop(heap, False)
                 continue
-            if e._state == QUEUED and g.live >= self._max_batch:
+            if e._state == QUEUED and g.live >= g.cap:
                 return g  # a live mark is always its group's head
             _hpop(heap, False)
             g.full_mark = None
-            if g.live >= self._max_batch:
+            if g.live >= g.cap:
                 self._mark_full(g)
         return None
 
@@ -458,7 +477,7 @@ cdef class Scheduler:
         cdef Handle h = (<_Fifo>self._fifos[p]).front_live()
         if h is None:
             return None
-        if h.enqueued_at + self._timeout <= now or h.group.live >= self._max_batch:
+        if h.enqueued_at + self._timeout <= now or h.group.live >= h.group.cap:
             return h.group
         return self._full_top(p)
 
@@ -507,6 +526,11 @@ cdef class Scheduler:
             g.key = key
             g.priority = p
             g.live = 0
+            g.cap = self._max_batch
+            if self._model_caps is not None and self._by_model:
+                cap = self._model_caps.get(key)
+                if cap is not None and <Py_ssize_t>cap < g.cap:
+                    g.cap = <Py_ssize_t>cap
             groups[key] = g
         h = Handle.__new__(Handle)
         h.item = item
@@ -525,7 +549,7 @@ cdef class Scheduler:
         if dl != INFINITY:
             _hpush(self._deadlines, h, True)
             self._dl_live += 1
-        if g.live >= self._max_batch and g.full_mark is None:
+        if g.live >= g.cap and g.full_mark is None:
             self._mark_full(g)
         return h
 
@@ -537,6 +561,7 @@ cdef class Scheduler:
         """
         cdef double t = self._now(now)
         cdef int p, q
+        cdef Py_ssize_t cap
         cdef _Group g, low
         cdef list out
         self._sweep(t)
@@ -547,14 +572,15 @@ cdef class Scheduler:
             if g is None:
                 continue
             key = g.key
+            cap = g.cap  # lower priorities' groups of this key have the same size
             out = []
-            self._take(g, self._max_batch, out)
+            self._take(g, cap, out)
             if self._fill:
                 q = p - 1
-                while q >= 0 and len(out) < self._max_batch:
+                while q >= 0 and len(out) < cap:
                     low = <_Group>(<dict>self._groups[q]).get(key)
                     if low is not None:
-                        self._take(low, self._max_batch - len(out), out)
+                        self._take(low, cap - len(out), out)
                     q -= 1
             return (key, out)
         return None
@@ -580,7 +606,7 @@ cdef class Scheduler:
             h = (<_Fifo>self._fifos[p]).front_live()
             if h is None:
                 continue
-            if h.group.live >= self._max_batch:
+            if h.group.live >= h.group.cap:
                 return 0.0
             w = h.enqueued_at + self._timeout - t
             if w <= 0.0 or self._full_top(p) is not None:
@@ -639,6 +665,20 @@ cdef class Scheduler:
     @property
     def max_batch_size(self) -> int:
         return self._max_batch
+
+    @property
+    def model_batch_sizes(self) -> dict:
+        """The per-model caps as given (``{}`` when none)."""
+        return dict(self._model_caps) if self._model_caps is not None else {}
+
+    def batch_size_for(self, model) -> int:
+        """The batch size a group of ``model`` gets: ``min(max_batch_size, its cap)``
+        when grouping by model, else ``max_batch_size``."""
+        cdef object cap
+        if self._model_caps is None or not self._by_model:
+            return self._max_batch
+        cap = self._model_caps.get(model)
+        return self._max_batch if cap is None or cap >= self._max_batch else cap
 
     @property
     def batch_timeout_ms(self) -> float:

@@ -16,13 +16,6 @@ def inactive_features(config: Config) -> list[str]:
         if active:
             out.append(what)
 
-    for model in config.models:
-        per_model = [
-            key
-            for key in ("max_tokens_per_second", "gpu_memory_gb", "cpu_cores")
-            if getattr(model, key) is not None
-        ]
-        note(bool(per_model), f"[[models]] {model.name}: {', '.join(per_model)} not enforced yet")
     note(config.blockchain.enabled, "[blockchain]: on-chain submission is not implemented yet")
     note(config.resources.swap_enabled, "[resources] swap_enabled: the executor does not manage swap")
     note(
@@ -32,5 +25,4 @@ def inactive_features(config: Config) -> list[str]:
     note(config.clustering.enabled, "[clustering]: not implemented; this node runs alone")
     note(config.failover.enabled, "[failover]: not implemented; this node runs alone")
     note(bool(config.plugins), "[[plugins]]: plugin loading is not implemented yet")
-    note(config.webhooks.enabled, "[webhooks]: not implemented yet")
     return out

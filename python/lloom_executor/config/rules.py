@@ -4,6 +4,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from urllib.parse import urlsplit
 
 from .parse import Report
 from .schema import Config
@@ -87,13 +88,43 @@ def check_rules(config: Config, report: Report) -> None:
                 f"needs a USD price for model {name!r} in openai_limits.model_prices_usd",
             )
 
-    if config.webhooks.enabled and not config.webhooks.endpoints:
-        report.warning("webhooks", "enabled without [[webhooks.endpoints]]")
+    check_webhooks(config, report)
     if config.clustering.enabled and not config.clustering.node_id:
         report.error("clustering.node_id", "required when clustering is enabled")
     for i, plugin in enumerate(config.plugins):
         if not plugin.name or not plugin.path:
             report.error(f"plugins[{i}]", "a plugin needs a name and a path")
+
+
+def check_webhooks(config: Config, report: Report) -> None:
+    """Endpoints are http(s) URLs; an auth header is one line (and not sent in clear text to
+    another machine); an enabled [webhooks] with no endpoint, or an endpoint with no event, sends nothing."""
+    hooks = config.webhooks
+    if hooks.enabled and not hooks.endpoints:
+        report.warning("webhooks", "enabled without [[webhooks.endpoints]]: no events are sent")
+    for i, endpoint in enumerate(hooks.endpoints):
+        where = f"webhooks.endpoints[{i}]"
+        try:
+            parts = urlsplit(endpoint.url)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError as exc:
+            report.error(f"{where}.url", f"not a valid URL ({exc}): {endpoint.url!r}")
+            continue
+        if not endpoint.url:
+            report.error(f"{where}.url", "required")
+        elif parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            report.error(f"{where}.url", f"expected an http:// or https:// URL, got {endpoint.url!r}")
+        if endpoint.auth_header is not None and any(c in endpoint.auth_header for c in "\r\n\0"):
+            report.error(f"{where}.auth_header", "must be a single line (no line breaks)")
+        elif (
+            endpoint.auth_header
+            and parts.scheme.lower() == "http"
+            and parts.hostname
+            and not _is_loopback(parts.hostname)
+        ):
+            report.warning(f"{where}.auth_header", f"sent in clear text to {parts.hostname} over http://; use https://")
+        if not endpoint.events:
+            report.warning(f"{where}.events", "empty: this endpoint receives no events")
 
 
 def _is_loopback(host: str) -> bool:

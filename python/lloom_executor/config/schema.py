@@ -167,11 +167,15 @@ class ModelConfig:
     context_length: int = setting(4096, minimum=1)
     inbound_price_wei: int = setting(0, convert=eth_to_wei, key="inbound_price", raw=True)
     outbound_price_wei: int = setting(0, convert=eth_to_wei, key="outbound_price", raw=True)
-    max_batch_size: int = setting(1, minimum=1)
-    max_tokens_per_second: float | None = setting(None, minimum=0.001)
+    max_batch_size: int | None = setting(
+        None, minimum=1, doc="cap on this model's batches; None: [batching] max_batch_size applies"
+    )
+    max_tokens_per_second: float | None = setting(
+        None, minimum=0.001, doc="ceiling on this model's output tokens per second, all its requests together"
+    )
     max_concurrent_requests: int | None = setting(None, minimum=1)
-    gpu_memory_gb: float | None = setting(None, minimum=0)
-    cpu_cores: int | None = setting(None, minimum=1)
+    gpu_memory_gb: float | None = setting(None, minimum=0, doc="GPU memory it holds while it has calls in flight")
+    cpu_cores: int | None = setting(None, minimum=1, doc="CPU cores it holds while it has calls in flight")
 
 
 @dataclass(frozen=True)

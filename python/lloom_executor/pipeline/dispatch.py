@@ -13,15 +13,27 @@ How a request moves (`Dispatcher.slot`, used by the serving path):
    the scheduler, so when the backend is saturated whatever frees a slot goes to
    the highest priority waiting (high, then normal, then low; FIFO within one).
 3. A popped request starts only within its model's `max_concurrent_requests`
-   and the `[resources]` memory budget; until then it is *held* (still counted,
-   still expiring). New batches are not popped while the process CPU is above
-   `max_cpu_percent`.
-4. A request whose deadline passes while queued or held is answered with a
-   signed error ("expired while queued ..."), never dropped; the serving path's
+   and the budgets of `resources.py` (memory, GPU memory, CPU cores); until
+   then it is *held* (still counted, still expiring). New batches are not
+   popped while the process CPU is above `max_cpu_percent`.
+4. A popped request whose model is over its `max_tokens_per_second` is
+   *throttled* instead: it waits in its model's own line (by priority, then
+   FIFO) until the model's token bucket is out of debt, then goes to the front
+   of the held requests. Throttled requests do not count against
+   `max_concurrent_requests` when popping (they could not use a slot, and
+   counting them would let one throttled model stall every other model behind
+   it); they do count against their priority's queue size, so the queues stay
+   bounded ("normal queue full (200/200: 12 waiting for their model's
+   max_tokens_per_second)").
+5. A request whose deadline passes while queued, held or throttled is answered
+   with a signed error ("expired while queued ...", with what it was waiting
+   for when it was held or throttled), never dropped; the serving path's
    `request_timeout_secs` bounds the wait as well.
 
 Batching here means *formation*: up to `max_batch_size` requests of one model
-gathered within `batch_timeout_ms` and released together. Each still makes its
+gathered within `batch_timeout_ms` and released together; with `group_by_model`
+a model's own `[[models]] max_batch_size` caps its batches lower (1: that model
+is never batched). Each still makes its
 own backend call (one `/v1/chat/completions` each, run concurrently): the
 OpenAI chat API takes one conversation per call, there is no multi-prompt chat
 request, so the batch reaches the GPU through the model server's own
@@ -38,6 +50,8 @@ for. Without `[priority]` every request is normal and its queue size applies.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -45,7 +59,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .._fast.scheduler import HIGH, LOW, NORMAL, DeadlinePassed, Handle, QueueFull, Scheduler, monotonic
+from .._fast.scheduler import (
+    HIGH,
+    LOW,
+    NORMAL,
+    PRIORITY_NAMES,
+    DeadlinePassed,
+    Handle,
+    QueueFull,
+    Scheduler,
+    monotonic,
+)
 from .pricing import exact_multiplier, scale_up
 
 if TYPE_CHECKING:
@@ -58,7 +82,9 @@ log = logging.getLogger(__name__)
 CPU_RECHECK_SECS = 0.25  # how often held-back work looks at the CPU again
 RECENT_BATCHES = 256
 
-QUEUED, HELD, RUNNING, DONE, EXPIRED, WITHDRAWN = "queued", "held", "running", "done", "expired", "withdrawn"
+QUEUED, HELD, THROTTLED, RUNNING, DONE, EXPIRED, WITHDRAWN = (
+    "queued", "held", "throttled", "running", "done", "expired", "withdrawn"
+)
 
 
 class NotDispatched(Exception):
@@ -81,6 +107,11 @@ class Job:
     handle: Handle | None = None
     enqueued_at: float = 0.0
     started_at: float | None = None
+    waiting_for: str | None = None  # why it was last held or throttled (for its expiry answer)
+
+    @property
+    def deadline(self) -> float:
+        return self.handle.deadline if self.handle is not None else float("inf")
 
 
 @dataclass
@@ -114,6 +145,11 @@ class Dispatcher:
         self.clock = clock
         self._counts = _Counts()
         self._held: deque[Job] = deque()
+        # throttled jobs: model -> one FIFO per priority (index LOW..HIGH); dead entries dropped lazily
+        self._throttled: dict[str, tuple[deque[Job], deque[Job], deque[Job]]] = {}
+        self._throttled_n = [0, 0, 0]  # live throttled jobs per priority
+        self._throttled_deadlines: list[tuple[float, int, Job]] = []  # heap, lazy
+        self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._last_sizes: dict[str, int] | None = None
@@ -156,14 +192,19 @@ class Dispatcher:
         priority: int = NORMAL,
         deadline: float | None = None,
         limit: int | None = None,
+        on_enqueue: Callable[[Job], None] | None = None,
     ) -> AsyncIterator[Job]:
         """Wait for this request's turn; inside the block it holds a backend slot.
 
         `deadline`: monotonic seconds (None: none). Raises `NotDispatched` for a
         full queue or a deadline reached before the turn came. Cancelling the
         waiter (the request timeout) takes the request out of line.
+        `on_enqueue(job)` is called once the request is in line, so a caller
+        whose wait is cut short can still read `job.waiting_for`.
         """
         job = self._enqueue(model, priority, deadline, limit)
+        if on_enqueue is not None:
+            on_enqueue(job)
         try:
             await job.granted
         except BaseException:
@@ -187,14 +228,38 @@ class Dispatcher:
             raise NotDispatched(f"{exc.reason}; try again later", "queue_full") from None
         except DeadlinePassed:
             raise NotDispatched("expired while queued: the request's deadline has passed", "expired") from None
+        self._check_room(job, now)
         self.pump()
         return job
+
+    def _check_room(self, job: Job, now: float) -> None:
+        """Throttled jobs left the scheduler but still count against their priority's queue size."""
+        p = job.handle.priority
+        if not self._throttled_n[p]:
+            return
+        capacity = self.scheduler.capacity(p)
+        if self.scheduler.size(p) + self._throttled_n[p] <= capacity:
+            return
+        self._expire_due(now)  # what is due makes room first, as the scheduler's own check does
+        waiting = self._throttled_n[p]
+        if self.scheduler.size(p) + waiting <= capacity:
+            return
+        self.scheduler.remove(job.handle)
+        job.state = WITHDRAWN
+        reason = (
+            f"{PRIORITY_NAMES[p]} queue full ({capacity}/{capacity}: {waiting} waiting for their model's "
+            "max_tokens_per_second)"
+        )
+        log.info("refused: %s", reason)
+        raise NotDispatched(f"{reason}; try again later", "queue_full")
 
     def _withdraw(self, job: Job) -> None:
         if job.state == QUEUED and job.handle is not None:
             self.scheduler.remove(job.handle)
         elif job.state == HELD:
             self._held.remove(job)
+        elif job.state == THROTTLED:
+            self._throttled_n[job.handle.priority] -= 1  # its line drops it lazily
         job.state = WITHDRAWN
         self.pump()
 
@@ -221,8 +286,22 @@ class Dispatcher:
 
     @property
     def held(self) -> int:
-        """Requests popped from the queues that wait for a model slot or memory."""
+        """Requests popped from the queues that wait for a model slot, memory, GPU memory or cores."""
         return len(self._held)
+
+    @property
+    def throttled(self) -> int:
+        """Popped requests that wait for their model's max_tokens_per_second."""
+        return sum(self._throttled_n)
+
+    def throttled_by_model(self) -> dict[str, int]:
+        """{model: its throttled requests}, for models that have some."""
+        out = {}
+        for model, lines in self._throttled.items():
+            n = sum(1 for line in lines for job in line if job.state == THROTTLED)
+            if n:
+                out[model] = n
+        return out
 
     def sizes(self) -> dict[str, int]:
         return self.scheduler.sizes()
@@ -230,17 +309,16 @@ class Dispatcher:
     def pump(self) -> None:
         """Expire, start and pop what the clock and the free slots allow; then set the timer."""
         now = self.clock()
-        for job in self.scheduler.pop_expired(now):
-            self._expire(job)
+        self._expire_due(now)
+        if self._throttled:
+            self._release_throttled()
         if self._held:
             waiting, self._held = self._held, deque()
             for job in waiting:
-                if job.handle is not None and job.handle.deadline <= now:
+                if job.deadline <= now:
                     self._expire(job)
-                elif self._can_start(job):
-                    self._start(job, now)
                 else:
-                    self._held.append(job)
+                    self._place(job, now)
         cpu_blocked = False
         while self._counts.running + len(self._held) < self.max_concurrent_requests:
             if self.resources is not None and self.scheduler and self.resources.cpu_busy():
@@ -254,21 +332,69 @@ class Dispatcher:
             self.recent_batches.append((model, len(jobs)))
             log.debug("batch %d: %d request(s) for %s", self.batches, len(jobs), model)
             for job in jobs:
-                if self._can_start(job):
-                    self._start(job, now)
-                else:
-                    job.state = HELD
-                    self._held.append(job)
+                self._place(job, now)
         self._publish_sizes()
         self._arm_timer(now, cpu_blocked)
 
-    def _can_start(self, job: Job) -> bool:
+    def _wait_reason(self, job: Job) -> str | None:
+        """Why `job` cannot start now (None: it can)."""
         counts = self._counts
         if counts.running >= self.max_concurrent_requests:
-            return False
+            return f"all {self.max_concurrent_requests} backend slots (max_concurrent_requests) are busy"
         if job.limit is not None and counts.by_model.get(job.model, 0) >= job.limit:
-            return False
-        return self.resources is None or self.resources.wait_reason(job.model) is None
+            return f"model {job.model!r} is at its max_concurrent_requests ({job.limit})"
+        return None if self.resources is None else self.resources.wait_reason(job.model)
+
+    def _place(self, job: Job, now: float) -> None:
+        """Start a popped job, or hold it, or throttle it when its model is over its token rate."""
+        reason = self._wait_reason(job)
+        if reason is None:
+            self._start(job, now)
+            return
+        job.waiting_for = reason
+        if self.resources is not None and self.resources.ready_in(job.model) > 0:
+            self._throttle(job)
+        else:
+            job.state = HELD
+            self._held.append(job)
+
+    def _throttle(self, job: Job) -> None:
+        job.state = THROTTLED
+        p = job.handle.priority
+        lines = self._throttled.get(job.model)
+        if lines is None:
+            lines = self._throttled[job.model] = (deque(), deque(), deque())
+        lines[p].append(job)
+        self._throttled_n[p] += 1
+        if job.deadline != float("inf"):
+            heap = self._throttled_deadlines
+            heapq.heappush(heap, (job.deadline, next(self._seq), job))
+            if len(heap) > 2 * sum(self._throttled_n) + 64:  # started/withdrawn ones pile up: rebuild
+                self._throttled_deadlines = [e for e in heap if e[2].state == THROTTLED]
+                heapq.heapify(self._throttled_deadlines)
+
+    def _release_throttled(self) -> None:
+        """Models whose token rate allows a start again: their jobs go to the front of the held
+        line, high priority first, FIFO within one (they were popped before anything held now)."""
+        ready = [m for m in self._throttled if self.resources is None or self.resources.ready_in(m) <= 0]
+        for model in ready:
+            lines = self._throttled.pop(model)
+            jobs = [job for line in reversed(lines) for job in line if job.state == THROTTLED]
+            for job in jobs:
+                self._throttled_n[job.handle.priority] -= 1
+                job.state = HELD
+            self._held.extendleft(reversed(jobs))
+
+    def _expire_due(self, now: float) -> None:
+        """Expire queued jobs (the scheduler's report) and throttled jobs whose deadline passed."""
+        for job in self.scheduler.pop_expired(now):
+            self._expire(job)
+        heap = self._throttled_deadlines
+        while heap and heap[0][0] <= now:
+            job = heapq.heappop(heap)[2]
+            if job.state == THROTTLED:
+                self._throttled_n[job.handle.priority] -= 1  # its line drops it lazily
+                self._expire(job)
 
     def _start(self, job: Job, now: float) -> None:
         if job.granted.done():  # the waiter is gone (cancelled): nothing to start
@@ -287,9 +413,9 @@ class Dispatcher:
         job.state = EXPIRED
         if not job.granted.done():
             waited = self.clock() - job.enqueued_at
+            why = f" ({job.waiting_for})" if job.waiting_for else " before a backend slot was free"
             job.granted.set_exception(NotDispatched(
-                f"expired while queued: the request's deadline passed after {waited:.1f} s in the queue "
-                "before a backend slot was free",
+                f"expired while queued: the request's deadline passed after {waited:.1f} s in the queue{why}",
                 "expired",
             ))
 
@@ -312,8 +438,13 @@ class Dispatcher:
         if (expiry := self.scheduler.next_expiry_in(now)) is not None:
             waits.append(expiry)
         for job in self._held:
-            if job.handle is not None and job.handle.deadline != float("inf"):
-                waits.append(job.handle.deadline - now)
+            if job.deadline != float("inf"):
+                waits.append(job.deadline - now)
+        if self._throttled:
+            if self._throttled_deadlines:
+                waits.append(self._throttled_deadlines[0][0] - now)
+            if self.resources is not None:
+                waits.extend(self.resources.ready_in(m) for m in self._throttled)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -327,12 +458,19 @@ class Dispatcher:
 
 
 def scheduler_from_config(config: Config, clock: Callable[[], float] | None = None) -> Scheduler:
-    """[batching] forms batches (off: every request is a batch of one, ready at once);
-    [priority] queue_sizes bound the queues either way."""
+    """[batching] forms batches (off: every request is a batch of one, ready at once), each
+    model's at most min([batching] max_batch_size, its [[models]] max_batch_size) with
+    group_by_model; [priority] queue_sizes bound the queues either way."""
     batching = config.batching
     if batching.enabled:
+        caps = {m.name: m.max_batch_size for m in config.models if m.max_batch_size is not None}
+        if caps and not batching.group_by_model:
+            log.warning(
+                "[[models]] max_batch_size of %s: not applied, [batching] group_by_model = false forms batches "
+                "across models (of up to [batching] max_batch_size = %d)", ", ".join(caps), batching.max_batch_size,
+            )
         return Scheduler(batching.max_batch_size, batching.batch_timeout_ms, batching.group_by_model,
-                         config.priority.queue_sizes, clock=clock)
+                         config.priority.queue_sizes, clock=clock, model_batch_sizes=caps)
     return Scheduler(1, 0, True, config.priority.queue_sizes, clock=clock)
 
 
