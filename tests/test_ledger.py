@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from lloom_executor import _native
 from lloom_executor.backends import EchoBackend
 from lloom_executor.config import ModelConfig
 from lloom_executor.ledger import STATUS_REFUSED, STATUS_SERVED, Ledger, LedgerEntry, LedgerError
+from lloom_executor.metrics import Metrics
 from lloom_executor.p2p.llm_protocol import RequestContext
-from lloom_executor.serving import BasicRequestHandler
+from lloom_executor.serving import BasicRequestHandler, PipelineStages
 
 PYTHON_PATH = os.pathsep.join(sys.path)  # subprocesses import the lloom_executor this run imports
 BIG = 10**30  # wei beyond 2**64: revenue must be exact integer arithmetic
@@ -297,11 +299,17 @@ class BrokenLedger(Ledger):
 
 def test_unrecordable_request_is_not_served(tmp_path: Path) -> None:
     executor, client = _native.PrivateKey.generate(), _native.PrivateKey.generate()
-    h = handler(executor, BrokenLedger(tmp_path / "l.db"), receipt_domain=DOMAIN)
+    metrics = Metrics()
+    h = handler(executor, BrokenLedger(tmp_path / "l.db"), receipt_domain=DOMAIN, stages=PipelineStages(metrics=metrics))
     answer = _native.decode_response(asyncio.run(h(signed(client, executor, "hello"), CTX)))
     assert answer.signature_valid and answer.content == "" and answer.total_cost == "0"
     assert "could not record" in answer.error
     assert answer.receipt["success"] is False
+    # The metrics count what the client got: an error, no revenue, no tokens sold.
+    text = generate_latest(metrics.registry).decode()
+    assert 'lloom_executor_requests_total{model="%s",status="ledger_error"} 1.0' % MODEL in text
+    assert 'status="success"' not in text
+    assert metrics.revenue_wei == 0
 
 
 def test_ledger_usable_from_threads(tmp_path: Path) -> None:

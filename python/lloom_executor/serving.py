@@ -175,7 +175,7 @@ class BasicRequestHandler:
         except Refusal as refusal:
             reply = Reply.refusal(request.model, refusal.reason)
             status = refusal.code
-        answer = await self._answer(decoded, ctx, admitted, reply, timings, status)
+        answer, reply, status = await self._answer(decoded, ctx, admitted, reply, timings, status)
         if self.stages.metrics is not None:
             model = admitted.model if admitted else self.resolve(request.model)  # only our names label series
             cost = int(reply.total_cost) if reply.error is None else 0
@@ -423,9 +423,11 @@ class BasicRequestHandler:
         reply: Reply,
         timings: Timings,
         status: str = "success",
-    ) -> bytes:
+    ) -> tuple[bytes, Reply, str]:
         """Sign the receipt, commit the ledger row, then sign and return the answer (and queue its
-        webhook event: `status` is the refusal's code, or "success")."""
+        webhook event: `status` is the refusal's code, or "success"). Also returns the reply and
+        status as sent: a failed ledger write turns an answer into an error, and the metrics
+        must count what the client got, not what the backend produced."""
         request = decoded.request
         timestamp = int(time.time())
         receipt = self._receipt(decoded, reply, timestamp) if admitted is not None else None
@@ -442,10 +444,11 @@ class BasicRequestHandler:
                     status = "ledger_error"
         if self.stages.webhooks is not None:
             self.stages.webhooks.request_answered(decoded, ctx, served, reply, receipt, timings, status)
-        return _native.encode_signed_response(
+        answer = _native.encode_signed_response(
             self.key, reply.content, reply.inbound_tokens, reply.outbound_tokens, reply.total_cost,
             reply.model_used, reply.error, timestamp, None, receipt,
         )
+        return answer, reply, status
 
     def _error(self, model: str, reason: str) -> bytes:
         return _native.encode_signed_response(self.key, "", 0, 0, "0", model, reason, int(time.time()))
