@@ -39,7 +39,7 @@ from lloom_executor.pipeline.resources import (
 
 sys.path.insert(0, str(Path(__file__).parent))
 from openai_server import OpenAIServer  # noqa: E402
-from test_dispatch import CTX, Clock, Recording, answer, build, frame, models, until  # noqa: E402
+from dispatch_rig import CTX, Clock, Recording, answer, build, frame, models, until  # noqa: E402
 
 
 class Tokens(LlmBackend):
