@@ -183,7 +183,8 @@ def test_backend_down_at_start_then_models_announced_when_it_comes_up() -> None:
             await until(lambda: discovery.backend_status == DISCONNECTED, "disconnected")
             assert "BackendUnavailable" in discovery.last_error
             await until(lambda: service.handler.models == {}, "nothing served while the backend is down")
-            assert service.catalog.models == []
+            # The handler's set is replaced first, then the gossip catalog across the bridge.
+            await until(lambda: service.catalog.models == [], "nothing announced while the backend is down")
             async with LloomClient(bootstrap=[addr], enable_kad=False, enable_gossip=True, request_timeout=10) as client:
                 refused = await ask(client, service, "test-model")
                 assert refused.error == "model 'test-model' is not served here; available: []"

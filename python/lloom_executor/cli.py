@@ -124,7 +124,12 @@ def start(config_path: Path | None, debug: bool) -> None:
         identity = load_identity(config.identity)
     except IdentityError as exc:
         raise click.ClickException(str(exc)) from None
-    uvloop.run(ExecutorService(config, identity).run_until_signal())
+    from .plugins import PluginError
+
+    try:
+        uvloop.run(ExecutorService(config, identity).run_until_signal())
+    except PluginError as exc:  # a configured plugin that cannot run: say which, and do not serve without it
+        raise click.ClickException(str(exc)) from None
 
 
 def print_table(headers: list[str], rows: list[list[object]]) -> None:
@@ -522,3 +527,43 @@ def benchmark(config_path: Path | None, model: str, n_requests: int, concurrency
         raise click.ClickException(
             "; ".join(f"{s['errors']} request(s) failed ({label})" for label, s in failed)
         )
+
+
+def _update_paths(config_path: Path | None):
+    """data_dir and the config file for `update`: the config's [storage] data_dir, or the default
+    data_dir when no --config is given and the default config file does not exist."""
+    from .config import StorageConfig
+    from .update import UpdatePaths
+
+    path = config_file(config_path)
+    if config_path is None and not path.exists():
+        return UpdatePaths(Path(StorageConfig().data_dir).expanduser(), None)
+    loaded = load_or_exit(config_path)
+    return UpdatePaths(Path(loaded.config.storage.data_dir).expanduser(), loaded.path or path)
+
+
+class _LazyUpdateGroup(click.Group):
+    """`update`: its commands (update.py) are imported only when used, so every other command starts as fast as before."""
+
+    _built: click.Group | None = None
+
+    def _group(self) -> click.Group:
+        if self._built is None:
+            from .update import build_update_group
+
+            self._built = build_update_group(_update_paths, CONFIG_HELP)
+        return self._built
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return self._group().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return self._group().get_command(ctx, cmd_name)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._group().format_help(ctx, formatter)
+
+
+main.add_command(
+    _LazyUpdateGroup("update", short_help="Update this pip-installed executor: check, download, apply with rollback.")
+)

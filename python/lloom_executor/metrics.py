@@ -24,6 +24,40 @@ Exposed families (names and labels as in the manual's "Monitoring > Prometheus M
                                                               counter, result delivered|failed|dropped
                                                               (`webhooks.py`; endpoint: index in
                                                               [[webhooks.endpoints]], host: its host)
+  lloom_executor_plugin_calls_total{plugin,hook}              counter: hook calls of each [[plugins]] entry
+  lloom_executor_plugin_refusals_total{plugin,hook}           counter: requests or answers a check hook refused
+  lloom_executor_plugin_errors_total{plugin,hook,kind}        counter, kind exception|timeout|bad_result|dropped
+                                                              (`plugins.py`)
+
+Families appear once they have a sample (webhooks and plugins only when configured).
+
+Custom metrics (the manual's "Custom Metrics"): `register_counter`,
+`register_gauge` and `register_histogram` define process-wide families that
+every `Metrics` collector exports after its own, on /metrics and in pushes.
+Plugins (`PluginContext.register_*`), custom backends or any other code of the
+process may call them, at import time or later:
+
+    from lloom_executor.metrics import register_counter, register_histogram
+
+    custom_latency = register_histogram("custom_processing_latency", "Custom processing step latency")
+    custom_counter = register_counter("custom_events_total", "Total custom events", labels=("kind",))
+    custom_latency.observe(0.042)
+    custom_counter.labels(kind="cache").inc()
+
+Names follow the Prometheus rules (`[a-zA-Z_][a-zA-Z0-9_]*`; no colons, which
+are for recording rules) and get the `lloom_executor_` prefix unless they have
+it, so the two above are exported as `lloom_executor_custom_processing_latency`
+(histogram: `_bucket{le}`, `_sum`, `_count`) and `lloom_executor_custom_events_total`
+(a counter's family name drops a trailing `_total`; its sample carries it).
+A name whose family or samples would collide with a built-in family or with
+another custom one is refused (ValueError); registering the same definition
+again (name, type, help, labels, buckets) returns the existing metric, so a
+plugin loaded again in the same process keeps counting. Label names follow the
+Prometheus rules (no `__` prefix; `le` is reserved for histograms). Each metric
+keeps at most `MAX_CUSTOM_SERIES` label sets; updates to further ones are
+ignored and said once in the log. Updates take one lock per metric, never do
+I/O, and are safe from any thread. Values are floats: money belongs in the
+ledger, not here.
 
 Why one custom collector instead of prometheus_client's Counter/Summary: its
 Summary has no quantiles, and money must stay exact. Everything is kept in
@@ -53,6 +87,7 @@ import collections
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -72,6 +107,28 @@ DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0
 SUCCESS = "success"
 OTHER_MODEL = "other"
 WEI_PER_ETH = 10**18
+
+# Every family the Metrics collector exports (name without PREFIX -> type): custom metrics may not collide with them.
+BUILTIN_FAMILIES: dict[str, str] = {
+    "requests": "counter",
+    "request_duration_seconds": "summary",
+    "request_duration_histogram_seconds": "histogram",
+    "queue_size": "gauge",
+    "tokens_processed": "counter",
+    "tokens_per_second": "gauge",
+    "revenue": "counter",
+    "revenue_per_request": "gauge",
+    "gpu_utilization_percent": "gauge",
+    "memory_usage_bytes": "gauge",
+    "model_load_time_seconds": "gauge",
+    "p2p_peers": "gauge",
+    "rate_limited": "counter",
+    "cache_requests": "counter",
+    "webhook_events": "counter",
+    "plugin_calls": "counter",
+    "plugin_refusals": "counter",
+    "plugin_errors": "counter",
+}
 
 
 def wei_to_eth(wei: int) -> str:
@@ -210,6 +267,9 @@ class Metrics:
         self._rate_limited: collections.Counter[str] = collections.Counter()
         self._cache = {"hit": 0, "miss": 0}
         self._webhooks: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
+        self._plugin_calls: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._plugin_refusals: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._plugin_errors: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self.revenue_wei = 0
         self.registry.register(self)
 
@@ -280,6 +340,22 @@ class Metrics:
         with self._lock:
             self._webhooks[(str(endpoint), str(host), str(event), str(result))] += int(n)
 
+    def plugin_call(self, plugin: str, hook: str) -> None:
+        """Plugin `plugin` had its hook `hook` called (whatever came of it)."""
+        with self._lock:
+            self._plugin_calls[(plugin, hook)] += 1
+
+    def plugin_refusal(self, plugin: str, hook: str) -> None:
+        """A check hook of `plugin` refused the request (check_request) or the answer (check_response)."""
+        with self._lock:
+            self._plugin_refusals[(plugin, hook)] += 1
+
+    def plugin_error(self, plugin: str, hook: str, kind: str) -> None:
+        """A hook failed: kind "exception", "timeout" (over its time bound), "bad_result" (a check
+        returned neither None nor a string) or "dropped" (an event the plugin's queue had no room for)."""
+        with self._lock:
+            self._plugin_errors[(plugin, hook, kind)] += 1
+
     def model_loaded(self, model: str, seconds: float) -> None:
         """The backend (or discovery) saw `model` become loaded, taking `seconds`."""
         with self._lock:
@@ -295,6 +371,7 @@ class Metrics:
         now = self.clock()
 
         def family(name: str, doc: str, kind: str) -> Metric:
+            assert BUILTIN_FAMILIES[name] == kind, name  # the table custom names are checked against
             return Metric(PREFIX + name, doc, kind)
 
         requests = family("requests", "Requests that left the pipeline, by model and status.", "counter")
@@ -311,6 +388,9 @@ class Metrics:
         limited = family("rate_limited", "Requests refused by rate limiting, by rule.", "counter")
         cache = family("cache_requests", "Response cache lookups, by result (hit/miss).", "counter")
         webhooks = family("webhook_events", "Webhook events by endpoint, event and result (delivered/failed/dropped).", "counter")
+        plugin_calls = family("plugin_calls", "Plugin hook calls, by plugin and hook.", "counter")
+        plugin_refusals = family("plugin_refusals", "Requests or answers refused by a plugin's check hook.", "counter")
+        plugin_errors = family("plugin_errors", "Plugin hook failures, by kind (exception/timeout/bad_result/dropped).", "counter")
 
         with self._lock:
             for (model, status), n in sorted(self._requests.items()):
@@ -347,6 +427,12 @@ class Metrics:
             for (endpoint, host, event, result), n in sorted(self._webhooks.items()):
                 labels = {"endpoint": endpoint, "host": host, "event": event, "result": result}
                 webhooks.add_sample(webhooks.name + "_total", labels, n)
+            for (plugin, hook), n in sorted(self._plugin_calls.items()):
+                plugin_calls.add_sample(plugin_calls.name + "_total", {"plugin": plugin, "hook": hook}, n)
+            for (plugin, hook), n in sorted(self._plugin_refusals.items()):
+                plugin_refusals.add_sample(plugin_refusals.name + "_total", {"plugin": plugin, "hook": hook}, n)
+            for (plugin, hook, kind), n in sorted(self._plugin_errors.items()):
+                plugin_errors.add_sample(plugin_errors.name + "_total", {"plugin": plugin, "hook": hook, "kind": kind}, n)
 
         memory.add_sample(memory.name, {}, _process_rss())
         out = [requests, summary, histogram, queue, tokens, tps, revenue, per_request]
@@ -358,7 +444,293 @@ class Metrics:
         out += [memory, load_time, peers, limited, cache]
         if self._webhooks:
             out.append(webhooks)
+        out += [f for f in (plugin_calls, plugin_refusals, plugin_errors) if f.samples]
+        out += _custom.collect()
         return out
+
+
+# -- custom metrics (the manual's "Custom Metrics") ------------------------------------
+
+DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+MAX_CUSTOM_SERIES = 1000  # label sets per custom metric
+_METRIC_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def _exported_names(family: str, kind: str) -> set[str]:
+    """The family name and every sample name a family of this type exports."""
+    suffixes = {
+        "counter": ("", "_total"),
+        "gauge": ("",),
+        "histogram": ("", "_bucket", "_sum", "_count"),
+        "summary": ("", "_sum", "_count"),
+    }[kind]
+    return {family + suffix for suffix in suffixes}
+
+
+_BUILTIN_NAMES = {name for family, kind in BUILTIN_FAMILIES.items() for name in _exported_names(PREFIX + family, kind)}
+
+
+class _Child:
+    """One label set of a custom metric; every update takes the metric's lock."""
+
+    __slots__ = ("_metric", "_values")
+
+    def __init__(self, metric: _CustomMetric, values: tuple[str, ...]) -> None:
+        self._metric = metric
+        self._values = values
+
+
+class CounterChild(_Child):
+    __slots__ = ()
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Add `amount` (>= 0)."""
+        amount = float(amount)
+        if not amount >= 0 or math.isinf(amount):
+            raise ValueError(f"a counter only goes up by a finite amount >= 0, got {amount}")
+        self._metric._update(self._values, lambda v: v + amount)
+
+
+class GaugeChild(_Child):
+    __slots__ = ()
+
+    def set(self, value: float) -> None:
+        value = float(value)
+        self._metric._update(self._values, lambda v: value)
+
+    def inc(self, amount: float = 1.0) -> None:
+        amount = float(amount)
+        self._metric._update(self._values, lambda v: v + amount)
+
+    def dec(self, amount: float = 1.0) -> None:
+        amount = float(amount)
+        self._metric._update(self._values, lambda v: v - amount)
+
+
+class HistogramChild(_Child):
+    __slots__ = ()
+
+    def observe(self, value: float) -> None:
+        value = float(value)
+        if math.isnan(value):
+            raise ValueError("cannot observe NaN")
+        self._metric._observe(self._values, value)
+
+
+class _CustomMetric:
+    """A custom family: `labels(...)` picks a label set; without labels the metric updates itself."""
+
+    kind = ""
+    _child_type: type[_Child] = _Child
+
+    def __init__(self, name: str, help: str, labels: tuple[str, ...]) -> None:
+        self.name = name
+        self.help = help
+        self.label_names = labels
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, ...], Any] = {}
+        self._children: dict[tuple[str, ...], _Child] = {}
+        self._overflow_logged = False
+
+    def definition(self) -> tuple:
+        return (self.kind, self.help, self.label_names)
+
+    def labels(self, *values: Any, **by_name: Any) -> Any:
+        """The child for one label set, by position or by name (values are turned into strings)."""
+        if values and by_name:
+            raise ValueError("give label values by position or by name, not both")
+        if by_name:
+            if set(by_name) != set(self.label_names):
+                raise ValueError(f"{self.name} has labels {list(self.label_names)}, got {sorted(by_name)}")
+            values = tuple(by_name[n] for n in self.label_names)
+        if len(values) != len(self.label_names):
+            raise ValueError(f"{self.name} has labels {list(self.label_names)}, got {len(values)} value(s)")
+        key = tuple(str(v) for v in values)
+        child = self._children.get(key)
+        if child is None:
+            with self._lock:
+                child = self._children.setdefault(key, self._child_type(self, key))
+        return child
+
+    def _unlabelled(self) -> Any:
+        if self.label_names:
+            raise ValueError(f"{self.name} has labels {list(self.label_names)}: use .labels(...) first")
+        return self.labels()
+
+    def _admit(self, key: tuple[str, ...]) -> bool:
+        """Under the lock: may series `key` be stored (new ones only up to MAX_CUSTOM_SERIES)?"""
+        if key in self._series or len(self._series) < MAX_CUSTOM_SERIES:
+            return True
+        if not self._overflow_logged:
+            self._overflow_logged = True
+            log.warning("metric %s: more than %d label sets; updates to new ones are ignored", self.name, MAX_CUSTOM_SERIES)
+        return False
+
+    def _update(self, key: tuple[str, ...], change: Callable[[float], float]) -> None:
+        with self._lock:
+            if self._admit(key):
+                self._series[key] = change(self._series.get(key, 0.0))
+
+    def _family(self) -> Metric:
+        family = Metric(self.name, self.help, self.kind)
+        sample = self.name + ("_total" if self.kind == "counter" else "")
+        with self._lock:
+            for key, value in self._series.items():
+                family.add_sample(sample, dict(zip(self.label_names, key)), value)
+        return family
+
+
+class CustomCounter(_CustomMetric):
+    kind = "counter"
+    _child_type = CounterChild
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._unlabelled().inc(amount)
+
+
+class CustomGauge(_CustomMetric):
+    kind = "gauge"
+    _child_type = GaugeChild
+
+    def set(self, value: float) -> None:
+        self._unlabelled().set(value)
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._unlabelled().inc(amount)
+
+    def dec(self, amount: float = 1.0) -> None:
+        self._unlabelled().dec(amount)
+
+
+class CustomHistogram(_CustomMetric):
+    kind = "histogram"
+    _child_type = HistogramChild
+
+    def __init__(self, name: str, help: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> None:
+        super().__init__(name, help, labels)
+        self.buckets = buckets
+
+    def definition(self) -> tuple:
+        return (*super().definition(), self.buckets)
+
+    def observe(self, value: float) -> None:
+        self._unlabelled().observe(value)
+
+    def _observe(self, key: tuple[str, ...], value: float) -> None:
+        with self._lock:
+            if not self._admit(key):
+                return
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = [[0] * (len(self.buckets) + 1), 0.0, 0]  # buckets (+Inf last), sum, count
+            series[0][bisect.bisect_left(self.buckets, value)] += 1
+            series[1] += value
+            series[2] += 1
+
+    def _family(self) -> Metric:
+        family = Metric(self.name, self.help, self.kind)
+        with self._lock:
+            for key, (buckets, total, count) in self._series.items():
+                labels = dict(zip(self.label_names, key))
+                cumulative = 0
+                for bound, n in zip((*self.buckets, math.inf), buckets):
+                    cumulative += n
+                    le = "+Inf" if bound == math.inf else repr(float(bound))
+                    family.add_sample(self.name + "_bucket", {**labels, "le": le}, cumulative)
+                family.add_sample(self.name + "_sum", labels, total)
+                family.add_sample(self.name + "_count", labels, count)
+        return family
+
+
+class _CustomRegistry:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._metrics: dict[str, _CustomMetric] = {}
+
+    def register(self, metric: _CustomMetric) -> Any:
+        names = _exported_names(metric.name, metric.kind)
+        with self._lock:
+            existing = self._metrics.get(metric.name)
+            if existing is not None:
+                if existing.definition() == metric.definition():
+                    return existing
+                raise ValueError(
+                    f"metric {metric.name} is already registered as a {existing.kind} "
+                    f"with help {existing.help!r}, labels {list(existing.label_names)}"
+                    + (f", buckets {list(existing.buckets)}" if isinstance(existing, CustomHistogram) else "")
+                )
+            if names & _BUILTIN_NAMES:
+                raise ValueError(f"metric {metric.name} collides with the executor's built-in metric {min(names & _BUILTIN_NAMES)}")
+            for other in self._metrics.values():
+                if clash := names & _exported_names(other.name, other.kind):
+                    raise ValueError(f"metric {metric.name} collides with the custom {other.kind} {other.name} ({min(clash)})")
+            self._metrics[metric.name] = metric
+            return metric
+
+    def collect(self) -> list[Metric]:
+        with self._lock:
+            metrics = list(self._metrics.values())
+        return [m._family() for m in metrics]
+
+
+_custom = _CustomRegistry()
+
+
+def _family_name(name: str, kind: str) -> str:
+    if not isinstance(name, str) or not _METRIC_NAME.fullmatch(name):
+        raise ValueError(f"metric name {name!r} must match [a-zA-Z_][a-zA-Z0-9_]* (Prometheus names; no colons)")
+    full = name if name.startswith(PREFIX) else PREFIX + name
+    if kind == "counter" and full.endswith("_total"):
+        full = full[: -len("_total")]
+    if full == PREFIX.rstrip("_") or full == PREFIX:
+        raise ValueError(f"metric name {name!r} is empty after the {PREFIX} prefix")
+    return full
+
+
+def _label_names(labels: Iterable[str], kind: str) -> tuple[str, ...]:
+    if isinstance(labels, str):
+        raise TypeError("labels is a sequence of label names, e.g. (\"kind\",), not one string")
+    names = tuple(labels)
+    for label in names:
+        if not isinstance(label, str) or not _LABEL_NAME.fullmatch(label) or label.startswith("__"):
+            raise ValueError(f"label name {label!r} must match [a-zA-Z_][a-zA-Z0-9_]* and not start with __")
+        if kind == "histogram" and label == "le":
+            raise ValueError("label name 'le' is reserved for histogram buckets")
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate label names in {list(names)}")
+    return names
+
+
+def register_counter(name: str, help: str, labels: Iterable[str] = ()) -> CustomCounter:
+    """A counter exported as `lloom_executor_<name>_total`: `.inc(amount=1)`, or
+    `.labels(...).inc()` when it has labels. See the module docstring for the naming rules."""
+    return _custom.register(CustomCounter(_family_name(name, "counter"), str(help), _label_names(labels, "counter")))
+
+
+def register_gauge(name: str, help: str, labels: Iterable[str] = ()) -> CustomGauge:
+    """A gauge exported as `lloom_executor_<name>`: `.set(v)`, `.inc(a=1)`, `.dec(a=1)` (or on `.labels(...)`)."""
+    return _custom.register(CustomGauge(_family_name(name, "gauge"), str(help), _label_names(labels, "gauge")))
+
+
+def register_histogram(
+    name: str, help: str, labels: Iterable[str] = (), buckets: Iterable[float] = DEFAULT_BUCKETS
+) -> CustomHistogram:
+    """A histogram exported as `lloom_executor_<name>_bucket{le}`, `_sum`, `_count`: `.observe(v)`
+    (or on `.labels(...)`). `buckets`: increasing finite upper bounds; +Inf is added."""
+    bounds = tuple(float(b) for b in buckets)
+    if not bounds or any(math.isinf(b) or math.isnan(b) for b in bounds) or list(bounds) != sorted(set(bounds)):
+        raise ValueError(f"buckets must be a non-empty increasing sequence of finite numbers, got {list(bounds)}")
+    return _custom.register(
+        CustomHistogram(_family_name(name, "histogram"), str(help), _label_names(labels, "histogram"), bounds)
+    )
+
+
+def unregister_metric(metric: _CustomMetric) -> None:
+    """Remove a custom metric from the exposition (it keeps working, unexported); mostly for tests."""
+    with _custom._lock:
+        if _custom._metrics.get(metric.name) is metric:
+            del _custom._metrics[metric.name]
 
 
 # -- serving /metrics -----------------------------------------------------------------

@@ -1,11 +1,13 @@
 """Wiring and lifecycle of a running executor: config -> identity, backend, request path, P2P node.
 
-`start` follows the manual: log who we are and what we serve, say which
-configured features are not active, serve until SIGINT/SIGTERM, then drain:
-refuse new work (signed), let in-flight requests finish up to
-`drain_timeout_secs`, announce `Removal`, stop the host, close the backend,
-the cache and the ledger, send the `stopped` webhook event and flush the
-webhook queues (bounded, `webhooks.py`).
+`start` follows the manual: say which configured features are not active,
+load and start the `[[plugins]]` (`plugins.py`; one that fails stops `start`
+with a PluginError naming it), log who we are and what we serve, serve until
+SIGINT/SIGTERM, then drain: refuse new work (signed), let in-flight requests
+finish up to `drain_timeout_secs`, announce `Removal`, stop the host, stop the
+plugins (their queued events first), close the backend, the cache and the
+ledger, send the `stopped` webhook event and flush the webhook queues
+(bounded, `webhooks.py`).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from .pipeline.pricing import PricingEngine, backend_load
 from .pipeline.ratelimits import RateLimitRules
 from .pipeline.replay import ReplayGuard
 from .pipeline.resources import governor_from_config
+from .plugins import PluginHost
 from .serving import BasicRequestHandler, PipelineStages
 from .webhooks import Webhooks, model_data
 
@@ -81,10 +84,12 @@ class ExecutorService:
         *,
         discovery_options: dict | None = None,
         webhook_options: dict | None = None,
+        plugin_options: dict | None = None,
         **service_options,
     ) -> None:
-        """`service_options` tune P2P timings, `discovery_options` the model discovery and
-        `webhook_options` the webhook delivery timings (tests shorten them)."""
+        """`service_options` tune P2P timings, `discovery_options` the model discovery,
+        `webhook_options` the webhook delivery timings and `plugin_options` the plugin
+        host's (tests shorten them)."""
         self.config = config
         self.identity = identity
         self.backend = with_limits(backend or backend_from_config(config), config.openai_limits)
@@ -111,6 +116,14 @@ class ExecutorService:
         self.webhooks = self.stages.webhooks = Webhooks.from_config(
             config.webhooks, identity.eth_key, peer_id=identity.peer_id, metrics=self.metrics, **(webhook_options or {})
         )
+        self.plugins = self.stages.plugins = (
+            PluginHost(
+                config.plugins, metrics=self.metrics, peer_id=identity.peer_id, evm_address=identity.address,
+                **(plugin_options or {}),
+            )
+            if config.plugins
+            else None
+        )
         self.node = P2PNode(
             identity.p2p_key,
             config.network,
@@ -127,8 +140,20 @@ class ExecutorService:
         self._price_version = None
 
     async def start(self) -> list[str]:
+        """Start serving; returns the listen addresses. A plugin that cannot be loaded or
+        started raises PluginError before anything listens."""
         for feature in inactive_features(self.config):
             log.warning("configured but not active in this version: %s", feature)
+        if self.plugins is not None:
+            await self.plugins.start()
+        try:
+            return await self._start()
+        except BaseException:
+            if self.plugins is not None:
+                await self.plugins.stop()
+            raise
+
+    async def _start(self) -> list[str]:
         if self.config.request_handling.allow_unsigned:
             log.warning("allow_unsigned = true: unsigned requests are served (no client accountability)")
         data_dir = Path(self.config.storage.data_dir).expanduser()  # defaults are written with ~
@@ -247,6 +272,8 @@ class ExecutorService:
             await self.metrics_server.stop()
             self.metrics_server = None
         await self.node.stop()
+        if self.plugins is not None:  # no request is left to check; their queued events are delivered first
+            await self.plugins.stop()
         await self.backend.close()
         if self.stages.cache is not None:
             await self.stages.cache.close()

@@ -1,8 +1,10 @@
 """The asyncio-side answer to one `/lloom/llm/1.0.0` frame: the executor's request path.
 
-Decode (native codec) -> admission, cheapest check first (`_admit`) -> backend
-turn, directly or through the dispatcher's queues (`_serve`) -> exact wei
-pricing -> receipt and ledger row (`records.py`) -> signed `SignedLlmResponse`.
+Decode (native codec) -> admission, cheapest check first (`_admit`), then the
+plugins' check_request -> backend turn, directly or through the dispatcher's
+queues (`_serve`) -> response filters (built-in, then the plugins'
+check_response) -> exact wei pricing -> receipt and ledger row (`records.py`)
+-> signed `SignedLlmResponse` -> the request's event to webhooks and plugins.
 Every refusal is a signed error answer (PROTOCOL.md §5); the optional stages
 (`PipelineStages`) are built from their config sections by `service.py`.
 """
@@ -22,7 +24,9 @@ from .config import ModelConfig, RequestHandlingConfig
 from .ledger import Ledger
 from .p2p.llm_protocol import RequestContext
 from .pipeline.dispatch import NotDispatched
+from .plugins import RequestView, Verdict
 from .records import ledger_entry, sign_receipt
+from .webhooks import malformed_event, request_event
 
 if TYPE_CHECKING:
     from .cache.base import ResponseCache
@@ -33,6 +37,7 @@ if TYPE_CHECKING:
     from .pipeline.ratelimits import RateLimitRules
     from .pipeline.replay import ReplayGuard
     from .pipeline.resources import ResourceGovernor
+    from .plugins import PluginHost
     from .webhooks import Webhooks
 
 log = logging.getLogger(__name__)
@@ -89,6 +94,7 @@ class PipelineStages:
     dispatcher: Dispatcher | None = None  # [priority]/[batching] queues; None: the direct path
     resources: ResourceGovernor | None = None  # [resources] limits
     webhooks: Webhooks | None = None  # [webhooks]: request_completed / error events
+    plugins: PluginHost | None = None  # [[plugins]]: check hooks, and the same events as the webhooks
 
 
 @dataclass(frozen=True)
@@ -157,8 +163,7 @@ class BasicRequestHandler:
             decoded = _native.decode_request(frame)
         except ValueError as exc:
             log.info("undecodable request from %s: %s", ctx.peer_id, exc)
-            if self.stages.webhooks is not None:
-                self.stages.webhooks.malformed_request(ctx.peer_id, f"malformed request: {exc}")
+            self._report(malformed_event, ctx.peer_id, f"malformed request: {exc}")
             return self._error("", f"malformed request: {exc}")
         if decoded.request is None:
             return self._acknowledge(decoded)
@@ -171,7 +176,15 @@ class BasicRequestHandler:
             if self.draining:
                 raise Refusal("executor is shutting down; send the request to another executor", "draining")
             admitted = self._admit(decoded, ctx)
-            reply = await self._serve(request, admitted, timings, decoded)
+            view = None
+            plugins = self.stages.plugins
+            if plugins is not None and (plugins.checks_requests or plugins.checks_responses):
+                view = RequestView.of(decoded, ctx, admitted.model.name, admitted.prompt_tokens, admitted.max_tokens)
+                if plugins.checks_requests and (verdict := await plugins.check_request(view)) is not None:
+                    admitted = None  # an admission refusal: no receipt
+                    self._forget(decoded)  # nothing was done for it
+                    raise Refusal(verdict.reason, verdict.code)
+            reply = await self._serve(request, admitted, timings, decoded, view)
         except Refusal as refusal:
             reply = Reply.refusal(request.model, refusal.reason)
             status = refusal.code
@@ -284,6 +297,7 @@ class BasicRequestHandler:
         admitted: Admitted,
         timings: Timings | None = None,
         decoded: _native.DecodedRequest | None = None,
+        view: RequestView | None = None,
     ) -> Reply:
         """Runs the backend on the resolved model; `model_used` names it (not the alias).
 
@@ -292,7 +306,9 @@ class BasicRequestHandler:
         semaphores) and the `[resources]` checks. A refusal before the backend
         was called (queue full, expired while queued, resources) forgets the
         request's replay digest: nothing was done for it, so the client may
-        send the same signed request again.
+        send the same signed request again. The content then passes the
+        built-in response filter and the plugins' check_response (`view`: the
+        request as they see it); only content both let through is cached.
         """
         model = admitted.model
         timeout = self.handling.request_timeout_secs
@@ -300,6 +316,8 @@ class BasicRequestHandler:
         waiting = time.monotonic()
         running: float | None = None
         turn: list = []  # the dispatcher's Job once in line: what it waited for, if it times out
+        verdict: Verdict | None = None  # the plugins' check_response verdict ...
+        checked = False  # ... once asked (before caching a fresh answer)
         cache = self.stages.cache
         key = cache.key_for(model.name, request.system_prompt, request.prompt, request.temperature, admitted.max_tokens) if cache else None
         try:
@@ -326,7 +344,9 @@ class BasicRequestHandler:
                         if governor is not None and governor.metered(model.name):  # before the slot is freed
                             governor.produced(model.name, outbound_tokens(completion))
                     if key is not None and self._response_allowed(completion.content):
-                        await cache.put(key, completion)
+                        verdict, checked = await self._check_response(view, completion.content), True
+                        if verdict is None:
+                            await cache.put(key, completion)
         except TimeoutError:
             if running is None:
                 timings.queued_ms = (time.monotonic() - waiting) * 1000.0
@@ -349,6 +369,10 @@ class BasicRequestHandler:
             raise Refusal(f"backend error: {exc}") from None
         if not self._response_allowed(completion.content):
             raise Refusal("the answer was withheld by this executor's content filter", "content_filtered")
+        if not checked:
+            verdict = await self._check_response(view, completion.content)
+        if verdict is not None:
+            raise Refusal(verdict.reason, verdict.code)
         inbound = completion.inbound_tokens if completion.inbound_tokens is not None else admitted.prompt_tokens
         outbound = outbound_tokens(completion)
         cost = inbound * int(request.inbound_price) + outbound * int(request.outbound_price)
@@ -406,6 +430,26 @@ class BasicRequestHandler:
         if decoded is not None and self.stages.replay is not None:
             self.stages.replay.forget(bytes(decoded.digest))
 
+    async def _check_response(self, view: RequestView | None, content: str) -> Verdict | None:
+        plugins = self.stages.plugins
+        if view is None or plugins is None or not plugins.checks_responses:
+            return None
+        return await plugins.check_response(view, content)
+
+    def _report(self, build, *args) -> None:
+        """The request's event (`webhooks.request_event` / `malformed_event`, built once) to the
+        webhooks and the plugins' on_request_finished; a fault here is logged, never raised."""
+        if self.stages.webhooks is None and self.stages.plugins is None:
+            return
+        try:
+            event, data = build(*args)
+            if self.stages.webhooks is not None:
+                self.stages.webhooks.emit(event, data)
+            if self.stages.plugins is not None:
+                self.stages.plugins.request_finished(event, data)
+        except Exception:
+            log.exception("could not report the event of a request")
+
     def _response_allowed(self, content: str) -> bool:
         content_filter = self.stages.content_filter
         return content_filter is None or content_filter.check_response(content) is None
@@ -442,8 +486,7 @@ class BasicRequestHandler:
                     reply = Reply.refusal(request.model, "executor could not record the request; it was not served")
                     receipt = self._receipt(decoded, reply, timestamp) if admitted is not None else None
                     status = "ledger_error"
-        if self.stages.webhooks is not None:
-            self.stages.webhooks.request_answered(decoded, ctx, served, reply, receipt, timings, status)
+        self._report(request_event, decoded, ctx, served, reply, receipt, timings, status)
         answer = _native.encode_signed_response(
             self.key, reply.content, reply.inbound_tokens, reply.outbound_tokens, reply.total_cost,
             reply.model_used, reply.error, timestamp, None, receipt,

@@ -45,6 +45,10 @@ Payload: one event per POST, `Content-Type: application/json` (orjson):
   cut_off (requests still in flight when the drain timeout ended).
   Never: prompts, answers, keys, the auth header.
 
+The request events' data is built by `request_event` / `malformed_event`, once
+per request; `[[plugins]]` with an `on_request_finished` hook get the same data
+(`plugins.py`), with or without [webhooks].
+
 Headers: `Authorization: <auth_header>` verbatim when configured (never
 logged: log lines name an endpoint as `webhooks.endpoints[i] (scheme://host:port)`,
 without path, query or user info, which may be secrets too), `X-Lloom-Event`,
@@ -209,7 +213,8 @@ def _hex(value: bytes | None) -> str | None:
     return "0x" + bytes(value).hex() if value is not None else None
 
 
-def _client_address(decoded: _native.DecodedRequest) -> str | None:
+def client_address(decoded: _native.DecodedRequest) -> str | None:
+    """EIP-55 address of the request's signer; None for an unsigned (or badly signed) request."""
     if decoded.is_signed and decoded.signature_valid and decoded.signer is not None:
         return _native.checksum_address(bytes(decoded.signer))
     return None
@@ -217,6 +222,47 @@ def _client_address(decoded: _native.DecodedRequest) -> str | None:
 
 def _round_ms(value: float | None) -> float | None:
     return round(value, 3) if value is not None else None
+
+
+def request_event(
+    decoded: _native.DecodedRequest,
+    ctx: RequestContext,
+    served: ModelConfig | None,
+    reply: Reply,
+    receipt: dict | None,
+    timings: Timings,
+    code: str,
+) -> tuple[str, dict[str, Any]]:
+    """(event name, data) of an answered request: `request_completed` for an answer with content,
+    `error` for a signed error answer (`code`: the refusal's label). The one builder of this
+    payload: webhooks send it, plugins' `on_request_finished` receive it (`plugins.py`)."""
+    request = decoded.request
+    data: dict[str, Any] = {
+        "model": served.name if served is not None else None,
+        "requested_model": request.model,
+        "client": client_address(decoded),
+        "peer_id": ctx.peer_id,
+    }
+    if reply.error is None:
+        data.update(
+            inbound_tokens=reply.inbound_tokens,
+            outbound_tokens=reply.outbound_tokens,
+            total_cost_wei=reply.total_cost,
+            latency_ms=_round_ms(timings.total_ms()),
+            queued_ms=_round_ms(timings.queued_ms),
+            backend_ms=_round_ms(timings.backend_ms),
+            cached=bool(getattr(timings, "cached", False)),
+            request_digest=_hex(decoded.digest),
+            receipt_digest=_hex(receipt["digest"]) if receipt else None,
+        )
+        return "request_completed", data
+    data.update(code=code, reason=reply.error, request_digest=_hex(decoded.digest))
+    return "error", data
+
+
+def malformed_event(peer_id: str, reason: str) -> tuple[str, dict[str, Any]]:
+    """(event name, data) of a frame that did not decode (answered with a signed error)."""
+    return "error", {"model": None, "requested_model": None, "client": None, "peer_id": peer_id, "code": "malformed", "reason": reason}
 
 
 def model_data(model: ModelConfig, source: str) -> dict[str, Any]:
@@ -438,36 +484,11 @@ class Webhooks:
         timings: Timings,
         code: str,
     ) -> None:
-        request = decoded.request
-        data: dict[str, Any] = {
-            "model": served.name if served is not None else None,
-            "requested_model": request.model,
-            "client": _client_address(decoded),
-            "peer_id": ctx.peer_id,
-        }
-        if reply.error is None:
-            data.update(
-                inbound_tokens=reply.inbound_tokens,
-                outbound_tokens=reply.outbound_tokens,
-                total_cost_wei=reply.total_cost,
-                latency_ms=_round_ms(timings.total_ms()),
-                queued_ms=_round_ms(timings.queued_ms),
-                backend_ms=_round_ms(timings.backend_ms),
-                cached=bool(getattr(timings, "cached", False)),
-                request_digest=_hex(decoded.digest),
-                receipt_digest=_hex(receipt["digest"]) if receipt else None,
-            )
-            self.emit("request_completed", data)
-        else:
-            data.update(code=code, reason=reply.error, request_digest=_hex(decoded.digest))
-            self.emit("error", data)
+        self.emit(*request_event(decoded, ctx, served, reply, receipt, timings, code))
 
     def malformed_request(self, peer_id: str, reason: str) -> None:
         """`error` for a frame that did not decode (answered with a signed error)."""
-        self.emit(
-            "error",
-            {"model": None, "requested_model": None, "client": None, "peer_id": peer_id, "code": "malformed", "reason": reason},
-        )
+        self.emit(*malformed_event(peer_id, reason))
 
     def operational_error(self, code: str, reason: str, **extra: Any) -> None:
         self.emit("error", {"model": None, "client": None, "code": code, "reason": reason, **extra})

@@ -24,5 +24,4 @@ def inactive_features(config: Config) -> list[str]:
     )
     note(config.clustering.enabled, "[clustering]: not implemented; this node runs alone")
     note(config.failover.enabled, "[failover]: not implemented; this node runs alone")
-    note(bool(config.plugins), "[[plugins]]: plugin loading is not implemented yet")
     return out

@@ -91,9 +91,69 @@ def check_rules(config: Config, report: Report) -> None:
     check_webhooks(config, report)
     if config.clustering.enabled and not config.clustering.node_id:
         report.error("clustering.node_id", "required when clustering is enabled")
+    check_plugins(config, report)
+
+
+_PLUGIN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+
+
+def plugin_location(path: str) -> tuple[str, str | None]:
+    """What a `[[plugins]] path` points to: ("file" | "package" | "extension", None), or ("", why not).
+
+    The loader (`plugins.py`) and `config validate` share it. An extension module must be
+    built for this interpreter: `<module>.so` or `<module><one of EXTENSION_SUFFIXES>`, with
+    `<module>` a Python identifier (its init function is PyInit_<module>).
+    """
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    if not os.path.exists(path):
+        return "", f"not found: {path}"
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "__init__.py")):
+            return "package", None
+        return "", f"{path} is a directory without __init__.py (a plugin package needs one)"
+    name = os.path.basename(path)
+    if name.endswith(".py"):
+        return "file", None
+    module, dot, suffix = name.partition(".")
+    if dot and "." + suffix in EXTENSION_SUFFIXES:
+        if not module.isidentifier():
+            return "", f"an extension module's file name must start with a Python identifier (its PyInit_ name), got {name!r}"
+        return "extension", None
+    if name.endswith((".so", ".pyd")):
+        return "", (
+            f"{name} is not an extension module for this Python (it loads {', '.join(EXTENSION_SUFFIXES)}); "
+            "rebuild the plugin for this interpreter"
+        )
+    return "", f"expected a .py file, a package directory or a compiled extension module ({', '.join(EXTENSION_SUFFIXES)}), got {name!r}"
+
+
+def check_plugins(config: Config, report: Report) -> None:
+    """Each [[plugins]] entry: a unique, well-formed name and a loadable location (nothing is imported here)."""
+    seen: dict[str, int] = {}
     for i, plugin in enumerate(config.plugins):
-        if not plugin.name or not plugin.path:
-            report.error(f"plugins[{i}]", "a plugin needs a name and a path")
+        where = f"plugins[{i}]"
+        if not plugin.name:
+            report.error(f"{where}.name", "required")
+        elif not _PLUGIN_NAME.fullmatch(plugin.name):
+            report.error(
+                f"{where}.name",
+                f"must start with a letter and hold only letters, digits, '-' and '_' (at most 64), got {plugin.name!r}",
+            )
+        else:
+            key = plugin.name.replace("-", "_")  # its module name: `a-b` and `a_b` would be one module
+            if key in seen:
+                first = config.plugins[seen[key]].name
+                same = "" if first == plugin.name else f" ({first!r} and {plugin.name!r} name the same module)"
+                report.error(f"{where}.name", f"duplicate plugin name {plugin.name!r}, also plugins[{seen[key]}]{same}")
+            else:
+                seen[key] = i
+        if not plugin.path:
+            report.error(f"{where}.path", "required")
+            continue
+        _, problem = plugin_location(plugin.path)
+        if problem is not None:
+            report.error(f"{where}.path", problem)
 
 
 def check_webhooks(config: Config, report: Report) -> None:

@@ -388,11 +388,14 @@ class FailoverConfig:
 
 @dataclass(frozen=True)
 class PluginConfig:
-    """One [[plugins]] entry."""
+    """One [[plugins]] entry: a Python plugin loaded at start (see `lloom_executor/plugins.py`)."""
 
-    name: str = setting("")
-    path: str = setting("", convert=expand_path)
-    config: dict[str, Any] = setting(factory=dict)
+    name: str = setting("", doc="unique; letters, digits, '-' and '_'; names its logger and metric labels")
+    path: str = setting("", convert=expand_path, doc="a .py file, a package directory, or a compiled extension module")
+    config: dict[str, Any] = setting(factory=dict, doc="passed to the plugin's create_plugin(config, context)")
+    timeout_secs: float = setting(
+        1.0, minimum=0.001, maximum=300, doc="time bound of each hook call; a check hook over it refuses the request"
+    )
 
 
 @dataclass(frozen=True)
