@@ -15,34 +15,14 @@ from lloom_executor.config import Config
 from lloom_executor.identity import load_identity
 from lloom_executor.ledger import Ledger
 from lloom_executor.service import ExecutorService
+from service_rig import CHAIN_ID, CONTRACT, echo_service_config
 
 PRICE_IN = 10**12  # 0.000001 ETH
 PRICE_OUT = 2 * 10**12
-CHAIN_ID = 8453
-CONTRACT = "0x" + "42" * 20
 
 
 def config_for(tmp_path: Path, **sections: Any) -> Config:
-    key = _native.PrivateKey.generate()
-    for name in ("identity_key", "eth_key"):
-        (tmp_path / name).write_text(key.to_hex())
-        (tmp_path / name).chmod(0o600)
-    return Config.from_dict(
-        {
-            "network": {
-                "listen_address": "/ip4/127.0.0.1/tcp/0",
-                "protocols": {"enable_mdns": False, "enable_autonat": False, "enable_relay": False},
-            },
-            "identity": {"private_key_path": str(tmp_path / "identity_key"), "ethereum_private_key_path": str(tmp_path / "eth_key")},
-            "llm_client": {"backend": "echo"},
-            "models": [{"name": "m", "inbound_price": "0.000001", "outbound_price": "0.000002"}],
-            "blockchain": {"chain_id": CHAIN_ID, "contract_address": CONTRACT},
-            "metrics": {"enabled": True, "endpoint": "127.0.0.1:0"},
-            "api": {"enabled": False},
-            "storage": {"data_dir": str(tmp_path / "data")},
-            **sections,
-        }
-    )
+    return echo_service_config(tmp_path, **sections)
 
 
 async def running(config: Config):

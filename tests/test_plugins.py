@@ -42,9 +42,9 @@ from lloom_executor.ledger import Ledger
 from lloom_executor.metrics import register_counter, register_gauge, register_histogram, unregister_metric
 from lloom_executor.plugins import PluginError
 from lloom_executor.service import ExecutorService
+from service_rig import CHAIN_ID, CONTRACT, echo_service_config
 
 PRICE_IN, PRICE_OUT = 10**12, 2 * 10**12
-CHAIN_ID, CONTRACT = 8453, "0x" + "42" * 20
 WEBHOOK_KEYS_COMPLETED = {
     "model", "requested_model", "client", "peer_id", "inbound_tokens", "outbound_tokens", "total_cost_wei",
     "latency_ms", "queued_ms", "backend_ms", "cached", "request_digest", "receipt_digest",
@@ -217,28 +217,7 @@ def watcher(tmp_path: Path) -> Path:
 
 
 def config_for(tmp_path: Path, plugins: list[dict[str, Any]], **sections: Any) -> Config:
-    key = _native.PrivateKey.generate()
-    for name in ("identity_key", "eth_key"):
-        (tmp_path / name).write_text(key.to_hex())
-        (tmp_path / name).chmod(0o600)
-    return Config.from_dict(
-        {
-            "network": {
-                "listen_address": "/ip4/127.0.0.1/tcp/0",
-                "protocols": {"enable_mdns": False, "enable_autonat": False, "enable_relay": False},
-            },
-            "identity": {"private_key_path": str(tmp_path / "identity_key"), "ethereum_private_key_path": str(tmp_path / "eth_key")},
-            "llm_client": {"backend": "echo"},
-            "models": [{"name": "m", "inbound_price": "0.000001", "outbound_price": "0.000002"}],
-            "model_aliases": {"alias": "m"},
-            "blockchain": {"chain_id": CHAIN_ID, "contract_address": CONTRACT},
-            "metrics": {"enabled": True, "endpoint": "127.0.0.1:0"},
-            "api": {"enabled": False},
-            "storage": {"data_dir": str(tmp_path / "data")},
-            "plugins": plugins,
-            **sections,
-        }
-    )
+    return echo_service_config(tmp_path, **{"model_aliases": {"alias": "m"}, "plugins": plugins, **sections})
 
 
 def service_for(config: Config, **plugin_options: Any) -> ExecutorService:

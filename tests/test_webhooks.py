@@ -34,6 +34,7 @@ from lloom_executor.service import ExecutorService
 from lloom_executor.webhooks import EVENTS, Webhooks, verify_signature
 
 from openai_server import OpenAIServer, RecordedRequest, refused_url
+from service_rig import echo_service_config
 
 PRICE_IN, PRICE_OUT = 10**12, 2 * 10**12
 SECRET = "Bearer hook-secret-4711"
@@ -146,30 +147,11 @@ def test_each_endpoint_gets_only_its_events_signed_by_the_executor() -> None:
 
 # -- a running executor: started, model_loaded, request_completed, error, stopped ---------------------
 def executor_config(tmp_path: Path, hook_url: str, **sections: Any) -> Config:
-    key = _native.PrivateKey.generate()
-    for name in ("identity_key", "eth_key"):
-        (tmp_path / name).write_text(key.to_hex())
-        (tmp_path / name).chmod(0o600)
-    return Config.from_dict(
-        {
-            "network": {
-                "listen_address": "/ip4/127.0.0.1/tcp/0",
-                "protocols": {"enable_mdns": False, "enable_autonat": False, "enable_relay": False},
-            },
-            "identity": {"private_key_path": str(tmp_path / "identity_key"), "ethereum_private_key_path": str(tmp_path / "eth_key")},
-            "llm_client": {"backend": "echo"},
-            "models": [{"name": "m", "inbound_price": "0.000001", "outbound_price": "0.000002"}],
-            "blockchain": {"chain_id": 8453, "contract_address": "0x" + "42" * 20},
-            "metrics": {"enabled": False},
-            "api": {"enabled": False},
-            "storage": {"data_dir": str(tmp_path / "data")},
-            "webhooks": {
-                "enabled": True,
-                "endpoints": [{"url": hook_url, "events": list(EVENTS), "auth_header": SECRET, "retry_attempts": 2}],
-            },
-            **sections,
-        }
-    )
+    webhooks = {
+        "enabled": True,
+        "endpoints": [{"url": hook_url, "events": list(EVENTS), "auth_header": SECRET, "retry_attempts": 2}],
+    }
+    return echo_service_config(tmp_path, **{"metrics": {"enabled": False}, "webhooks": webhooks, **sections})
 
 
 def test_running_executor_reports_requests_models_and_lifecycle(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

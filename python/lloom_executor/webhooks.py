@@ -470,21 +470,9 @@ class Webhooks:
         """`request_completed` for an answer with content, `error` for a signed error answer.
         Called on the request path: it only builds a dict, and a fault here is logged, never raised."""
         try:
-            self._request_answered(decoded, ctx, served, reply, receipt, timings, code)
+            self.emit(*request_event(decoded, ctx, served, reply, receipt, timings, code))
         except Exception:
             log.exception("webhooks: could not queue the event of a request from %s", ctx.peer_id)
-
-    def _request_answered(
-        self,
-        decoded: _native.DecodedRequest,
-        ctx: RequestContext,
-        served: ModelConfig | None,
-        reply: Reply,
-        receipt: dict | None,
-        timings: Timings,
-        code: str,
-    ) -> None:
-        self.emit(*request_event(decoded, ctx, served, reply, receipt, timings, code))
 
     def malformed_request(self, peer_id: str, reason: str) -> None:
         """`error` for a frame that did not decode (answered with a signed error)."""

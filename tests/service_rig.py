@@ -1,0 +1,37 @@
+"""The configuration of an ExecutorService for end-to-end tests: fresh key files (0600),
+loopback TCP without mDNS/AutoNAT/relay, the echo backend serving model "m", an
+EIP-712 domain, metrics on an ephemeral port, no API, state under tmp_path.
+Shared by the pipeline, webhook and plugin tests; keyword sections replace the defaults."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lloom_executor import _native
+from lloom_executor.config import Config
+
+CHAIN_ID = 8453
+CONTRACT = "0x" + "42" * 20
+
+
+def echo_service_config(tmp_path: Path, **sections: Any) -> Config:
+    key = _native.PrivateKey.generate()
+    for name in ("identity_key", "eth_key"):
+        (tmp_path / name).write_text(key.to_hex())
+        (tmp_path / name).chmod(0o600)
+    return Config.from_dict(
+        {
+            "network": {
+                "listen_address": "/ip4/127.0.0.1/tcp/0",
+                "protocols": {"enable_mdns": False, "enable_autonat": False, "enable_relay": False},
+            },
+            "identity": {"private_key_path": str(tmp_path / "identity_key"), "ethereum_private_key_path": str(tmp_path / "eth_key")},
+            "llm_client": {"backend": "echo"},
+            "models": [{"name": "m", "inbound_price": "0.000001", "outbound_price": "0.000002"}],
+            "blockchain": {"chain_id": CHAIN_ID, "contract_address": CONTRACT},
+            "metrics": {"enabled": True, "endpoint": "127.0.0.1:0"},
+            "api": {"enabled": False},
+            "storage": {"data_dir": str(tmp_path / "data")},
+            **sections,
+        }
+    )
