@@ -26,7 +26,7 @@ logged; the next change retries). `on_status(status, last_error)` (optional,
 synchronous) is called when the backend status changes (connected/disconnected). `attach_discovery(service)` wires that to an
 `ExecutorService`: the request handler's model set is replaced (requests for a
 withdrawn model get the signed "not served here" refusal) and, with
-`advertise_models = true`, `p2p.services.update_models` replaces the gossip
+`advertise_models = true`, `ExecutorService.announce_models` replaces the gossip
 catalog and publishes an `Update` (with `advertise_models = false` the announced
 catalog stays the configured one); with `[webhooks]`, `model_loaded` /
 `model_unloaded` events for the difference, and an `error` event
@@ -286,11 +286,9 @@ def attach_discovery(
     `await discovery.stop()` before `service.stop()` (it also ends once the handler drains).
 
     On change: `service.handler.models` is replaced, and with `advertise_models` the
-    gossip catalog too (`update_models`, which publishes an `Update`); `service.webhooks`
+    gossip catalog too (`service.announce_models`, at current prices; an `Update` is published); `service.webhooks`
     (when set) gets model_loaded/model_unloaded and backend_unreachable events.
     """
-    from .p2p.services import update_models
-
     config = service.config.model_discovery
     handler = service.handler
 
@@ -303,7 +301,7 @@ def attach_discovery(
         if webhooks is not None:
             webhooks.models_changed(before, models, "discovery")
         if config.advertise_models:
-            await update_models(service.node, service.catalog, models)
+            await service.announce_models()
 
     def on_status(status: str, error: str | None) -> None:
         webhooks = getattr(service, "webhooks", None)

@@ -138,6 +138,7 @@ class ExecutorService:
         self.ledger: Ledger | None = None
         self._housekeeping: asyncio.Task | None = None
         self._price_version = None
+        self._catalog_lock = asyncio.Lock()
 
     async def start(self) -> list[str]:
         """Start serving; returns the listen addresses. A plugin that cannot be loaded or
@@ -232,16 +233,26 @@ class ExecutorService:
 
     async def _announce_price_changes(self) -> None:
         pricing = self.stages.pricing
-        prices = pricing.prices()
+        pricing.prices()  # refreshes dynamic/market prices; `version` counts the changes
         if pricing.version == self._price_version:
             return
         self._price_version = pricing.version
-        current = [
-            dataclasses.replace(m, inbound_price_wei=prices[m.name][0], outbound_price_wei=prices[m.name][1])
-            for m in self.handler.models.values()
-            if m.enabled and m.name in prices
-        ]
-        await update_models(self.node, self.catalog, current)
+        await self.announce_models()
+
+    async def announce_models(self) -> None:
+        """Make the gossip catalog the models served now, at our current prices (an `Update`
+        when that changes anything). Price changes and model discovery both call this. The list
+        is read under a lock, so the last announcement is always of the latest state: two
+        snapshots crossing the bridge to trio could otherwise land in either order and leave a
+        stale catalog behind (a withdrawn model announced until the next change)."""
+        async with self._catalog_lock:
+            prices = self.stages.pricing.prices()
+            current = [
+                dataclasses.replace(m, inbound_price_wei=prices[m.name][0], outbound_price_wei=prices[m.name][1])
+                for m in self.handler.models.values()
+                if m.enabled and m.name in prices
+            ]
+            await update_models(self.node, self.catalog, current)
 
     async def inflight(self) -> int:
         stats = self.node.stream_handler.stats if self.node.stream_handler else None
