@@ -1,11 +1,18 @@
 """The configuration of an ExecutorService for end-to-end tests: fresh key files (0600),
 loopback TCP without mDNS/AutoNAT/relay, the echo backend serving model "m", an
 EIP-712 domain, metrics on an ephemeral port, no API, state under tmp_path.
-Shared by the pipeline, webhook and plugin tests; keyword sections replace the defaults."""
+Shared by the pipeline, webhook and plugin tests; keyword sections replace the defaults.
+Also the helpers several test modules share: `until` (poll a condition on the event
+loop) and `samples` (parse a Prometheus text exposition)."""
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from lloom_executor import _native
 from lloom_executor.config import Config
@@ -35,3 +42,21 @@ def echo_service_config(tmp_path: Path, **sections: Any) -> Config:
             **sections,
         }
     )
+
+
+async def until(predicate: Callable[[], Any], what: str, timeout: float = 10.0) -> None:
+    """Poll `predicate` on the running loop until it is true; AssertionError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for: {what}")
+        await asyncio.sleep(0.02)
+
+
+def samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """{(sample name, labels): value} via prometheus_client's own text parser."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out

@@ -26,6 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lloom_executor.metrics import DURATION_BUCKETS, Metrics, MetricsServer, NvmlGpus, PushLoop, nearest_rank, wei_to_eth
 
+from service_rig import samples
+
 MODEL = "llama-2-13b"
 
 # The manual's "Monitoring > Prometheus Metrics" block: every name with its labels.
@@ -79,15 +81,6 @@ class _FakeNvml:
 
     def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:
         return type("Rates", (), {"gpu": self.devices[handle], "memory": 0})()
-
-
-def samples(text: str) -> dict[tuple[str, frozenset], float]:
-    """{(sample name, labels): value} via prometheus_client's own text parser."""
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
 
 
 def value(text: str, name: str, **labels: str) -> float:

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -30,6 +29,7 @@ from lloom_executor.model_discovery import CONNECTED, DISCONNECTED, ModelDiscove
 from lloom_executor.service import ExecutorService
 
 from openai_server import DEFAULT_MODELS, OpenAIServer, refused_url
+from service_rig import until
 
 INTERVAL = 0.2
 PRICE_IN, PRICE_OUT = 10**12, 2 * 10**12
@@ -57,14 +57,6 @@ def make_config(base_url: str, models: list[str], *, advertise: bool = True) -> 
 def identity() -> Identity:
     key = _native.PrivateKey.generate()
     return Identity(p2p_key=key, eth_key=key, source="test")
-
-
-async def until(predicate: Callable[[], Any], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for: {what}")
-        await asyncio.sleep(0.05)
 
 
 async def published(service: ExecutorService) -> dict[str, int]:
@@ -226,6 +218,8 @@ def test_advertise_models_false_changes_serving_but_not_the_catalog() -> None:
                 assert set(service.handler.models) == {"test-model"}
                 assert [m["model_id"] for m in service.catalog.models] == ["absent-model", "test-model"]
                 assert (await published(service)).get("Update", 0) == 0
+                await service.announce_models()  # what a price change does: still the configured catalog
+                assert [m["model_id"] for m in service.catalog.models] == ["absent-model", "test-model"]
                 service.handler.draining = True  # shutdown: the task ends by itself
                 await until(lambda: not discovery.running, "discovery ended on drain")
 

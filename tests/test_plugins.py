@@ -21,7 +21,6 @@ import sysconfig
 import textwrap
 import threading
 import time
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,6 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from lloom_executor import _native
 from lloom_executor import metrics as metrics_module
@@ -42,7 +40,7 @@ from lloom_executor.ledger import Ledger
 from lloom_executor.metrics import register_counter, register_gauge, register_histogram, unregister_metric
 from lloom_executor.plugins import PluginError
 from lloom_executor.service import ExecutorService
-from service_rig import CHAIN_ID, CONTRACT, echo_service_config
+from service_rig import CHAIN_ID, CONTRACT, echo_service_config, samples, until
 
 PRICE_IN, PRICE_OUT = 10**12, 2 * 10**12
 WEBHOOK_KEYS_COMPLETED = {
@@ -230,22 +228,6 @@ def client_for(addr: str) -> LloomClient:
 
 def ask(client: LloomClient, peer: str, prompt: str, model: str = "m", **kw: Any):
     return client.request(peer, model, prompt, inbound_price=str(PRICE_IN), outbound_price=str(PRICE_OUT), **kw)
-
-
-async def until(predicate: Callable[[], Any], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for: {what}")
-        await asyncio.sleep(0.02)
-
-
-def samples(text: str) -> dict[tuple[str, frozenset], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
 
 
 def value(text: str, name: str, **labels: str) -> float | None:

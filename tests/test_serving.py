@@ -11,7 +11,8 @@ from lloom_executor.backends.base import Completion, LlmBackend
 from lloom_executor.backends.echo import EchoBackend
 from lloom_executor.config import ModelConfig, RequestHandlingConfig
 from lloom_executor.p2p.llm_protocol import RequestContext
-from lloom_executor.serving import BasicRequestHandler
+from lloom_executor.plugins import Verdict
+from lloom_executor.serving import BasicRequestHandler, PipelineStages
 
 EXECUTOR = _native.PrivateKey.generate()
 CLIENT = _native.PrivateKey.generate()
@@ -136,3 +137,185 @@ def test_per_model_max_concurrent_requests() -> None:
 
     assert all(a.error is None for a in asyncio.run(many()))
     assert backend.peak == 2
+
+
+# ---------------------------------------------------------------- events, filters, token counts
+class EventSink:
+    """Stands in for `Webhooks`: subscribes to `wanted`, records what is emitted."""
+
+    def __init__(self, wanted: tuple[str, ...] = ("request_completed", "error")) -> None:
+        self.wanted = set(wanted)
+        self.events: list[tuple[str, dict]] = []
+
+    def wants(self, event: str) -> bool:
+        return event in self.wanted
+
+    def emit(self, event: str, data: dict) -> None:
+        self.events.append((event, dict(data)))
+
+
+class FakePlugins:
+    """Stands in for `PluginHost`: an on_request_finished observer and a check_response that counts."""
+
+    checks_requests = False
+    checks_responses = True
+    observes = True
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict]] = []
+        self.checked: list[str] = []
+
+    def request_finished(self, event: str, data: dict) -> None:
+        self.events.append((event, dict(data)))
+
+    async def check_response(self, view, content: str):
+        self.checked.append(content)
+        return None
+
+
+class NoUsageBackend(LlmBackend):
+    """Answers without token usage, so the executor counts the output itself."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def complete(self, model, prompt, system_prompt=None, temperature=None, max_tokens=None) -> Completion:
+        self.calls += 1
+        return Completion("the answer, uncounted", model)
+
+    async def list_models(self) -> list[str]:
+        return ["m"]
+
+
+def test_malformed_frames_are_reported_at_most_once_per_interval() -> None:
+    """A junk flood is answered frame by frame, but reported as one `malformed` event per
+    interval carrying the number held back, so it cannot push real events out of the queues."""
+    sink, plugins = EventSink(), FakePlugins()
+    h = handler(stages=PipelineStages(webhooks=sink, plugins=plugins))
+    h.malformed_report_interval_secs = 0.3
+
+    async def scenario() -> list[str | None]:
+        errors = [answer(await h(b"junk %d" % i, CTX)).error for i in range(5)]
+        await asyncio.sleep(0.35)
+        errors.append(answer(await h(b"more junk", CTX)).error)
+        errors.append(answer(await h(frame(), CTX)).error)  # a real request is still reported
+        return errors
+
+    errors = asyncio.run(scenario())
+    assert all(e and e.startswith("malformed request") for e in errors[:6]) and errors[6] is None
+    for events in (sink.events, plugins.events):
+        assert [(e, d["code"] if e == "error" else None) for e, d in events] == [
+            ("error", "malformed"), ("error", "malformed"), ("request_completed", None)
+        ]
+        assert [d["suppressed"] for _, d in events[:2]] == [0, 4]
+        assert events[0][1]["peer_id"] == CTX.peer_id and events[0][1]["reason"].startswith("malformed request")
+
+
+def test_the_request_event_is_built_only_for_a_receiver(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lloom_executor import serving
+
+    built: list[str] = []
+    real = serving.request_event
+
+    def counting(*args, **kwargs):
+        event, data = real(*args, **kwargs)
+        built.append(event)
+        return event, data
+
+    monkeypatch.setattr(serving, "request_event", counting)
+    sink = EventSink(wanted=("error",))
+    h = handler(stages=PipelineStages(webhooks=sink))
+    assert answer(asyncio.run(h(frame(), CTX))).error is None  # nobody wants request_completed: not built
+    assert built == [] and sink.events == []
+    assert answer(asyncio.run(h(frame("nope"), CTX))).error  # an error: built once, sent
+    assert built == ["error"] and [(e, d["code"]) for e, d in sink.events] == [("error", "unknown_model")]
+    assert sink.events[0][1]["client"] == CLIENT.address and sink.events[0][1]["request_digest"].startswith("0x")
+
+
+def test_plugins_view_and_event_share_client_and_digest() -> None:
+    sink, plugins = EventSink(), FakePlugins()
+    h = handler(stages=PipelineStages(webhooks=sink, plugins=plugins))
+    raw = frame()
+    decoded = _native.decode_request(raw)
+    assert answer(asyncio.run(h(raw, CTX))).error is None
+    (event, data), = sink.events
+    assert event == "request_completed" and data == plugins.events[0][1]
+    assert data["client"] == CLIENT.address and data["request_digest"] == "0x" + bytes(decoded.digest).hex()
+
+
+def test_response_checks_run_once_and_only_passed_fresh_answers_are_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lloom_executor.cache.memory import MemoryCache
+    from lloom_executor.pipeline.content_filter import ContentFilter
+
+    filtered: list[str] = []
+    real_check = ContentFilter.check_response
+
+    def counting_check(self, content: str):
+        filtered.append(content)
+        return real_check(self, content)
+
+    monkeypatch.setattr(ContentFilter, "check_response", counting_check)
+    from lloom_executor.config.schema import ContentFilterConfig
+
+    plugins = FakePlugins()
+    backend = NoUsageBackend()
+    cache = MemoryCache(1 << 20, 3600, deterministic_only=False)
+    h = handler(backend, stages=PipelineStages(plugins=plugins, cache=cache, content_filter=ContentFilter(ContentFilterConfig())))
+
+    async def scenario() -> tuple[_native.DecodedResponse, _native.DecodedResponse]:
+        fresh = answer(await h(frame(), CTX))
+        cached = answer(await h(frame(), CTX))  # the same prompt: same key, a cache hit
+        return fresh, cached
+
+    fresh, cached = asyncio.run(scenario())
+    assert fresh.error is None and cached.error is None and fresh.content == cached.content
+    assert backend.calls == 1  # the second came from the cache
+    assert plugins.checked == ["the answer, uncounted"] * 2  # once per answer, fresh or cached
+    assert filtered == ["the answer, uncounted"] * 2  # the built-in filter too
+
+    plugins.checked.clear()
+
+    async def refused() -> str | None:
+        async def no(view, content):
+            plugins.checked.append(content)
+            return Verdict("not this", "plugin_refused")
+
+        plugins.check_response = no
+        cache2 = MemoryCache(1 << 20, 3600, deterministic_only=False)
+        h.stages.cache = cache2
+        error = answer(await h(frame(prompt="other"), CTX)).error
+        assert cache2.stats().entries == 0  # refused: not cached
+        return error
+
+    assert asyncio.run(refused()) == "not this" and plugins.checked == ["the answer, uncounted"]
+
+
+def test_output_tokens_are_counted_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A metered model (max_tokens_per_second) whose backend reports no usage: the answer is
+    tokenized once, for the token-rate charge, and that count is what is priced."""
+    from lloom_executor import serving
+
+    produced: list[int] = []
+
+    class Governor:
+        def refusal(self, model): return None
+        def wait_reason(self, model): return None
+        def cpu_busy(self): return None
+        def ready_in(self, model): return 0.0
+        def metered(self, model): return True
+        def produced(self, model, tokens): produced.append(tokens)
+        def started(self, model): pass
+        def finished(self, model): pass
+
+    counted: list[str] = []
+    real = serving._native.count_tokens
+
+    def counting(text: str, encoding: str) -> int:
+        counted.append(text)
+        return real(text, encoding)
+
+    monkeypatch.setattr(serving._native, "count_tokens", counting)
+    h = handler(NoUsageBackend(), stages=PipelineStages(resources=Governor()))
+    decoded = answer(asyncio.run(h(frame(), CTX)))
+    assert decoded.error is None and counted.count("the answer, uncounted") == 1
+    assert produced == [decoded.outbound_tokens] and decoded.outbound_tokens == real("the answer, uncounted", "cl100k_base")

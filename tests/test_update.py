@@ -18,6 +18,7 @@ import http.server
 import io
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -132,11 +133,27 @@ class LocalIndex:
     files: dict[str, Published] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
     server: http.server.ThreadingHTTPServer | None = None
+    # (user, password) to require with HTTP basic auth; None: open
+    credentials: tuple[str, str] | None = None
+    # while `credentials` are set: each request's path and whether it carried them
+    authorized: list[tuple[str, bool]] = field(default_factory=list)
+    # while `credentials` are set: the command line of every process that had the password in it
+    # when a request came (read from /proc/<pid>/cmdline, as any local user can)
+    leaked_to: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         assert self.server is not None
         return f"http://127.0.0.1:{self.server.server_address[1]}/simple"
+
+    def scan_command_lines(self, secret: str) -> None:
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                argv = cmdline.read_bytes()
+            except OSError:  # the process has gone, or is not ours to read
+                continue
+            if secret.encode() in argv:
+                self.leaked_to.append(argv.replace(b"\0", b" ").decode(errors="replace"))
 
     def publish(self, wheel: Path, *, corrupt: bool = False) -> None:
         data = wheel.read_bytes()
@@ -199,6 +216,18 @@ class LocalIndex:
 
             def do_GET(self) -> None:
                 index.requests.append(self.path)
+                if index.credentials is not None:
+                    user, password = index.credentials
+                    index.scan_command_lines(password)
+                    expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+                    ok = self.headers.get("Authorization") == expected
+                    index.authorized.append((self.path, ok))
+                    if not ok:
+                        self.send_response(401)
+                        self.send_header("WWW-Authenticate", 'Basic realm="test index"')
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
                 if self.path == "/simple/lloom-executor":
                     self.send_response(301)
                     self.send_header("Location", "/simple/lloom-executor/")
@@ -336,6 +365,9 @@ def world(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def index(world: World) -> LocalIndex:
     world.index.files.clear()
+    world.index.credentials = None
+    world.index.authorized.clear()
+    world.index.leaked_to.clear()
     return world.index
 
 
@@ -403,6 +435,46 @@ def test_download_verifies_the_published_hash_and_is_idempotent(world: World, in
     out = world.update("download")
     assert out.returncode == 0 and "downloading again" in out.stdout, out.stdout + out.stderr
     assert wheel.read_bytes() == world.wheels["0.0.2"].read_bytes()
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").is_file(), reason="needs /proc to read other processes' command lines")
+def test_download_keeps_index_credentials_off_pips_command_line(world: World, index: LocalIndex) -> None:
+    """An index URL with credentials reaches pip in its environment: while pip fetches, no
+    process's command line (what `ps` shows any local user) holds the password."""
+    world.install("0.0.1")
+    shutil.rmtree(world.data_dir / "updates" / "0.0.2", ignore_errors=True)
+    index.publish(world.wheels["0.0.1"])
+    index.publish(world.wheels["0.0.2"])
+    password = "tok-" + secrets.token_hex(12)
+    index.credentials = ("lloom", password)
+    with_credentials = index.url.replace("http://", f"http://lloom:{password}@", 1)
+
+    # the URL given as PIP_INDEX_URL, so the command line of `update` itself holds no password either
+    out = world.update("download", index=False, env=world.env(PIP_INDEX_URL=with_credentials))
+    assert out.returncode == 0, out.stdout + out.stderr
+    wheel = world.data_dir / "updates" / "0.0.2" / world.wheels["0.0.2"].name
+    assert wheel.read_bytes() == world.wheels["0.0.2"].read_bytes()
+    assert password not in out.stdout + out.stderr and "lloom:****@" in out.stdout
+    file_path = f"/files/{world.wheels['0.0.2'].name}"
+    assert (file_path, True) in index.authorized  # pip fetched the wheel, with the credentials
+    assert index.leaked_to == []
+
+    # the index really requires them
+    shutil.rmtree(wheel.parent)
+    out = world.update("download", index=False, env=world.env(PIP_INDEX_URL=index.url))
+    assert out.returncode == 1 and "the index refused access (401" in out.stderr, out.stdout + out.stderr
+    assert not wheel.parent.exists()
+
+
+def test_pip_download_gets_the_index_in_its_environment_not_its_arguments(tmp_path: Path) -> None:
+    from lloom_executor import update
+
+    url = "https://user:s3cret@index.test/simple"
+    args = update._pip_download_args(60.0, tmp_path / "wheel", tmp_path / "requirement.txt")
+    assert "--index-url" not in args and "-i" not in args and not any("s3cret" in a for a in args)
+    env = update._pip_download_env(url)
+    assert env["PIP_INDEX_URL"] == url
+    assert (env["PIP_FIND_LINKS"], env["PIP_EXTRA_INDEX_URL"], "PIP_NO_INDEX" in env) == ("", "", False)
 
 
 def test_apply_with_backup_updates_then_rolls_back_a_broken_release(world: World, index: LocalIndex) -> None:

@@ -34,7 +34,7 @@ from lloom_executor.service import ExecutorService
 from lloom_executor.webhooks import EVENTS, Webhooks, verify_signature
 
 from openai_server import OpenAIServer, RecordedRequest, refused_url
-from service_rig import echo_service_config
+from service_rig import echo_service_config, until
 
 PRICE_IN, PRICE_OUT = 10**12, 2 * 10**12
 SECRET = "Bearer hook-secret-4711"
@@ -63,14 +63,6 @@ class HookReceiver(OpenAIServer):
         if injected:
             return await super()._dispatch(req, writer)
         return await self._send(writer, 200, b'{"ok": true}')
-
-
-async def until(predicate: Callable[[], Any], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for: {what}")
-        await asyncio.sleep(0.02)
 
 
 def endpoint(url: str, events: tuple[str, ...] = EVENTS, **kw: Any) -> WebhookEndpoint:
@@ -355,6 +347,43 @@ def test_other_4xx_is_not_retried_and_the_auth_header_is_never_logged(caplog: py
     assert "hook-secret-4711" not in caplog.text
 
 
+def test_an_invalid_header_is_not_retried_and_never_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """A header httpx refuses (here "Bearer " + token + a trailing space, which the config check
+    rejects but a WebhookEndpoint built in code can carry) fails the event once, with a fixed
+    text: httpx's LocalProtocolError quotes the value."""
+    for name in ("lloom_executor", "httpx", "httpcore"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    with HookReceiver() as receiver:
+
+        async def body(hooks: Webhooks) -> Any:
+            hooks.emit("error", {})
+            await until(lambda: hooks.stats[0].failed == 1, "given up")
+            return hooks.stats[0]
+
+        stats, metrics = run_hooks(receiver, body, endpoint(receiver.url(), retry_attempts=5, auth_header="Bearer s3cr3t-token "))
+        assert receiver.hooks() == [] and (stats.delivered, stats.failed, stats.dropped) == (0, 1, 0)
+        assert counted(metrics, "0", "error", "failed") == 1.0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "invalid request header" in warnings[0] and "not retried" in warnings[0]
+    assert "auth_header has leading or trailing whitespace" in warnings[0]
+    assert "s3cr3t" not in caplog.text
+
+
+def test_a_header_httpx_refuses_is_a_fixed_text_not_a_transport_error(caplog: pytest.LogCaptureFixture) -> None:
+    """The backstop in `_post`: httpx's LocalProtocolError (a TransportError whose text quotes
+    the header) is "invalid request header", not retried, and its text is not passed on."""
+    caplog.set_level(logging.DEBUG, logger="lloom_executor")
+    with HookReceiver() as receiver:
+
+        async def body(hooks: Webhooks) -> Any:
+            return await hooks._post(receiver.url(), b"{}", {"Authorization": "Bearer s3cr3t-token "})
+
+        result, _ = run_hooks(receiver, body, endpoint(receiver.url()))
+        assert result == ("invalid request header", False, None)
+        assert receiver.hooks() == []
+    assert "s3cr3t" not in caplog.text
+
+
 def test_timeouts_and_refused_connections_are_retried() -> None:
     with HookReceiver() as receiver:
         receiver.hang(times=1, path="/hook")
@@ -469,3 +498,26 @@ def test_config_warnings(tmp_path: Path) -> None:
     assert any("events" in w and "receives no events" in w for w in warnings)
     path.write_text('[webhooks]\nenabled = true\n[[webhooks.endpoints]]\nurl = "http://127.0.0.1:9/x"\nauth_header = "Bearer t"\n')
     assert load_config(path, environ={}).warnings == []
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ("Bearer ", "has leading or trailing whitespace"),  # an empty ${TOKEN}
+        (" Bearer s3cr3t-token", "has leading or trailing whitespace"),
+        ("Bearer\ts3cr3t-token", "contains a control character"),
+        ("Bearer s3cr3t-token\x7f", "contains a control character"),
+        ("Bearer s3cr3t-t\u00f6ken", "not printable ASCII"),
+        ("Bearer s3cr3t-token\nX: y", "must be a single line"),
+    ],
+)
+def test_auth_header_must_be_a_clean_header_value(tmp_path: Path, value: str, problem: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[webhooks]\nenabled = true\n[[webhooks.endpoints]]\nurl = "https://example.com/hook"\nauth_header = "${TOKEN}"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={"TOKEN": value})
+    found = [p for p in info.value.problems if "auth_header" in p]
+    assert len(found) == 1 and problem in found[0], info.value.problems
+    assert "s3cr3t" not in str(info.value) and "s3cr3t" not in " ".join(info.value.problems)
+    path.write_text('[webhooks]\nenabled = true\n[[webhooks.endpoints]]\nurl = "https://example.com/hook"\nauth_header = "${TOKEN}"\n')
+    assert load_config(path, environ={"TOKEN": "Bearer s3cr3t-token"}).warnings == []

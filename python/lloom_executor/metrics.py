@@ -402,13 +402,9 @@ class Metrics:
                     summary.add_sample(summary.name, {**labels, "quantile": str(q)}, nearest_rank(window, q))
                 summary.add_sample(summary.name + "_sum", labels, stats.duration_sum)
                 summary.add_sample(summary.name + "_count", labels, stats.duration_count)
-                cumulative = 0
-                for bound, n in zip((*DURATION_BUCKETS, math.inf), stats.buckets):
-                    cumulative += n
-                    le = "+Inf" if bound == math.inf else str(bound)
-                    histogram.add_sample(histogram.name + "_bucket", {**labels, "le": le}, cumulative)
-                histogram.add_sample(histogram.name + "_sum", labels, stats.duration_sum)
-                histogram.add_sample(histogram.name + "_count", labels, stats.duration_count)
+                _add_histogram_samples(
+                    histogram, labels, DURATION_BUCKETS, stats.buckets, stats.duration_sum, stats.duration_count
+                )
                 for kind in ("inbound", "outbound"):
                     tokens.add_sample(tokens.name + "_total", {**labels, "type": kind}, stats.tokens[kind])
                 tps.add_sample(tps.name, labels, sum(stats.outbound.values(now)) / self.rate_window_secs)
@@ -603,6 +599,25 @@ class CustomGauge(_CustomMetric):
         self._unlabelled().dec(amount)
 
 
+def _add_histogram_samples(
+    family: Metric,
+    labels: dict[str, str],
+    bounds: Iterable[float],
+    counts: Iterable[int],
+    total: float,
+    count: int,
+) -> None:
+    """One histogram series' samples on `family`: cumulative `_bucket`s (`counts` per bucket
+    of `bounds`, then +Inf; `le` as `repr(float(bound))`), `_sum` and `_count`."""
+    cumulative = 0
+    for bound, n in zip((*bounds, math.inf), counts):
+        cumulative += n
+        le = "+Inf" if bound == math.inf else repr(float(bound))
+        family.add_sample(family.name + "_bucket", {**labels, "le": le}, cumulative)
+    family.add_sample(family.name + "_sum", labels, total)
+    family.add_sample(family.name + "_count", labels, count)
+
+
 class CustomHistogram(_CustomMetric):
     kind = "histogram"
     _child_type = HistogramChild
@@ -632,14 +647,7 @@ class CustomHistogram(_CustomMetric):
         family = Metric(self.name, self.help, self.kind)
         with self._lock:
             for key, (buckets, total, count) in self._series.items():
-                labels = dict(zip(self.label_names, key))
-                cumulative = 0
-                for bound, n in zip((*self.buckets, math.inf), buckets):
-                    cumulative += n
-                    le = "+Inf" if bound == math.inf else repr(float(bound))
-                    family.add_sample(self.name + "_bucket", {**labels, "le": le}, cumulative)
-                family.add_sample(self.name + "_sum", labels, total)
-                family.add_sample(self.name + "_count", labels, count)
+                _add_histogram_samples(family, dict(zip(self.label_names, key)), self.buckets, buckets, total, count)
         return family
 
 

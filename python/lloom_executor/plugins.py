@@ -44,16 +44,21 @@ method:
       The answer's content, from the backend or the cache, after the built-in response
       filter and before it is priced, signed, cached or sent. A string refuses it: the
       client gets a signed error, the ledger row records a refusal, nothing is charged.
+      Runs once per answer, after `request_timeout_secs` stopped counting (with or
+      without the cache): its own `timeout_secs` bounds it.
   on_request_finished(event: dict) -> None
       Observability, after the answer (served or refused) was recorded and signed:
       {"event": "request_completed" | "error", "timestamp": unix seconds, "data": {...}},
       `data` exactly as the webhook events' (`webhooks.py`; built by the same functions:
       never prompts, answers or keys). Frames that did not decode come as "error" events
-      with code "malformed". Delivered in order, one call at a time per plugin, from a
-      queue of EVENT_QUEUE_SIZE events (when full, the oldest is dropped and counted).
+      with code "malformed" (at most one per serving.MALFORMED_REPORT_INTERVAL_SECS, with
+      the number held back in `suppressed`; `webhooks.py`). Delivered in order, one call
+      at a time per plugin, from a queue of EVENT_QUEUE_SIZE events
+      (`event_queue.EventQueue`; when full, the oldest is dropped and counted).
   on_start() -> None / on_stop() -> None
       Once after create_plugin (before the node listens), once after the node stopped
-      (queued events delivered first, for up to FLUSH_TIMEOUT_SECS). Time bound:
+      (queued events delivered first, for up to FLUSH_TIMEOUT_SECS; those left, the one
+      being delivered included, are counted as dropped). Time bound:
       LIFECYCLE_TIMEOUT_SECS (or timeout_secs if larger).
 
 Unknown `check_*` / `on_*` attributes are reported in the log as probable typos.
@@ -107,7 +112,6 @@ A minimal plugin (`filter.py`):
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import copy
 import importlib.machinery
@@ -128,7 +132,8 @@ from typing import TYPE_CHECKING, Any
 from . import metrics as _metrics
 from .config.rules import plugin_location
 from .config.schema import PluginConfig
-from .webhooks import client_address
+from .event_queue import EventQueue
+from .webhooks import client_address, digest_hex
 
 if TYPE_CHECKING:
     from . import _native
@@ -179,6 +184,8 @@ class RequestView:
     def of(
         cls, decoded: _native.DecodedRequest, ctx: RequestContext, model: str, prompt_tokens: int, max_tokens: int
     ) -> RequestView:
+        """The view of an admitted request; its `client` and `request_digest` are reused for the
+        request's event (`serving.py`), so they are computed once per request."""
         request = decoded.request
         return cls(
             model=model,
@@ -195,7 +202,7 @@ class RequestView:
             inbound_price_wei=int(request.inbound_price),
             outbound_price_wei=int(request.outbound_price),
             deadline=request.deadline or None,
-            request_digest="0x" + bytes(decoded.digest).hex(),
+            request_digest=digest_hex(decoded),
         )
 
 
@@ -388,11 +395,8 @@ class _Plugin:
         self.workers = _Workers(config.name, workers)
         self.instance: Any = None
         self.hooks: dict[str, tuple[Callable[..., Any], bool]] = {}  # hook -> (function, is a coroutine function)
-        self.events: collections.deque[tuple[str, int, Mapping[str, Any]]] = collections.deque()
         self.queue_size = queue_size
-        self.wakeup: asyncio.Event | None = None
-        self.idle: asyncio.Event | None = None
-        self.task: asyncio.Task | None = None
+        self.events: EventQueue[tuple[str, int, Mapping[str, Any]]] | None = None  # on_request_finished's, once started
         self.throttles: dict[str, _Throttle] = {}
 
 
@@ -464,11 +468,11 @@ class PluginHost:
         self._request_checks = [p for p in self._started if "check_request" in p.hooks]
         self._response_checks = [p for p in self._started if "check_response" in p.hooks]
         self._observers = [p for p in self._started if "on_request_finished" in p.hooks]
-        loop = asyncio.get_running_loop()
         for plugin in self._observers:
-            plugin.wakeup, plugin.idle = asyncio.Event(), asyncio.Event()
-            plugin.idle.set()
-            plugin.task = loop.create_task(self._deliver(plugin), name=f"plugin-{plugin.name}-events")
+            plugin.events = EventQueue(
+                plugin.queue_size, lambda _item, _first, plugin=plugin: self._dropped(plugin), name=f"plugin-{plugin.name}-events"
+            )
+            plugin.events.start(lambda item, plugin=plugin: self._deliver(plugin, item))
 
     async def _start_one(self, plugin: _Plugin) -> None:
         kind, _ = plugin_location(plugin.path)
@@ -526,26 +530,15 @@ class PluginHost:
         if self._closed:
             return
         self._closed = True
-        running = [p for p in self._observers if p.task is not None]
-        if any(p.events for p in running):
-            try:
-                async with asyncio.timeout(self.flush_timeout_secs):
-                    for plugin in running:
-                        await plugin.idle.wait()
-            except TimeoutError:
-                pass
-        for plugin in running:
-            plugin.task.cancel()
-            try:
-                await plugin.task
-            except asyncio.CancelledError:
-                pass
-            plugin.task = None
-            if plugin.events:
+        deadline = time.monotonic() + self.flush_timeout_secs  # one flush time for all plugins (they drain together)
+        for plugin in self._observers:
+            if plugin.events is None:
+                continue
+            left = await plugin.events.drain(deadline - time.monotonic())
+            if left:
                 self._failed(plugin, "on_request_finished", _HookFailed(
-                    "dropped", f"{len(plugin.events)} event(s) not delivered within {self.flush_timeout_secs:g} s of stopping"
-                ), count=len(plugin.events))
-                plugin.events.clear()
+                    "dropped", f"{len(left)} event(s) not delivered within {self.flush_timeout_secs:g} s of stopping"
+                ), count=len(left))
         for plugin in reversed(self._started):
             if "on_stop" in plugin.hooks:
                 try:
@@ -641,6 +634,11 @@ class PluginHost:
     def checks_responses(self) -> bool:
         return bool(self._response_checks)
 
+    @property
+    def observes(self) -> bool:
+        """Whether `request_finished` would queue anything: a cheap test before building an event."""
+        return bool(self._observers) and not self._closed
+
     # -- events ------------------------------------------------------------------------
 
     def request_finished(self, event: str, data: Mapping[str, Any]) -> None:
@@ -649,26 +647,20 @@ class PluginHost:
             return
         item = (event, int(time.time()), data)
         for plugin in self._observers:
-            if len(plugin.events) >= plugin.queue_size:
-                plugin.events.popleft()
-                self._failed(plugin, "on_request_finished", _HookFailed("dropped", f"event queue full ({plugin.queue_size}); dropped the oldest"))
-            plugin.events.append(item)
-            plugin.idle.clear()
-            plugin.wakeup.set()
+            if plugin.events is not None:
+                plugin.events.put(item)
 
-    async def _deliver(self, plugin: _Plugin) -> None:
-        while True:
-            if not plugin.events:
-                plugin.idle.set()
-                plugin.wakeup.clear()
-                await plugin.wakeup.wait()
-                continue
-            event, timestamp, data = plugin.events.popleft()
-            try:
-                await self._call(plugin, "on_request_finished", ({"event": event, "timestamp": timestamp, "data": dict(data)},), plugin.timeout)
-            except _HookFailed as failure:
-                self._failed(plugin, "on_request_finished", failure)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug here must not end delivery for good
-                log.exception("plugin %s: unexpected error delivering an event", plugin.name)
+    def _dropped(self, plugin: _Plugin) -> None:
+        self._failed(plugin, "on_request_finished", _HookFailed("dropped", f"event queue full ({plugin.queue_size}); dropped the oldest"))
+
+    async def _deliver(self, plugin: _Plugin, item: tuple[str, int, Mapping[str, Any]]) -> None:
+        """The plugin's queue worker: one on_request_finished call."""
+        event, timestamp, data = item
+        try:
+            await self._call(plugin, "on_request_finished", ({"event": event, "timestamp": timestamp, "data": dict(data)},), plugin.timeout)
+        except _HookFailed as failure:
+            self._failed(plugin, "on_request_finished", failure)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug here must not end delivery for good
+            log.exception("plugin %s: unexpected error delivering an event", plugin.name)

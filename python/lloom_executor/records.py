@@ -24,22 +24,29 @@ from typing import TYPE_CHECKING
 from . import _native
 from .config import ModelConfig
 from .ledger import STATUS_REFUSED, STATUS_SERVED, LedgerEntry
-from .p2p.llm_protocol import RequestContext
 
 if TYPE_CHECKING:
+    from .p2p.llm_protocol import RequestContext
     from .serving import Reply, Timings
 
 log = logging.getLogger(__name__)
+
+
+def signer(decoded: _native.DecodedRequest) -> bytes | None:
+    """The 20-byte address that signed the request; None when it is unsigned or badly signed."""
+    if decoded.is_signed and decoded.signature_valid and decoded.signer is not None:
+        return bytes(decoded.signer)
+    return None
 
 
 def sign_receipt(
     domain: _native.Eip712Domain, key: _native.PrivateKey, decoded: _native.DecodedRequest, reply: Reply, timestamp: int
 ) -> dict | None:
     """The signed `LlmResponseCommitment` for the envelope, or None (unsigned or uncommittable request)."""
-    if not decoded.is_signed or not decoded.signature_valid:
+    client = signer(decoded)
+    if client is None:
         return None
     request = decoded.request
-    client = bytes(decoded.signer)
     try:
         request_hash = bytes(domain.request_commitment_digest(
             key.address_bytes, request.model, request.prompt, request.system_prompt,
@@ -75,12 +82,12 @@ def ledger_entry(
     """The row for one answered request. `model` is always one of ours (or ""), so per-model
     totals cannot be flooded with made-up names; the name as requested is `requested_model`."""
     request = decoded.request
-    signed_by = decoded.signer if decoded.is_signed and decoded.signature_valid else None
+    signed_by = signer(decoded)
     return LedgerEntry(
         status=STATUS_SERVED if reply.error is None else STATUS_REFUSED,
         model=served.name if served is not None else "",
         requested_model=request.model,
-        client_address="0x" + bytes(signed_by).hex() if signed_by is not None else None,
+        client_address="0x" + signed_by.hex() if signed_by is not None else None,
         peer_id=ctx.peer_id,
         inbound_tokens=reply.inbound_tokens,
         outbound_tokens=reply.outbound_tokens,

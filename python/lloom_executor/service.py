@@ -245,11 +245,14 @@ class ExecutorService:
         is read under a lock, so the last announcement is always of the latest state: two
         snapshots crossing the bridge to trio could otherwise land in either order and leave a
         stale catalog behind (a withdrawn model announced until the next change)."""
+        discovery = self.config.model_discovery
         async with self._catalog_lock:
             prices = self.stages.pricing.prices()
+            # With discovery but advertise_models = false the announced catalog stays the configured one.
+            served = self.config.models if discovery.enabled and not discovery.advertise_models else self.handler.models.values()
             current = [
                 dataclasses.replace(m, inbound_price_wei=prices[m.name][0], outbound_price_wei=prices[m.name][1])
-                for m in self.handler.models.values()
+                for m in served
                 if m.enabled and m.name in prices
             ]
             await update_models(self.node, self.catalog, current)

@@ -26,7 +26,7 @@ from .p2p.llm_protocol import RequestContext
 from .pipeline.dispatch import NotDispatched
 from .plugins import RequestView, Verdict
 from .records import ledger_entry, sign_receipt
-from .webhooks import malformed_event, request_event
+from .webhooks import malformed_event, request_event, request_event_name
 
 if TYPE_CHECKING:
     from .cache.base import ResponseCache
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_AGE_SECS = 300
+MALFORMED_REPORT_INTERVAL_SECS = 10.0  # at most one `malformed` event per interval (webhooks.py)
 MAX_CLOCK_SKEW_SECS = 300
 TOKEN_ENCODING = "cl100k_base"
 
@@ -157,13 +158,16 @@ class BasicRequestHandler:
         self.ledger = ledger  # None: nothing is recorded
         self.stages = stages or PipelineStages()
         self.in_flight = 0  # backend calls running now: the load of dynamic pricing
+        self.malformed_report_interval_secs = MALFORMED_REPORT_INTERVAL_SECS
+        self._malformed_next_report = -float("inf")  # time.monotonic() from which the next may be reported
+        self._malformed_held_back = 0  # malformed frames not reported since the last report
 
     async def __call__(self, frame: bytes, ctx: RequestContext) -> bytes | None:
         try:
             decoded = _native.decode_request(frame)
         except ValueError as exc:
             log.info("undecodable request from %s: %s", ctx.peer_id, exc)
-            self._report(malformed_event, ctx.peer_id, f"malformed request: {exc}")
+            self._report_malformed(ctx.peer_id, f"malformed request: {exc}")
             return self._error("", f"malformed request: {exc}")
         if decoded.request is None:
             return self._acknowledge(decoded)
@@ -171,12 +175,12 @@ class BasicRequestHandler:
         now = time.monotonic()
         timings = Timings(ctx.received_at if 0 < ctx.received_at <= now else now)
         admitted: Admitted | None = None
+        view: RequestView | None = None
         status = "success"
         try:
             if self.draining:
                 raise Refusal("executor is shutting down; send the request to another executor", "draining")
             admitted = self._admit(decoded, ctx)
-            view = None
             plugins = self.stages.plugins
             if plugins is not None and (plugins.checks_requests or plugins.checks_responses):
                 view = RequestView.of(decoded, ctx, admitted.model.name, admitted.prompt_tokens, admitted.max_tokens)
@@ -188,15 +192,7 @@ class BasicRequestHandler:
         except Refusal as refusal:
             reply = Reply.refusal(request.model, refusal.reason)
             status = refusal.code
-        answer, reply, status = await self._answer(decoded, ctx, admitted, reply, timings, status)
-        if self.stages.metrics is not None:
-            model = admitted.model if admitted else self.resolve(request.model)  # only our names label series
-            cost = int(reply.total_cost) if reply.error is None else 0
-            self.stages.metrics.request_finished(
-                model.name if model else "unknown", status, timings.total_ms() / 1000.0,
-                reply.inbound_tokens, reply.outbound_tokens, cost,
-            )
-        return answer
+        return await self._answer(decoded, ctx, admitted, reply, timings, status, view)
 
     def _model_slots(self, model: ModelConfig) -> asyncio.Semaphore | contextlib.nullcontext:
         if model.max_concurrent_requests is None:
@@ -303,12 +299,18 @@ class BasicRequestHandler:
 
         The cache first; on a miss the backend, through `_backend_turn` (the
         `[priority]`/`[batching]` queues, or the max_concurrent_requests
-        semaphores) and the `[resources]` checks. A refusal before the backend
-        was called (queue full, expired while queued, resources) forgets the
-        request's replay digest: nothing was done for it, so the client may
-        send the same signed request again. The content then passes the
-        built-in response filter and the plugins' check_response (`view`: the
-        request as they see it); only content both let through is cached.
+        semaphores) and the `[resources]` checks. `request_timeout_secs` bounds
+        this part: cache lookup, queueing and the backend call. A refusal before
+        the backend was called (queue full, expired while queued, resources)
+        forgets the request's replay digest: nothing was done for it, so the
+        client may send the same signed request again.
+
+        The content, fresh or cached, then passes the built-in response filter
+        and the plugins' check_response (`view`: the request as they see it),
+        once each, after that time bound: a plugin's check is bounded by its own
+        `timeout_secs` (over it, the request is refused, fail closed), never by
+        `request_timeout_secs`, with or without the cache. Only a fresh answer
+        both let through is cached.
         """
         model = admitted.model
         timeout = self.handling.request_timeout_secs
@@ -316,8 +318,8 @@ class BasicRequestHandler:
         waiting = time.monotonic()
         running: float | None = None
         turn: list = []  # the dispatcher's Job once in line: what it waited for, if it times out
-        verdict: Verdict | None = None  # the plugins' check_response verdict ...
-        checked = False  # ... once asked (before caching a fresh answer)
+        fresh = False  # the completion came from the backend (not the cache)
+        outbound: int | None = None  # the answer's output tokens, once counted
         cache = self.stages.cache
         key = cache.key_for(model.name, request.system_prompt, request.prompt, request.temperature, admitted.max_tokens) if cache else None
         try:
@@ -340,13 +342,11 @@ class BasicRequestHandler:
                         finally:
                             self.in_flight -= 1
                             timings.backend_ms = (time.monotonic() - running) * 1000.0
+                        fresh = True
                         governor = self.stages.resources
                         if governor is not None and governor.metered(model.name):  # before the slot is freed
-                            governor.produced(model.name, outbound_tokens(completion))
-                    if key is not None and self._response_allowed(completion.content):
-                        verdict, checked = await self._check_response(view, completion.content), True
-                        if verdict is None:
-                            await cache.put(key, completion)
+                            outbound = outbound_tokens(completion)
+                            governor.produced(model.name, outbound)
         except TimeoutError:
             if running is None:
                 timings.queued_ms = (time.monotonic() - waiting) * 1000.0
@@ -369,12 +369,16 @@ class BasicRequestHandler:
             raise Refusal(f"backend error: {exc}") from None
         if not self._response_allowed(completion.content):
             raise Refusal("the answer was withheld by this executor's content filter", "content_filtered")
-        if not checked:
-            verdict = await self._check_response(view, completion.content)
-        if verdict is not None:
+        if (verdict := await self._check_response(view, completion.content)) is not None:
             raise Refusal(verdict.reason, verdict.code)
+        if fresh and key is not None:
+            try:
+                await cache.put(key, completion)
+            except Exception as exc:  # the answer is good; only its reuse is lost
+                log.warning("response cache write failed for model %s: %s", model.name, exc)
         inbound = completion.inbound_tokens if completion.inbound_tokens is not None else admitted.prompt_tokens
-        outbound = outbound_tokens(completion)
+        if outbound is None:
+            outbound = outbound_tokens(completion)
         cost = inbound * int(request.inbound_price) + outbound * int(request.outbound_price)
         return Reply(completion.content, inbound, outbound, str(cost), model.name)
 
@@ -436,19 +440,37 @@ class BasicRequestHandler:
             return None
         return await plugins.check_response(view, content)
 
-    def _report(self, build, *args) -> None:
-        """The request's event (`webhooks.request_event` / `malformed_event`, built once) to the
-        webhooks and the plugins' on_request_finished; a fault here is logged, never raised."""
-        if self.stages.webhooks is None and self.stages.plugins is None:
+    def _report(self, event: str, build, *args, **kwargs) -> None:
+        """The request's `event` to the webhooks and the plugins' on_request_finished. Its data
+        (`build(*args, **kwargs)`: `webhooks.request_event` / `malformed_event`) is built only
+        when an endpoint subscribes to `event` or a plugin observes, and then once for both.
+        A fault here is logged, never raised."""
+        webhooks, plugins = self.stages.webhooks, self.stages.plugins
+        to_webhooks = webhooks is not None and webhooks.wants(event)
+        to_plugins = plugins is not None and plugins.observes
+        if not (to_webhooks or to_plugins):
             return
         try:
-            event, data = build(*args)
-            if self.stages.webhooks is not None:
-                self.stages.webhooks.emit(event, data)
-            if self.stages.plugins is not None:
-                self.stages.plugins.request_finished(event, data)
+            event, data = build(*args, **kwargs)
+            if to_webhooks:
+                webhooks.emit(event, data)
+            if to_plugins:
+                plugins.request_finished(event, data)
         except Exception:
             log.exception("could not report the event of a request")
+
+    def _report_malformed(self, peer_id: str, reason: str) -> None:
+        """The `error` event of an undecodable frame, at most one per
+        `malformed_report_interval_secs` for the whole node: junk frames cost a sender
+        nothing, and one per frame would push the real events out of the bounded queues.
+        The event reports how many were held back since the previous one (`suppressed`)."""
+        now = time.monotonic()
+        if now < self._malformed_next_report:
+            self._malformed_held_back += 1
+            return
+        held, self._malformed_held_back = self._malformed_held_back, 0
+        self._malformed_next_report = now + self.malformed_report_interval_secs
+        self._report("error", malformed_event, peer_id, reason, held)
 
     def _response_allowed(self, content: str) -> bool:
         content_filter = self.stages.content_filter
@@ -467,15 +489,18 @@ class BasicRequestHandler:
         reply: Reply,
         timings: Timings,
         status: str = "success",
-    ) -> tuple[bytes, Reply, str]:
-        """Sign the receipt, commit the ledger row, then sign and return the answer (and queue its
-        webhook event: `status` is the refusal's code, or "success"). Also returns the reply and
-        status as sent: a failed ledger write turns an answer into an error, and the metrics
-        must count what the client got, not what the backend produced."""
+        view: RequestView | None = None,
+    ) -> bytes:
+        """Sign the receipt, commit the ledger row, then sign and return the answer; the request's
+        event (webhooks, plugins) and metrics record the reply and `status` (the refusal's code,
+        or "success") as sent: a failed ledger write turns an answer into an error
+        ("ledger_error"), and they count what the client got, not what the backend produced.
+        `view`: the plugins' view of the request, if one was made (its client address and
+        digest are reused for the event)."""
         request = decoded.request
         timestamp = int(time.time())
         receipt = self._receipt(decoded, reply, timestamp) if admitted is not None else None
-        served = admitted.model if admitted is not None else self.resolve(decoded.request.model)
+        served = admitted.model if admitted is not None else self.resolve(request.model)  # only our names label series
         if self.ledger is not None:
             entry = ledger_entry(decoded, ctx, served, reply, receipt, timings)
             try:
@@ -486,12 +511,19 @@ class BasicRequestHandler:
                     reply = Reply.refusal(request.model, "executor could not record the request; it was not served")
                     receipt = self._receipt(decoded, reply, timestamp) if admitted is not None else None
                     status = "ledger_error"
-        self._report(request_event, decoded, ctx, served, reply, receipt, timings, status)
-        answer = _native.encode_signed_response(
+        shared = {"client": view.client, "request_digest": view.request_digest} if view is not None else {}
+        self._report(
+            request_event_name(reply), request_event, decoded, ctx, served, reply, receipt, timings, status, **shared
+        )
+        if self.stages.metrics is not None:
+            self.stages.metrics.request_finished(
+                served.name if served else "unknown", status, timings.total_ms() / 1000.0,
+                reply.inbound_tokens, reply.outbound_tokens, int(reply.total_cost) if reply.error is None else 0,
+            )
+        return _native.encode_signed_response(
             self.key, reply.content, reply.inbound_tokens, reply.outbound_tokens, reply.total_cost,
             reply.model_used, reply.error, timestamp, None, receipt,
         )
-        return answer, reply, status
 
     def _error(self, model: str, reason: str) -> bytes:
         return _native.encode_signed_response(self.key, "", 0, 0, "0", model, reason, int(time.time()))

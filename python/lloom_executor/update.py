@@ -16,8 +16,11 @@ Where updates come from
     `global.index-url`, in that order), else https://pypi.org/simple. The URL is
     the *simple API root*, exactly what `pip --index-url` takes (PyPI:
     https://pypi.org/simple; a private index: https://host/simple or
-    https://user:token@host/simple; credentials are never printed). The index's
-    CA bundle: `PIP_CERT`, else pip's `cert` setting, else the system's.
+    https://user:token@host/simple; credentials are never printed, nor put on
+    pip's command line, which any local user can read: for that reason give a
+    URL with credentials in PIP_INDEX_URL or pip's config, not `--index-url`).
+    The index's CA bundle: `PIP_CERT`, else pip's `cert` setting, else the
+    system's.
 
     We read the standard simple repository API: PEP 691 JSON
     (`application/vnd.pypi.simple.v1+json`), falling back to the PEP 503 HTML
@@ -54,7 +57,8 @@ download
     index published given to pip (`--hash`, so pip itself refuses a file that
     does not match), then checks the file's sha256 again before keeping it.
     find-links and extra index URLs are switched off for that one call, so the
-    file can only come from the index `check` read. Running it again is a no-op
+    file can only come from the index `check` read (given to pip in
+    PIP_INDEX_URL, not as an argument). Running it again is a no-op
     when the wheel is already there and matches.
 
 apply [--backup] [--version X]
@@ -953,13 +957,27 @@ class DownloadResult:
     check: CheckResult
 
 
-def _pip_download_env() -> dict[str, str]:
+def _pip_download_env(index_url: str) -> dict[str, str]:
+    """pip's environment for `download`: the index `check` read, and only it.
+
+    The index URL goes to pip in PIP_INDEX_URL, never on its command line: it may
+    carry credentials (https://user:token@host/simple), and any local user can
+    read a process's arguments (ps, /proc/<pid>/cmdline) but not its environment.
+    """
     env = dict(os.environ)
+    env["PIP_INDEX_URL"] = index_url
     env["PIP_FIND_LINKS"] = ""  # only the index `check` read may supply the file
     env["PIP_EXTRA_INDEX_URL"] = ""
     env.pop("PIP_NO_INDEX", None)
-    env.pop("PIP_INDEX_URL", None)  # --index-url is given explicitly
     return env
+
+
+def _pip_download_args(timeout: float, dest: Path, requirement: Path) -> list[str]:
+    """pip's arguments for `download` (the index comes from `_pip_download_env`, not from here)."""
+    return [
+        "download", "--no-deps", "--only-binary=:all:", "--timeout", str(timeout),
+        "--dest", str(dest), "-r", str(requirement),
+    ]
 
 
 def run_download(index_option: str | None, pre: bool, timeout: float, data_dir: Path, version: str | None, echo: Callable[[str], None]) -> DownloadResult:
@@ -1000,13 +1018,7 @@ def run_download(index_option: str | None, pre: bool, timeout: float, data_dir: 
             )
             dest = tmp_dir / "wheel"
             echo(f"downloading {DIST_NAME} {sel.version} from {redact(result.index_url)} with pip ...")
-            proc = _pip(
-                [
-                    "download", "--no-deps", "--only-binary=:all:", "--index-url", result.index_url, "--timeout", str(timeout),
-                    "--dest", str(dest), "-r", str(requirement),
-                ],
-                env=_pip_download_env(),
-            )
+            proc = _pip(_pip_download_args(timeout, dest, requirement), env=_pip_download_env(result.index_url))
             output = proc.stdout + "\n" + proc.stderr
             if proc.returncode != 0:
                 if "DO NOT MATCH THE HASHES" in output or "do not match the hashes" in output.lower():

@@ -5,8 +5,9 @@ default `["request_completed", "error"]`):
 
   request_completed  a request was answered with content, after its ledger row was committed
   error              a request was answered with a signed error (refused: price, replay, rate
-                     limit, unknown model, backend failure, draining ...; `code` says which), a
-                     malformed frame was answered with an error, or the node hit an operational
+                     limit, unknown model, backend failure, draining ...; `code` says which),
+                     malformed frames were answered with errors (code `malformed`; rate
+                     limited, see below), or the node hit an operational
                      problem worth an alert: model discovery lost the backend (`backend_unreachable`)
   model_loaded       a model became served: each served model when the node starts, then every
                      model `[model_discovery]` adds
@@ -38,6 +39,12 @@ Payload: one event per POST, `Content-Type: application/json` (orjson):
   error data (requests): model (served name or null), requested_model, client,
   peer_id, code (the refusal's label, as in lloom_executor_requests_total's
   `status`), reason (the sentence the client got), request_digest.
+  error data (malformed frames): peer_id, code "malformed", reason (of this frame),
+  suppressed (malformed frames, from any peer, answered but not reported since the
+  previous malformed event), model, requested_model and client null. A junk flood is
+  cheap to send; reporting every frame would push the real events out of the bounded
+  queues, so `serving.py` reports at most one per `serving.MALFORMED_REPORT_INTERVAL_SECS`
+  (10 s) for the whole node, with the count of those it held back.
   error data (operational): code, reason, model and client null.
   model_loaded / model_unloaded data: model, source ("config" at start,
   "discovery" later), context_length, inbound_price_wei, outbound_price_wei.
@@ -46,8 +53,9 @@ Payload: one event per POST, `Content-Type: application/json` (orjson):
   Never: prompts, answers, keys, the auth header.
 
 The request events' data is built by `request_event` / `malformed_event`, once
-per request; `[[plugins]]` with an `on_request_finished` hook get the same data
-(`plugins.py`), with or without [webhooks].
+per request and only when an endpoint subscribes to the event (`Webhooks.wants`)
+or a plugin observes (`PluginHost.observes`); `[[plugins]]` with an
+`on_request_finished` hook get the same data (`plugins.py`), with or without [webhooks].
 
 Headers: `Authorization: <auth_header>` verbatim when configured (never
 logged: log lines name an endpoint as `webhooks.endpoints[i] (scheme://host:port)`,
@@ -81,9 +89,9 @@ old for you (the body is signed, so a replayed POST carries its old timestamp)
 and drop duplicate `id`s (a retry after a lost 2xx sends the same event again).
 
 Delivery: `emit` never blocks and never fails the caller: it appends to one
-bounded queue per endpoint (`queue_size`, default 1000; when full the oldest
-event is dropped and counted: during a long outage the newest events are the
-useful ones). One worker task per endpoint sends its events in order, one at
+bounded queue per endpoint (`event_queue.EventQueue`; `queue_size`, default
+1000; when full the oldest event is dropped and counted: during a long outage
+the newest events are the useful ones). One worker task per endpoint sends its events in order, one at
 a time, with one shared `httpx.AsyncClient` (`timeout_secs` per attempt,
 default 10 s). A 2xx answer is delivery. Connection errors, timeouts, 429 and
 5xx are retried up to `retry_attempts` times (so `retry_attempts + 1` POSTs at
@@ -94,7 +102,12 @@ at most `backoff_max_secs`, then between half and all of it); a `Retry-After`
 the queue that long). Other 4xx (a wrong token, a wrong path) and 3xx are not
 retried: sending the same bytes again cannot succeed, and redirects are not
 followed (a POST redirect may become a GET, or carry the auth header
-elsewhere; configure the final URL). A failed event is counted and the worker
+elsewhere; configure the final URL). A request httpx refuses to send
+(LocalProtocolError) is logged as "invalid request header", without the
+exception's text, which may quote the header, and is not retried; an auth header
+with surrounding whitespace or a control character is not even handed to httpx
+(its debug traces quote it): the config check rejects it at load time, and an
+endpoint built in code with one fails each event the same way. A failed event is counted and the worker
 moves on. HTTP(S) proxies and CA bundles come from the environment
 (HTTPS_PROXY, NO_PROXY, SSL_CERT_FILE), as for any outbound client; nothing
 else (no .netrc).
@@ -116,8 +129,6 @@ asyncio only; `emit` may also be called from another thread once `start()` ran.
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import logging
 import random
 import threading
@@ -133,7 +144,10 @@ import orjson
 
 from . import __version__, _native
 from .backends.openai_compat import parse_retry_after
-from .config.schema import ModelConfig, WebhookEndpoint, WebhooksConfig
+from .config.rules import header_value_problem
+from .config.schema import WEBHOOK_EVENTS, ModelConfig, WebhookEndpoint, WebhooksConfig
+from .event_queue import EventQueue
+from .records import signer
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -142,7 +156,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EVENTS = ("request_completed", "error", "model_loaded", "model_unloaded", "started", "stopped")
+EVENTS = WEBHOOK_EVENTS
 SIGNATURE_HEADER = "X-Lloom-Signature"
 SIGNER_HEADER = "X-Lloom-Signer"
 EVENT_HEADER = "X-Lloom-Event"
@@ -215,13 +229,25 @@ def _hex(value: bytes | None) -> str | None:
 
 def client_address(decoded: _native.DecodedRequest) -> str | None:
     """EIP-55 address of the request's signer; None for an unsigned (or badly signed) request."""
-    if decoded.is_signed and decoded.signature_valid and decoded.signer is not None:
-        return _native.checksum_address(bytes(decoded.signer))
-    return None
+    address = signer(decoded)
+    return _native.checksum_address(address) if address is not None else None
+
+
+def digest_hex(decoded: _native.DecodedRequest) -> str:
+    """0x hex of the signed request's digest: the ledger's key, `request_digest` in events."""
+    return "0x" + bytes(decoded.digest).hex()
 
 
 def _round_ms(value: float | None) -> float | None:
     return round(value, 3) if value is not None else None
+
+
+def request_event_name(reply: Reply) -> str:
+    """The event of an answered request: `request_completed` with content, `error` for a signed error."""
+    return "request_completed" if reply.error is None else "error"
+
+
+_UNKNOWN: Any = object()
 
 
 def request_event(
@@ -232,17 +258,24 @@ def request_event(
     receipt: dict | None,
     timings: Timings,
     code: str,
+    *,
+    client: str | None = _UNKNOWN,
+    request_digest: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """(event name, data) of an answered request: `request_completed` for an answer with content,
     `error` for a signed error answer (`code`: the refusal's label). The one builder of this
-    payload: webhooks send it, plugins' `on_request_finished` receive it (`plugins.py`)."""
+    payload: webhooks send it, plugins' `on_request_finished` receive it (`plugins.py`).
+    `client` and `request_digest`, when the caller has them already (a plugins' RequestView),
+    are not computed again. Build it only when someone receives it (`Webhooks.wants`,
+    `PluginHost.observes`): the request path does not pay for unsent events."""
     request = decoded.request
     data: dict[str, Any] = {
         "model": served.name if served is not None else None,
         "requested_model": request.model,
-        "client": client_address(decoded),
+        "client": client_address(decoded) if client is _UNKNOWN else client,
         "peer_id": ctx.peer_id,
     }
+    request_digest = request_digest or digest_hex(decoded)
     if reply.error is None:
         data.update(
             inbound_tokens=reply.inbound_tokens,
@@ -252,17 +285,22 @@ def request_event(
             queued_ms=_round_ms(timings.queued_ms),
             backend_ms=_round_ms(timings.backend_ms),
             cached=bool(getattr(timings, "cached", False)),
-            request_digest=_hex(decoded.digest),
+            request_digest=request_digest,
             receipt_digest=_hex(receipt["digest"]) if receipt else None,
         )
         return "request_completed", data
-    data.update(code=code, reason=reply.error, request_digest=_hex(decoded.digest))
+    data.update(code=code, reason=reply.error, request_digest=request_digest)
     return "error", data
 
 
-def malformed_event(peer_id: str, reason: str) -> tuple[str, dict[str, Any]]:
-    """(event name, data) of a frame that did not decode (answered with a signed error)."""
-    return "error", {"model": None, "requested_model": None, "client": None, "peer_id": peer_id, "code": "malformed", "reason": reason}
+def malformed_event(peer_id: str, reason: str, suppressed: int = 0) -> tuple[str, dict[str, Any]]:
+    """(event name, data) of a frame that did not decode (answered with a signed error).
+    `suppressed`: malformed frames not reported since the previous such event (the request
+    path reports at most one per `serving.MALFORMED_REPORT_INTERVAL_SECS`)."""
+    return "error", {
+        "model": None, "requested_model": None, "client": None, "peer_id": peer_id, "code": "malformed",
+        "reason": reason, "suppressed": suppressed,
+    }
 
 
 def model_data(model: ModelConfig, source: str) -> dict[str, Any]:
@@ -299,28 +337,23 @@ class EndpointStats:
 
 
 class _Endpoint:
-    def __init__(self, index: int, config: WebhookEndpoint, queue_size: int) -> None:
+    def __init__(self, index: int, config: WebhookEndpoint, queue_size: int, on_drop: Any) -> None:
         self.index = index
         self.config = config
         self.label = str(index)
         self.host = urlsplit(config.url).hostname or ""
         self.where = f"webhooks.endpoints[{index}] ({describe_url(config.url)})"
         self.events = frozenset(config.events)
-        self.queue: collections.deque[_Event] = collections.deque()
-        self.queue_size = queue_size
-        self.current: _Event | None = None  # being delivered (retries included)
-        self.wakeup = asyncio.Event()
-        self.idle = asyncio.Event()
-        self.idle.set()
-        self.task: asyncio.Task | None = None
+        self.queue: EventQueue[_Event] = EventQueue(
+            queue_size, lambda event, first: on_drop(self, event, first), name=f"webhook-{index}"
+        )
+        # an auth header httpx would refuse (the config check rejects it; an endpoint built in
+        # code may carry one): never handed to httpx, whose errors and debug traces quote it
+        problem = header_value_problem(config.auth_header) if config.auth_header else None
+        self.header_problem = f"invalid request header (auth_header {problem})" if problem else None
         self.stats = EndpointStats()
         self.failing = False  # an outage is going on (its first failure was logged)
         self.failed_in_outage = 0
-        self.overflowing = False
-
-    @property
-    def pending(self) -> int:
-        return len(self.queue) + (self.current is not None)
 
 
 class Webhooks:
@@ -355,7 +388,8 @@ class Webhooks:
         self.backoff_base_secs = float(backoff_base_secs)
         self.backoff_max_secs = float(backoff_max_secs)
         self.max_retry_after_secs = float(max_retry_after_secs)
-        self.endpoints = [_Endpoint(i, ep, queue_size) for i, ep in enumerate(endpoints)]
+        self.endpoints = [_Endpoint(i, ep, queue_size, self._dropped) for i, ep in enumerate(endpoints)]
+        self._subscribed = frozenset(name for ep in self.endpoints for name in ep.events)
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -382,7 +416,7 @@ class Webhooks:
             follow_redirects=False,
         )
         for ep in self.endpoints:
-            ep.task = self._loop.create_task(self._work(ep), name=f"webhook-{ep.index}")
+            ep.queue.start(lambda event, ep=ep: self._send(ep, event))
         log.info("webhooks: %s", "; ".join(f"{ep.where}: {', '.join(sorted(ep.events)) or 'no events'}" for ep in self.endpoints))
 
     async def stop(self, flush_timeout_secs: float | None = None) -> int:
@@ -392,22 +426,10 @@ class Webhooks:
             return 0
         self._closed = True
         timeout = self.flush_timeout_secs if flush_timeout_secs is None else flush_timeout_secs
-        running = [ep for ep in self.endpoints if ep.task is not None]
-        if running and any(ep.pending for ep in running):
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    for ep in running:
-                        await ep.idle.wait()
+        deadline = time.monotonic() + timeout  # one flush time for all endpoints (they drain together)
         lost = 0
         for ep in self.endpoints:
-            if ep.task is not None:
-                ep.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await ep.task
-                ep.task = None
-            left = list(ep.queue) + ([ep.current] if ep.current is not None else [])
-            ep.queue.clear()
-            ep.current = None
+            left = await ep.queue.drain(deadline - time.monotonic())
             for event in left:
                 self._count(ep, event, "dropped")
             if left:
@@ -421,6 +443,10 @@ class Webhooks:
         return lost
 
     # -- emitting ----------------------------------------------------------------------
+
+    def wants(self, event: str) -> bool:
+        """Whether `emit(event, ...)` would queue anything: a cheap test before building its data."""
+        return event in self._subscribed and not self._closed
 
     def emit(self, event: str, data: Mapping[str, Any]) -> None:
         """Queue `event` for every endpoint that wants it; never blocks, never raises for
@@ -443,40 +469,16 @@ class Webhooks:
         if self._closed:
             return
         for ep in targets:
-            if len(ep.queue) >= ep.queue_size:
-                oldest = ep.queue.popleft()
-                self._count(ep, oldest, "dropped")
-                if not ep.overflowing:
-                    ep.overflowing = True
-                    log.warning(
-                        "webhooks: %s: queue full (%d events); dropping the oldest until it drains", ep.where, ep.queue_size
-                    )
-            ep.queue.append(item)
-            ep.idle.clear()
-            ep.wakeup.set()
+            ep.queue.put(item)
+
+    def _dropped(self, ep: _Endpoint, event: _Event, first: bool) -> None:
+        self._count(ep, event, "dropped")
+        if first:
+            log.warning(
+                "webhooks: %s: queue full (%d events); dropping the oldest until it drains", ep.where, ep.queue.size
+            )
 
     # -- what the node reports ---------------------------------------------------------
-
-    def request_answered(
-        self,
-        decoded: _native.DecodedRequest,
-        ctx: RequestContext,
-        served: ModelConfig | None,
-        reply: Reply,
-        receipt: dict | None,
-        timings: Timings,
-        code: str,
-    ) -> None:
-        """`request_completed` for an answer with content, `error` for a signed error answer.
-        Called on the request path: it only builds a dict, and a fault here is logged, never raised."""
-        try:
-            self.emit(*request_event(decoded, ctx, served, reply, receipt, timings, code))
-        except Exception:
-            log.exception("webhooks: could not queue the event of a request from %s", ctx.peer_id)
-
-    def malformed_request(self, peer_id: str, reason: str) -> None:
-        """`error` for a frame that did not decode (answered with a signed error)."""
-        self.emit(*malformed_event(peer_id, reason))
 
     def operational_error(self, code: str, reason: str, **extra: Any) -> None:
         self.emit("error", {"model": None, "client": None, "code": code, "reason": reason, **extra})
@@ -501,24 +503,16 @@ class Webhooks:
         if self.metrics is not None:
             self.metrics.webhook_event(ep.label, ep.host, event.name, result)
 
-    async def _work(self, ep: _Endpoint) -> None:
-        while True:
-            if not ep.queue:
-                ep.overflowing = False
-                ep.idle.set()
-                ep.wakeup.clear()
-                await ep.wakeup.wait()
-                continue
-            event = ep.current = ep.queue.popleft()
-            try:
-                delivered = await self._deliver(ep, event)
-            except asyncio.CancelledError:
-                raise  # stop() counts ep.current as given up
-            except Exception:  # a bug must not end the worker and silently stop all delivery
-                log.exception("webhooks: %s: unexpected error delivering %s", ep.where, event.name)
-                delivered = False
-            ep.current = None
-            self._count(ep, event, "delivered" if delivered else "failed")
+    async def _send(self, ep: _Endpoint, event: _Event) -> None:
+        """The endpoint's queue worker: one event, retries included, counted once."""
+        try:
+            delivered = await self._deliver(ep, event)
+        except asyncio.CancelledError:
+            raise  # stop() counts the event being sent as given up
+        except Exception:  # a bug must not end the worker and silently stop all delivery
+            log.exception("webhooks: %s: unexpected error delivering %s", ep.where, event.name)
+            delivered = False
+        self._count(ep, event, "delivered" if delivered else "failed")
 
     async def _deliver(self, ep: _Endpoint, event: _Event) -> bool:
         body, signature = event.encoded(self.executor, self.key)
@@ -533,7 +527,10 @@ class Webhooks:
         attempts = 1 + ep.config.retry_attempts
         for attempt in range(1, attempts + 1):
             headers[ATTEMPT_HEADER] = str(attempt)
-            problem, retryable, retry_after = await self._post(ep.config.url, body, headers)
+            if ep.header_problem is not None:
+                problem, retryable, retry_after = ep.header_problem, False, None
+            else:
+                problem, retryable, retry_after = await self._post(ep.config.url, body, headers)
             if problem is None:
                 if ep.failing:
                     lost = f" ({ep.failed_in_outage} event(s) failed during the outage)" if ep.failed_in_outage else ""
@@ -580,6 +577,11 @@ class Webhooks:
                             break
         except (TimeoutError, httpx.TimeoutException):
             return f"no answer within {self.timeout_secs:g} s", True, None
+        except httpx.LocalProtocolError:
+            # Raised before anything is sent, e.g. for a header value h11 refuses; its text
+            # quotes the value, which may be the auth header: never log it. Sending the same
+            # headers again cannot succeed.
+            return "invalid request header", False, None
         except httpx.TransportError as exc:
             if isinstance(exc, httpx.UnsupportedProtocol):
                 return f"unsupported URL ({exc})", False, None

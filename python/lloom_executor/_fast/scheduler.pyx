@@ -492,6 +492,17 @@ cdef class Scheduler:
             n -= 1
         return 0
 
+    cdef inline Py_ssize_t _cap_for(self, object model) except? -1:
+        """A group of ``model``'s batch size: ``min(max_batch_size, its cap)`` when
+        grouping by model, else ``max_batch_size`` (caps are ints >= 1)."""
+        cdef object cap
+        if self._model_caps is None or not self._by_model:
+            return self._max_batch
+        cap = self._model_caps.get(model)
+        if cap is not None and <Py_ssize_t>cap < self._max_batch:
+            return <Py_ssize_t>cap
+        return self._max_batch
+
     # ------------------------------------------------------------ public
 
     def push(self, item, model, priority=NORMAL, deadline=None, now=None) -> Handle:
@@ -526,11 +537,7 @@ cdef class Scheduler:
             g.key = key
             g.priority = p
             g.live = 0
-            g.cap = self._max_batch
-            if self._model_caps is not None and self._by_model:
-                cap = self._model_caps.get(key)
-                if cap is not None and <Py_ssize_t>cap < g.cap:
-                    g.cap = <Py_ssize_t>cap
+            g.cap = self._cap_for(key)
             groups[key] = g
         h = Handle.__new__(Handle)
         h.item = item
@@ -674,11 +681,7 @@ cdef class Scheduler:
     def batch_size_for(self, model) -> int:
         """The batch size a group of ``model`` gets: ``min(max_batch_size, its cap)``
         when grouping by model, else ``max_batch_size``."""
-        cdef object cap
-        if self._model_caps is None or not self._by_model:
-            return self._max_batch
-        cap = self._model_caps.get(model)
-        return self._max_batch if cap is None or cap >= self._max_batch else cap
+        return self._cap_for(model)
 
     @property
     def batch_timeout_ms(self) -> float:

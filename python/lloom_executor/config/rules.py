@@ -174,8 +174,8 @@ def check_webhooks(config: Config, report: Report) -> None:
             report.error(f"{where}.url", "required")
         elif parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             report.error(f"{where}.url", f"expected an http:// or https:// URL, got {endpoint.url!r}")
-        if endpoint.auth_header is not None and any(c in endpoint.auth_header for c in "\r\n\0"):
-            report.error(f"{where}.auth_header", "must be a single line (no line breaks)")
+        if endpoint.auth_header is not None and (problem := header_value_problem(endpoint.auth_header)):
+            report.error(f"{where}.auth_header", problem)  # never the value: it is a secret
         elif (
             endpoint.auth_header
             and parts.scheme.lower() == "http"
@@ -185,6 +185,20 @@ def check_webhooks(config: Config, report: Report) -> None:
             report.warning(f"{where}.auth_header", f"sent in clear text to {parts.hostname} over http://; use https://")
         if not endpoint.events:
             report.warning(f"{where}.events", "empty: this endpoint receives no events")
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why `value` cannot be sent as an HTTP header value as it is (None: it can). The message
+    never quotes the value. Leading or trailing whitespace (e.g. "Bearer " from an empty
+    ${TOKEN}), control characters and non-ASCII are rejected here, at load time, rather than
+    by the HTTP client at every delivery."""
+    if any(c in value for c in "\r\n\0"):
+        return "must be a single line (no line breaks)"
+    if value != value.strip():
+        return "has leading or trailing whitespace (an empty ${VARIABLE} in it?)"
+    if not (value.isascii() and value.isprintable()):
+        return "contains a control character or a character that is not printable ASCII"
+    return None
 
 
 def _is_loopback(host: str) -> bool:

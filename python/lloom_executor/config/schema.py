@@ -398,12 +398,14 @@ class PluginConfig:
     )
 
 
+WEBHOOK_EVENTS = ("request_completed", "error", "model_loaded", "model_unloaded", "started", "stopped")
+"""Every event a `[[webhooks.endpoints]]` entry may subscribe to (`webhooks.py` describes them)."""
+
+
 @dataclass(frozen=True)
 class WebhookEndpoint:
     url: str = setting("", convert=check_url)
-    events: tuple[str, ...] = setting(
-        ("request_completed", "error"), choices=("request_completed", "error", "model_loaded", "model_unloaded", "started", "stopped")
-    )
+    events: tuple[str, ...] = setting(("request_completed", "error"), choices=WEBHOOK_EVENTS)
     auth_header: str | None = setting(None, secret=True)
     retry_attempts: int = setting(3, minimum=0)
 

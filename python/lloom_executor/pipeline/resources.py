@@ -293,15 +293,10 @@ class ResourceGovernor:
     def _busy(self) -> list[str]:
         return [m for m, n in self._running.items() if n > 0]
 
-    def memory_in_use_gb(self) -> float:
-        """Sum of `memory_gb` over models with at least one backend call in flight."""
-        return sum(self.memory_gb(m) for m in self._busy())
-
-    def gpu_memory_in_use_gb(self) -> float:
-        return sum(self.gpu_memory_gb(m) for m in self._busy())
-
-    def cpu_cores_in_use(self) -> int:
-        return sum(self.cpu_cores(m) for m in self._busy())
+    def in_use(self, need: Callable[[str], float]) -> float:
+        """Sum of `need(model)` (`memory_gb`, `gpu_memory_gb`, `cpu_cores`) over models
+        with at least one backend call in flight."""
+        return sum(need(m) for m in self._busy())
 
     def refusal(self, model: str) -> str | None:
         entry = self.config.per_model.get(model)
@@ -342,32 +337,37 @@ class ResourceGovernor:
             )
         if self._running.get(model, 0) > 0:
             return None  # the model already holds what it needs
-        limit = self.config.max_memory_gb
-        need = self.memory_gb(model)
-        if limit is not None and need:
-            used = self.memory_in_use_gb()
-            if used + need > limit:
-                return (
-                    f"not enough memory for model {model!r}: it needs {need:g} GB and {used:g} of "
-                    f"max_memory_gb {limit:g} GB are in use by {self._holders(self.memory_gb)}"
-                )
-        budget = self.gpu_budget_gb
-        need = self.gpu_memory_gb(model)
-        if budget is not None and need:
-            used = self.gpu_memory_in_use_gb()
+        # (the model's need, the budget it is accounted against (None: not enforced), why it waits)
+        limits: tuple[tuple[Callable[[str], float], float | None, str], ...] = (
+            (
+                self.memory_gb, self.config.max_memory_gb,
+                (
+                    "not enough memory for model {model!r}: it needs {need:g} GB and {used:g} of "
+                    "max_memory_gb {budget:g} GB are in use by {holders}"
+                ),
+            ),
+            (
+                self.gpu_memory_gb, self.gpu_budget_gb,
+                (
+                    "not enough GPU memory for model {model!r}: it needs {need:g} GB (gpu_memory_gb) and "
+                    "{used:g} of {budget:.1f} GB are in use by {holders}"
+                ),
+            ),
+            (
+                self.cpu_cores, self.cpu_total,
+                (
+                    "not enough CPU cores for model {model!r}: it needs {need} (cpu_cores) and {used} "
+                    "of the {budget} this executor may use are in use by {holders}"
+                ),
+            ),
+        )
+        for need_of, budget, sentence in limits:
+            need = need_of(model)
+            if budget is None or not need:
+                continue
+            used = self.in_use(need_of)
             if used + need > budget:
-                return (
-                    f"not enough GPU memory for model {model!r}: it needs {need:g} GB (gpu_memory_gb) and "
-                    f"{used:g} of {budget:.1f} GB are in use by {self._holders(self.gpu_memory_gb)}"
-                )
-        cores = self.cpu_cores(model)
-        if cores:
-            used_cores = self.cpu_cores_in_use()
-            if used_cores + cores > self.cpu_total:
-                return (
-                    f"not enough CPU cores for model {model!r}: it needs {cores} (cpu_cores) and {used_cores} "
-                    f"of the {self.cpu_total} this executor may use are in use by {self._holders(self.cpu_cores)}"
-                )
+                return sentence.format(model=model, need=need, used=used, budget=budget, holders=self._holders(need_of))
         return None
 
     def _holders(self, need: Callable[[str], float]) -> str:
