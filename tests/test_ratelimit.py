@@ -66,6 +66,16 @@ class RefLimiter:
         return Fraction(0)
 
 
+def assert_wait(got: float, expected) -> None:
+    """The limiter's answer against the exact reference: 0 allowed, inf never, else the wait."""
+    if expected == 0:
+        assert got == 0.0
+    elif expected == math.inf:
+        assert got == math.inf
+    else:
+        assert got == pytest.approx(float(expected), rel=1e-9, abs=1e-6)
+
+
 # ------------------------------------------------------------------ refill
 
 @SETTINGS
@@ -178,12 +188,7 @@ def test_matches_reference_and_retry_after_is_exact(rpm, tpm, burst, ops) -> Non
         peek = lim.retry_after(key, requests=req, tokens=tok, now=float(now))
         got = lim.try_acquire(key, requests=req, tokens=tok, now=float(now))
         assert peek == got or peek == pytest.approx(got)
-        if expected == 0:
-            assert got == 0.0
-        elif expected == math.inf:
-            assert got == math.inf
-        else:
-            assert got == pytest.approx(float(expected), rel=1e-9, abs=1e-6)
+        assert_wait(got, expected)
     # A refusal's wait is exact: acquiring at now + wait succeeds.
     key, _, req, tok = ops[-1]
     tok = tok if tpm else 0
@@ -724,12 +729,7 @@ def test_matches_model_with_evictions(rpm, tpm, burst, max_keys, ops) -> None:
                 ref._bucket(key, now)  # any call on a held key refills it, even a hopeless one
             expected = ref.acquire(key, req, tok, now)
             got = lim.try_acquire(key, req, tok, float(now))
-            if expected == 0:
-                assert got == 0.0
-            elif expected == math.inf:
-                assert got == math.inf
-            else:
-                assert got == pytest.approx(float(expected), rel=1e-9, abs=1e-6)
+            assert_wait(got, expected)
         assert {k for k in "abcdefg" if k in lim} == set(model.meta)
         assert len(lim) == len(model.meta) <= max_keys
 
