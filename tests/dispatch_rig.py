@@ -104,7 +104,7 @@ def build(
         scheduler = Scheduler(batch[0], batch[1], True, queue_sizes, clock=clock)
         dispatcher = Dispatcher(
             scheduler, max_concurrent, priority_multiplier=priority, resources=resources,
-            on_sizes=metrics.set_queue_sizes, clock=clock,
+            on_sizes=metrics.set_queue_sizes, on_throttled=metrics.set_throttled, clock=clock,
         )
     stages = PipelineStages(
         replay=ReplayGuard(),

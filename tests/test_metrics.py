@@ -165,6 +165,23 @@ def test_manual_names_and_labels_over_http(served) -> None:
     assert openmetrics.text.endswith("# EOF\n")
 
 
+def test_throttled_requests_gauge() -> None:
+    """Absent until a model was throttled; then one series per model, staying at 0 when its
+    requests are gone; at most max_models models."""
+    metrics = Metrics(gpus=NoGpus(), max_models=2)
+    assert "lloom_executor_throttled_requests" not in scrape(metrics)
+    metrics.set_throttled({"a": 3, "b": 1})
+    text = scrape(metrics)
+    assert "# TYPE lloom_executor_throttled_requests gauge" in text
+    assert (value(text, "lloom_executor_throttled_requests", model="a"),
+            value(text, "lloom_executor_throttled_requests", model="b")) == (3, 1)
+    metrics.set_throttled({"b": 2, "c": 5})  # a has none now; c is over max_models
+    text = scrape(metrics)
+    assert (value(text, "lloom_executor_throttled_requests", model="a"),
+            value(text, "lloom_executor_throttled_requests", model="b")) == (0, 2)
+    assert 'model="c"' not in text
+
+
 def test_memory_is_this_process_rss(served) -> None:
     _, url = served
     exposed = value(httpx.get(url, trust_env=False).text, "lloom_executor_memory_usage_bytes")

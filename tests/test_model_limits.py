@@ -107,6 +107,14 @@ def error_of(raw: bytes) -> str | None:
     return answer(raw).error
 
 
+def throttled_gauge(h) -> dict[str, float]:
+    """lloom_executor_throttled_requests by model, as the handler's metrics export it."""
+    return {
+        s.labels["model"]: s.value
+        for m in h.stages.metrics.collect() if m.name == "lloom_executor_throttled_requests" for s in m.samples
+    }
+
+
 # ================================================================ max_tokens_per_second
 
 
@@ -165,9 +173,11 @@ def test_a_throttled_model_does_not_hold_up_other_models() -> None:
         await until(lambda: d.throttled == 3, "three throttled")
         b = answer(await h(frame("b", "b:5"), CTX))
         during = (backend.prompts(), d.throttled, d.held, d.throttled_by_model(), h.stages.resources.throttled())
+        gauge_during = throttled_gauge(h)
         clock.now += 99  # a's debt is paid
         d.pump()
         rest = [answer(raw) for raw in await asyncio.gather(*waiting)]
+        gauge_after, reserved_after = throttled_gauge(h), d.scheduler.reserved("normal")
         return locals()
 
     r = asyncio.run(scenario())
@@ -175,6 +185,7 @@ def test_a_throttled_model_does_not_hold_up_other_models() -> None:
     prompts, throttled, held, by_model, over = r["during"]
     assert prompts == ["a1:100", "b:5"] and throttled == 3 and held == 0
     assert by_model == {"a": 3} and over == {"a": 99.0}
+    assert r["gauge_during"] == {"a": 3} and r["gauge_after"] == {"a": 0} and r["reserved_after"] == 0
     assert all(a.error is None for a in r["rest"])
     assert r["backend"].prompts()[2:] == ["a2:0", "a3:0", "a4:0"]  # FIFO once released
 
@@ -263,6 +274,28 @@ def test_throttled_requests_count_against_the_queue_size(waiting: int, refused: 
     else:
         assert r["extra"].error is None
     assert all(a.error is None for a in r["rest"])
+
+
+def test_a_throttled_request_past_its_deadline_makes_room() -> None:
+    """normal queue size 1, taken by a throttled request whose deadline has passed (no pump since):
+    the next request is accepted and the late one answered, as the scheduler does for queued ones."""
+
+    async def scenario() -> dict[str, Any]:
+        clock = Clock()
+        backend = Tokens(clock)
+        served = models("a", max_tokens_per_second=1) + models("b")
+        h = build(backend, served=served, clock=clock, queue_sizes={"normal": 1}, resources=gov(served, clock=clock))
+        d = h.stages.dispatcher
+        await h(frame("a", "a1:100"), CTX)
+        late = asyncio.create_task(h(frame("a", "late:1", deadline_in=5), CTX))
+        await until(lambda: d.throttled == 1)
+        clock.now += 6
+        b = answer(await h(frame("b", "b:0"), CTX))
+        return {"late": answer(await late), "b": b, "left": (d.throttled, d.scheduler.reserved("normal"))}
+
+    r = asyncio.run(scenario())
+    assert r["b"].error is None and r["left"] == (0, 0)
+    assert r["late"].error.startswith("expired while queued: the request's deadline passed after 6.0 s in the queue ")
 
 
 def test_throttled_without_a_queue_is_refused() -> None:

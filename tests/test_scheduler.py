@@ -373,6 +373,32 @@ def test_default_capacities_and_message() -> None:
         sched.push(200, "m", "normal", now=0.0)
 
 
+def test_reserved_places_count_against_the_capacity() -> None:
+    """A popped entry that waits outside the queue (the dispatcher's throttled requests) keeps
+    its place: one capacity check covers both, and sizes() counts queued entries only."""
+    sched = Scheduler(queue_sizes={"normal": 3, "high": 1}, max_batch_size=1, batch_timeout_ms=0)
+    for item in ("a", "b"):
+        sched.push(item, "m", now=0.0)
+    assert sched.pop_batch(now=0.0) == ("m", ["a"])
+    sched.reserve("normal")  # "a" waits outside, still counted
+    sched.push("c", "m", deadline=1.0, now=0.0)
+    assert (sched.size("normal"), sched.reserved("normal"), len(sched)) == (2, 1, 2)
+    assert sched.sizes() == {"high": 0, "normal": 2, "low": 0}
+    with pytest.raises(QueueFull) as info:
+        sched.push("d", "m", now=0.5)
+    assert str(info.value) == "normal queue full (3/3: 1 waiting for their model's max_tokens_per_second)"
+    assert (info.value.size, info.value.capacity, info.value.reserved) == (3, 3, 1)
+    sched.push("d", "m", now=1.0)  # "c" expired: its place is reused, as without reservations
+    sched.push("h", "m", "high", now=1.0)  # other priorities are independent
+    with pytest.raises(QueueFull, match=r"^normal queue full \(3/3: 1 waiting"):
+        sched.push("e", "m", now=1.0)
+    sched.release("normal")
+    assert sched.reserved("normal") == 0
+    sched.push("e", "m", now=1.0)
+    with pytest.raises(ValueError, match="no place reserved in the normal queue"):
+        sched.release("normal")
+
+
 def test_capacity_is_freed_by_dispatch_cancel_and_expiry() -> None:
     sched = Scheduler(queue_sizes={"normal": 2}, max_batch_size=1, batch_timeout_ms=0)
     h = sched.push("a", "m", now=0.0)

@@ -9,6 +9,10 @@ Exposed families (names and labels as in the manual's "Monitoring > Prometheus M
                                                               (aggregatable across executors,
                                                               which quantiles are not)
   lloom_executor_queue_size{priority}                         gauge ("high", "normal")
+  lloom_executor_throttled_requests{model}                    gauge: requests waiting for their model's
+                                                              max_tokens_per_second (popped from the
+                                                              queues, so not in queue_size; a model's
+                                                              series stays, at 0, once it had one)
   lloom_executor_tokens_processed_total{model,type}           counter, type inbound|outbound
   lloom_executor_tokens_per_second{model}                     gauge: outbound tokens finished in
                                                               the last `rate_window_secs` / that window
@@ -29,7 +33,8 @@ Exposed families (names and labels as in the manual's "Monitoring > Prometheus M
   lloom_executor_plugin_errors_total{plugin,hook,kind}        counter, kind exception|timeout|bad_result|dropped
                                                               (`plugins.py`)
 
-Families appear once they have a sample (webhooks and plugins only when configured).
+Families appear once they have a sample (webhooks and plugins only when configured,
+throttled_requests once a model with max_tokens_per_second has had a throttled request).
 
 Custom metrics (the manual's "Custom Metrics"): `register_counter`,
 `register_gauge` and `register_histogram` define process-wide families that
@@ -114,6 +119,7 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "request_duration_seconds": "summary",
     "request_duration_histogram_seconds": "histogram",
     "queue_size": "gauge",
+    "throttled_requests": "gauge",
     "tokens_processed": "counter",
     "tokens_per_second": "gauge",
     "revenue": "counter",
@@ -262,6 +268,7 @@ class Metrics:
         self._models: dict[str, _ModelStats] = {}
         self._requests: collections.Counter[tuple[str, str]] = collections.Counter()
         self._queue: dict[str, int] = {"high": 0, "normal": 0}
+        self._throttled: dict[str, int] = {}
         self._load_time: dict[str, float] = {}
         self._peers = 0
         self._rate_limited: collections.Counter[str] = collections.Counter()
@@ -321,6 +328,17 @@ class Metrics:
         with self._lock:
             self._queue.update({str(k): int(v) for k, v in sizes.items()})
 
+    def set_throttled(self, by_model: Mapping[str, int]) -> None:
+        """Requests waiting for their model's max_tokens_per_second, by model (all of them: models
+        not given have none). A model keeps its series at 0 rather than vanishing, so a dashboard
+        sees the throttling end; at most `max_models` models (they are configured ones)."""
+        with self._lock:
+            for model in self._throttled:
+                self._throttled[model] = 0
+            for model, n in by_model.items():
+                if model in self._throttled or len(self._throttled) < self.max_models:
+                    self._throttled[str(model)] = int(n)
+
     def set_peers(self, n: int) -> None:
         with self._lock:
             self._peers = int(n)
@@ -378,6 +396,7 @@ class Metrics:
         summary = family("request_duration_seconds", "Request duration end to end (quantiles over a sliding window).", "summary")
         histogram = family("request_duration_histogram_seconds", "Request duration end to end.", "histogram")
         queue = family("queue_size", "Requests waiting, by priority.", "gauge")
+        throttled = family("throttled_requests", "Requests waiting for their model's max_tokens_per_second.", "gauge")
         tokens = family("tokens_processed", "Tokens processed, by model and type (inbound/outbound).", "counter")
         tps = family("tokens_per_second", f"Outbound tokens per second over the last {self.rate_window_secs:g} s.", "gauge")
         revenue = family("revenue", "Revenue charged, in ETH (exact wei kept internally).", "counter")
@@ -412,6 +431,8 @@ class Metrics:
                     per_request.add_sample(per_request.name, labels, stats.revenue_wei / (stats.successes * WEI_PER_ETH))
             for priority, size in sorted(self._queue.items()):
                 queue.add_sample(queue.name, {"priority": priority}, size)
+            for model, n in sorted(self._throttled.items()):
+                throttled.add_sample(throttled.name, {"model": model}, n)
             revenue.add_sample(revenue.name + "_total", {"currency": "ETH"}, self.revenue_wei / WEI_PER_ETH)
             for model, seconds in sorted(self._load_time.items()):
                 load_time.add_sample(load_time.name, {"model": model}, seconds)
@@ -431,7 +452,8 @@ class Metrics:
                 plugin_errors.add_sample(plugin_errors.name + "_total", {"plugin": plugin, "hook": hook, "kind": kind}, n)
 
         memory.add_sample(memory.name, {}, _process_rss())
-        out = [requests, summary, histogram, queue, tokens, tps, revenue, per_request]
+        out = [requests, summary, histogram, queue] + ([throttled] if throttled.samples else [])
+        out += [tokens, tps, revenue, per_request]
         if self.gpus.available:
             gpu = family("gpu_utilization_percent", "GPU utilisation by device (NVML).", "gauge")
             for device, percent in self.gpus.sample().items():

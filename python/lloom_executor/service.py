@@ -70,7 +70,9 @@ def stages_from_config(config: Config, handler_load, market) -> PipelineStages:
         content_filter=ContentFilter(config.content_filter) if config.content_filter.enabled else None,
         cache=build_cache(config.cache) if config.cache.enabled else None,
         metrics=metrics,
-        dispatcher=dispatcher_from_config(config, resources=resources, on_sizes=metrics.set_queue_sizes),
+        dispatcher=dispatcher_from_config(
+            config, resources=resources, on_sizes=metrics.set_queue_sizes, on_throttled=metrics.set_throttled
+        ),
         resources=resources,
     )
 

@@ -14,6 +14,16 @@ Semantics
   (``queue_sizes``); a push into a full queue raises :class:`QueueFull` whose
   message names the queue and its fill, e.g. ``"normal queue full
   (200/200)"``.  Capacity 0 disables a priority.
+* Reservations: ``reserve(priority)`` keeps a place in a queue for an entry
+  that has left it but must still count against its size -- the dispatcher's
+  requests that were popped and then wait for their model's
+  ``max_tokens_per_second``.  They cannot run yet, so they wait outside the
+  queue (one throttled model must not stall the batches of the others), yet
+  without their places the queues would no longer bound what waits.  ``push``
+  counts them in its capacity check, so one check refuses for both: ``"normal
+  queue full (200/200: 12 waiting for their model's max_tokens_per_second)"``.
+  ``release(priority)`` gives the place back.  ``size``, ``sizes`` and
+  ``len`` count queued entries only; ``reserved(priority)`` the others.
 * Groups: entries are grouped per (priority, model) when ``group_by_model`` is
   true, per priority alone otherwise (batches then mix models and carry
   ``model=None``).
@@ -105,13 +115,16 @@ class SchedulerRefusal(Exception):
 
 
 class QueueFull(SchedulerRefusal):
-    """The target priority queue is at capacity (``priority``, ``size``, ``capacity``)."""
+    """The target priority queue is at capacity: ``size`` (queued and reserved
+    entries) of ``capacity``, ``reserved`` of them waiting outside the queue."""
 
-    def __init__(self, priority, size, capacity):
-        super().__init__(f"{priority} queue full ({size}/{capacity})")
+    def __init__(self, priority, size, capacity, reserved=0):
+        why = f": {reserved} waiting for their model's max_tokens_per_second" if reserved else ""
+        super().__init__(f"{priority} queue full ({size}/{capacity}{why})")
         self.priority = priority
         self.size = size
         self.capacity = capacity
+        self.reserved = reserved
 
 
 class DeadlinePassed(SchedulerRefusal):
@@ -318,6 +331,7 @@ cdef class Scheduler:
     cdef object _clock
     cdef Py_ssize_t _live[3]
     cdef Py_ssize_t _cap[3]
+    cdef Py_ssize_t _reserved[3]  # places kept for entries waiting outside (``reserve``)
     cdef list _groups          # [dict key -> _Group] per priority
     cdef list _fifos           # [_Fifo] per priority, arrival order
     cdef list _full            # [heap of full-group heads] per priority
@@ -365,6 +379,7 @@ cdef class Scheduler:
         for p in range(3):
             self._live[p] = 0
             self._cap[p] = sizes[PRIORITY_NAMES[p]]
+            self._reserved[p] = 0
         self._groups = [{}, {}, {}]
         self._fifos = [_Fifo(), _Fifo(), _Fifo()]
         self._full = [[], [], []]
@@ -509,9 +524,9 @@ cdef class Scheduler:
         """Queue ``item`` for ``model``; returns a :class:`Handle` for ``remove``.
 
         ``deadline`` is monotonic seconds (``None`` = none).  Raises
-        :class:`QueueFull` when the priority's queue is at capacity (after
-        first moving out any expired entries) and :class:`DeadlinePassed`
-        when ``deadline <= now``.
+        :class:`QueueFull` when the priority's queued and reserved entries
+        reach its capacity (after first moving out any expired queued
+        entries) and :class:`DeadlinePassed` when ``deadline <= now``.
         """
         cdef int p = _priority(priority)
         cdef double t = self._now(now)
@@ -525,10 +540,11 @@ cdef class Scheduler:
                 raise ValueError("deadline must not be NaN")
             if dl <= t:
                 raise DeadlinePassed(deadline, t)
-        if self._live[p] >= self._cap[p]:
+        if self._live[p] + self._reserved[p] >= self._cap[p]:
             self._sweep(t)
-            if self._live[p] >= self._cap[p]:
-                raise QueueFull(PRIORITY_NAMES[p], self._live[p], self._cap[p])
+            if self._live[p] + self._reserved[p] >= self._cap[p]:
+                raise QueueFull(PRIORITY_NAMES[p], self._live[p] + self._reserved[p], self._cap[p],
+                                self._reserved[p])
         key = model if self._by_model else None
         groups = <dict>self._groups[p]
         g = <_Group>groups.get(key)
@@ -653,12 +669,31 @@ cdef class Scheduler:
         return True
 
     def size(self, priority) -> int:
-        """Queued entries of one priority (expired ones not yet swept included)."""
+        """Queued entries of one priority (expired ones not yet swept included;
+        reserved places not)."""
         return self._live[_priority(priority)]
 
     def sizes(self) -> dict:
-        """``{"high": n, "normal": n, "low": n}`` for the queue-size metric."""
+        """``{"high": n, "normal": n, "low": n}`` queued entries (reserved places
+        not included) for the queue-size metric."""
         return {"high": self._live[2], "normal": self._live[1], "low": self._live[0]}
+
+    def reserve(self, priority) -> None:
+        """Keep a place in ``priority``'s queue for an entry waiting outside it
+        (module docstring, Reservations); O(1), never refused: the entry held a
+        place when it was popped."""
+        self._reserved[_priority(priority)] += 1
+
+    def release(self, priority) -> None:
+        """Give back a place kept by :meth:`reserve`; O(1)."""
+        cdef int p = _priority(priority)
+        if self._reserved[p] == 0:
+            raise ValueError(f"no place reserved in the {PRIORITY_NAMES[p]} queue")
+        self._reserved[p] -= 1
+
+    def reserved(self, priority) -> int:
+        """Places kept by :meth:`reserve` in one priority's queue."""
+        return self._reserved[_priority(priority)]
 
     def capacity(self, priority) -> int:
         return self._cap[_priority(priority)]

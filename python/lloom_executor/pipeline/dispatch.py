@@ -17,14 +17,16 @@ How a request moves (`Dispatcher.slot`, used by the serving path):
    then it is *held* (still counted, still expiring). New batches are not
    popped while the process CPU is above `max_cpu_percent`.
 4. A popped request whose model is over its `max_tokens_per_second` is
-   *throttled* instead: it waits in its model's own line (by priority, then
-   FIFO) until the model's token bucket is out of debt, then goes to the front
-   of the held requests. Throttled requests do not count against
+   *throttled* instead: it waits aside until the model's token bucket is out of
+   debt, then goes to the front of the held requests (high priority first, FIFO
+   within one). Throttled requests do not count against
    `max_concurrent_requests` when popping (they could not use a slot, and
    counting them would let one throttled model stall every other model behind
-   it); they do count against their priority's queue size, so the queues stay
-   bounded ("normal queue full (200/200: 12 waiting for their model's
-   max_tokens_per_second)").
+   it); they keep their place in their priority's queue (the scheduler's
+   `reserve`), so the queues stay bounded and the scheduler's one capacity
+   check refuses ("normal queue full (200/200: 12 waiting for their model's
+   max_tokens_per_second)"). Like the held requests they are a plain list,
+   scanned on each pump: the queue sizes bound it.
 5. A request whose deadline passes while queued, held or throttled is answered
    with a signed error ("expired while queued ...", with what it was waiting
    for when it was held or throttled), never dropped; the serving path's
@@ -50,11 +52,10 @@ for. Without `[priority]` every request is normal and its queue size applies.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import logging
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -63,7 +64,6 @@ from .._fast.scheduler import (
     HIGH,
     LOW,
     NORMAL,
-    PRIORITY_NAMES,
     DeadlinePassed,
     Handle,
     QueueFull,
@@ -124,7 +124,9 @@ class Dispatcher:
     """The queue between admission and the backend; one per executor, on its event loop.
 
     `clock` is monotonic seconds (the scheduler's clock too): tests inject one
-    and call `pump()` after moving it, instead of sleeping.
+    and call `pump()` after moving it, instead of sleeping. `on_sizes` gets the
+    queue sizes and `on_throttled` the throttled requests by model whenever
+    they change (the metrics' gauges).
     """
 
     def __init__(
@@ -135,6 +137,7 @@ class Dispatcher:
         priority_multiplier: float | None = None,
         resources: ResourceGovernor | None = None,
         on_sizes: Callable[[Mapping[str, int]], None] | None = None,
+        on_throttled: Callable[[Mapping[str, int]], None] | None = None,
         clock: Callable[[], float] = monotonic,
     ) -> None:
         self.scheduler = scheduler
@@ -142,17 +145,15 @@ class Dispatcher:
         self.priority_multiplier = priority_multiplier  # None: [priority] off, all normal
         self.resources = resources
         self._on_sizes = on_sizes
+        self._on_throttled = on_throttled
         self.clock = clock
         self._counts = _Counts()
         self._held: deque[Job] = deque()
-        # throttled jobs: model -> one FIFO per priority (index LOW..HIGH); dead entries dropped lazily
-        self._throttled: dict[str, tuple[deque[Job], deque[Job], deque[Job]]] = {}
-        self._throttled_n = [0, 0, 0]  # live throttled jobs per priority
-        self._throttled_deadlines: list[tuple[float, int, Job]] = []  # heap, lazy
-        self._seq = itertools.count()
+        self._throttled: list[Job] = []  # each keeps its place in its queue (scheduler.reserve)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._last_sizes: dict[str, int] | None = None
+        self._last_throttled: dict[str, int] = {}
         self.recent_batches: deque[tuple[str | None, int]] = deque(maxlen=RECENT_BATCHES)
         self.batches = 0
 
@@ -224,34 +225,15 @@ class Dispatcher:
         try:
             job.handle = self.scheduler.push(job, model, priority, deadline, now)
         except QueueFull as exc:
+            # throttled requests past their deadline make room first, as the scheduler's queued ones do
+            if exc.reserved and self._expire_throttled(now):
+                return self._enqueue(model, priority, deadline, limit)
             log.info("refused: %s", exc.reason)
             raise NotDispatched(f"{exc.reason}; try again later", "queue_full") from None
         except DeadlinePassed:
             raise NotDispatched("expired while queued: the request's deadline has passed", "expired") from None
-        self._check_room(job, now)
         self.pump()
         return job
-
-    def _check_room(self, job: Job, now: float) -> None:
-        """Throttled jobs left the scheduler but still count against their priority's queue size."""
-        p = job.handle.priority
-        if not self._throttled_n[p]:
-            return
-        capacity = self.scheduler.capacity(p)
-        if self.scheduler.size(p) + self._throttled_n[p] <= capacity:
-            return
-        self._expire_due(now)  # what is due makes room first, as the scheduler's own check does
-        waiting = self._throttled_n[p]
-        if self.scheduler.size(p) + waiting <= capacity:
-            return
-        self.scheduler.remove(job.handle)
-        job.state = WITHDRAWN
-        reason = (
-            f"{PRIORITY_NAMES[p]} queue full ({capacity}/{capacity}: {waiting} waiting for their model's "
-            "max_tokens_per_second)"
-        )
-        log.info("refused: %s", reason)
-        raise NotDispatched(f"{reason}; try again later", "queue_full")
 
     def _withdraw(self, job: Job) -> None:
         if job.state == QUEUED and job.handle is not None:
@@ -259,7 +241,8 @@ class Dispatcher:
         elif job.state == HELD:
             self._held.remove(job)
         elif job.state == THROTTLED:
-            self._throttled_n[job.handle.priority] -= 1  # its line drops it lazily
+            self._throttled.remove(job)
+            self.scheduler.release(job.handle.priority)
         job.state = WITHDRAWN
         self.pump()
 
@@ -292,16 +275,11 @@ class Dispatcher:
     @property
     def throttled(self) -> int:
         """Popped requests that wait for their model's max_tokens_per_second."""
-        return sum(self._throttled_n)
+        return len(self._throttled)
 
     def throttled_by_model(self) -> dict[str, int]:
         """{model: its throttled requests}, for models that have some."""
-        out = {}
-        for model, lines in self._throttled.items():
-            n = sum(1 for line in lines for job in line if job.state == THROTTLED)
-            if n:
-                out[model] = n
-        return out
+        return dict(Counter(job.model for job in self._throttled))
 
     def sizes(self) -> dict[str, int]:
         return self.scheduler.sizes()
@@ -309,16 +287,14 @@ class Dispatcher:
     def pump(self) -> None:
         """Expire, start and pop what the clock and the free slots allow; then set the timer."""
         now = self.clock()
-        self._expire_due(now)
+        for job in self.scheduler.pop_expired(now):
+            self._expire(job)
         if self._throttled:
-            self._release_throttled()
+            self._release_throttled(now)
         if self._held:
             waiting, self._held = self._held, deque()
-            for job in waiting:
-                if job.deadline <= now:
-                    self._expire(job)
-                else:
-                    self._place(job, now)
+            for job in self._unexpired(waiting, now):
+                self._place(job, now)
         cpu_blocked = False
         while self._counts.running + len(self._held) < self.max_concurrent_requests:
             if self.resources is not None and self.scheduler and self.resources.cpu_busy():
@@ -333,7 +309,7 @@ class Dispatcher:
             log.debug("batch %d: %d request(s) for %s", self.batches, len(jobs), model)
             for job in jobs:
                 self._place(job, now)
-        self._publish_sizes()
+        self._publish()
         self._arm_timer(now, cpu_blocked)
 
     def _wait_reason(self, job: Job) -> str | None:
@@ -360,41 +336,39 @@ class Dispatcher:
 
     def _throttle(self, job: Job) -> None:
         job.state = THROTTLED
-        p = job.handle.priority
-        lines = self._throttled.get(job.model)
-        if lines is None:
-            lines = self._throttled[job.model] = (deque(), deque(), deque())
-        lines[p].append(job)
-        self._throttled_n[p] += 1
-        if job.deadline != float("inf"):
-            heap = self._throttled_deadlines
-            heapq.heappush(heap, (job.deadline, next(self._seq), job))
-            if len(heap) > 2 * sum(self._throttled_n) + 64:  # started/withdrawn ones pile up: rebuild
-                self._throttled_deadlines = [e for e in heap if e[2].state == THROTTLED]
-                heapq.heapify(self._throttled_deadlines)
+        self._throttled.append(job)
+        self.scheduler.reserve(job.handle.priority)  # it just left its queue: the place it had
 
-    def _release_throttled(self) -> None:
-        """Models whose token rate allows a start again: their jobs go to the front of the held
-        line, high priority first, FIFO within one (they were popped before anything held now)."""
-        ready = [m for m in self._throttled if self.resources is None or self.resources.ready_in(m) <= 0]
-        for model in ready:
-            lines = self._throttled.pop(model)
-            jobs = [job for line in reversed(lines) for job in line if job.state == THROTTLED]
-            for job in jobs:
-                self._throttled_n[job.handle.priority] -= 1
-                job.state = HELD
-            self._held.extendleft(reversed(jobs))
+    def _release_throttled(self, now: float) -> None:
+        """Jobs whose model's token rate allows a start again go to the front of the held line,
+        high priority first, FIFO within one (they were popped before anything held now)."""
+        waiting = self._unexpired(self._throttled, now)
+        ready_models = {m for m in {job.model for job in waiting} if self.resources.ready_in(m) <= 0}
+        self._throttled = [job for job in waiting if job.model not in ready_models]
+        if not ready_models:
+            return
+        ready = sorted((job for job in waiting if job.model in ready_models),
+                       key=lambda job: (-job.handle.priority, job.handle.seq))
+        for job in ready:
+            self.scheduler.release(job.handle.priority)
+            job.state = HELD
+        self._held.extendleft(reversed(ready))
 
-    def _expire_due(self, now: float) -> None:
-        """Expire queued jobs (the scheduler's report) and throttled jobs whose deadline passed."""
-        for job in self.scheduler.pop_expired(now):
-            self._expire(job)
-        heap = self._throttled_deadlines
-        while heap and heap[0][0] <= now:
-            job = heapq.heappop(heap)[2]
-            if job.state == THROTTLED:
-                self._throttled_n[job.handle.priority] -= 1  # its line drops it lazily
+    def _expire_throttled(self, now: float) -> bool:
+        """Expire the throttled jobs whose deadline passed; whether there were any."""
+        before = len(self._throttled)
+        self._throttled = self._unexpired(self._throttled, now)
+        return len(self._throttled) < before
+
+    def _unexpired(self, jobs: Iterable[Job], now: float) -> list[Job]:
+        """`jobs` (held or throttled) less those whose deadline passed, which are answered."""
+        keep = []
+        for job in jobs:
+            if job.deadline <= now:
                 self._expire(job)
+            else:
+                keep.append(job)
+        return keep
 
     def _start(self, job: Job, now: float) -> None:
         if job.granted.done():  # the waiter is gone (cancelled): nothing to start
@@ -410,6 +384,8 @@ class Dispatcher:
         job.granted.set_result(None)
 
     def _expire(self, job: Job) -> None:
+        if job.state == THROTTLED:
+            self.scheduler.release(job.handle.priority)
         job.state = EXPIRED
         if not job.granted.done():
             waited = self.clock() - job.enqueued_at
@@ -419,13 +395,18 @@ class Dispatcher:
                 "expired",
             ))
 
-    def _publish_sizes(self) -> None:
-        if self._on_sizes is None:
-            return
-        sizes = self.scheduler.sizes()
-        if sizes != self._last_sizes:
-            self._last_sizes = sizes
-            self._on_sizes(sizes)
+    def _publish(self) -> None:
+        """Queue sizes and throttled requests to the metrics, when they changed."""
+        if self._on_sizes is not None:
+            sizes = self.scheduler.sizes()
+            if sizes != self._last_sizes:
+                self._last_sizes = sizes
+                self._on_sizes(sizes)
+        if self._on_throttled is not None and (self._throttled or self._last_throttled):
+            by_model = self.throttled_by_model()
+            if by_model != self._last_throttled:
+                self._last_throttled = by_model
+                self._on_throttled(by_model)
 
     def _arm_timer(self, now: float, cpu_blocked: bool) -> None:
         """One loop timer for the next moment something can change without an event."""
@@ -437,14 +418,11 @@ class Dispatcher:
             waits.append(ready)
         if (expiry := self.scheduler.next_expiry_in(now)) is not None:
             waits.append(expiry)
-        for job in self._held:
+        for job in itertools.chain(self._held, self._throttled):
             if job.deadline != float("inf"):
                 waits.append(job.deadline - now)
         if self._throttled:
-            if self._throttled_deadlines:
-                waits.append(self._throttled_deadlines[0][0] - now)
-            if self.resources is not None:
-                waits.extend(self.resources.ready_in(m) for m in self._throttled)
+            waits.extend(self.resources.ready_in(m) for m in {job.model for job in self._throttled})
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -479,6 +457,7 @@ def dispatcher_from_config(
     *,
     resources: ResourceGovernor | None = None,
     on_sizes: Callable[[Mapping[str, int]], None] | None = None,
+    on_throttled: Callable[[Mapping[str, int]], None] | None = None,
 ) -> Dispatcher | None:
     """A dispatcher when [priority] or [batching] is enabled; None keeps the direct path."""
     if not (config.priority.enabled or config.batching.enabled):
@@ -489,4 +468,5 @@ def dispatcher_from_config(
         priority_multiplier=config.priority.high_priority_price_multiplier if config.priority.enabled else None,
         resources=resources,
         on_sizes=on_sizes,
+        on_throttled=on_throttled,
     )
