@@ -14,6 +14,7 @@ Groups:
 
 Run: PYTHONPATH=python pytest benches/bench_codec.py --benchmark-only -q
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,6 @@ from eth_hash.auto import keccak
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 import codec_oracle as oracle  # noqa: E402
-
 from lloom_executor import _native  # noqa: E402
 
 SECRET = bytes.fromhex("4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318")
@@ -39,15 +39,43 @@ PROMPT = ("Summarise the following text in two sentences, keeping every number e
 CONTENT = ("The answer, with care: é ü 中 \U0001f600 and a newline\n. " * 20)[:1000]
 
 FRAME = _native.encode_signed_request(
-    KEY, "llama-3-8b-instruct", PROMPT, "You are a helpful assistant.", 0.7, 512,
-    "16Uiu2HAmPXv8X4mJmYQhjpoZ3s2hBpVg6Jc6F3WdqFZ1nH5c9zKq", "1500000000", "3000000000", 1, TS + 300, TS,
+    KEY,
+    "llama-3-8b-instruct",
+    PROMPT,
+    "You are a helpful assistant.",
+    0.7,
+    512,
+    "16Uiu2HAmPXv8X4mJmYQhjpoZ3s2hBpVg6Jc6F3WdqFZ1nH5c9zKq",
+    "1500000000",
+    "3000000000",
+    1,
+    TS + 300,
+    TS,
 )
 UNSIGNED = _native.encode_unsigned_request(
-    "llama-3-8b-instruct", PROMPT, "You are a helpful assistant.", 0.7, 512,
-    "16Uiu2HAmPXv8X4mJmYQhjpoZ3s2hBpVg6Jc6F3WdqFZ1nH5c9zKq", "1500000000", "3000000000", 1, TS + 300,
+    "llama-3-8b-instruct",
+    PROMPT,
+    "You are a helpful assistant.",
+    0.7,
+    512,
+    "16Uiu2HAmPXv8X4mJmYQhjpoZ3s2hBpVg6Jc6F3WdqFZ1nH5c9zKq",
+    "1500000000",
+    "3000000000",
+    1,
+    TS + 300,
 )
-REQUEST_FIELDS = ("model", "prompt", "system_prompt", "temperature", "max_tokens", "executor_address",
-                  "inbound_price", "outbound_price", "nonce", "deadline")
+REQUEST_FIELDS = (
+    "model",
+    "prompt",
+    "system_prompt",
+    "temperature",
+    "max_tokens",
+    "executor_address",
+    "inbound_price",
+    "outbound_price",
+    "nonce",
+    "deadline",
+)
 
 
 def f32_text(x: float) -> str:
@@ -56,7 +84,7 @@ def f32_text(x: float) -> str:
         return "0.0"
     sign, x = ("-", -x) if x < 0 else ("", x)
     for p in range(1, 10):
-        s = "%.*e" % (p - 1, x)
+        s = f"{x:.{p - 1}e}"
         if struct.unpack("<f", struct.pack("<f", float(s)))[0] == x:
             break
     mant, _, e = s.partition("e")
@@ -94,8 +122,14 @@ def ours_decode(frame: bytes):
 
 
 def py_encode_response() -> bytes:
-    payload = {"content": CONTENT, "inbound_tokens": 812, "outbound_tokens": 230,
-               "total_cost": "1908000000000", "model_used": "llama-3-8b-instruct", "error": None}
+    payload = {
+        "content": CONTENT,
+        "inbound_tokens": 812,
+        "outbound_tokens": 230,
+        "total_cost": "1908000000000",
+        "model_used": "llama-3-8b-instruct",
+        "error": None,
+    }
     digest = keccak(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode())
     sig = CC_KEY.sign_recoverable(digest, hasher=None)
     env = {"payload": payload, "signer": ADDRESS, "signature": sig, "timestamp": TS, "nonce": None}

@@ -3,6 +3,7 @@
 Recover is compared as "signature -> 20-byte address", so coincurve's side
 adds the keccak of the public key (eth-hash) to do the same work.
 """
+
 from __future__ import annotations
 
 import os

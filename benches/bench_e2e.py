@@ -22,6 +22,7 @@ benchmark thread into it.
 
     PYTHONPATH=python pytest benches/bench_e2e.py --benchmark-only -q
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,6 +36,7 @@ from pathlib import Path
 import pytest
 
 from lloom_executor import service as _service  # noqa: F401  (imports libp2p, which resets its loggers)
+from lloom_executor.backends.base import CompletionRequest
 from lloom_executor.backends.echo import EchoBackend
 from lloom_executor.benchmark import Rig, backend_round, benchmark_config, executor_round, running_rig
 from lloom_executor.config import Config
@@ -109,7 +111,10 @@ def test_round_trip_ours(benchmark, setup) -> None:
 def test_round_trip_backend_alone(benchmark, setup) -> None:
     loop, _, backend = setup
     completion = benchmark.pedantic(
-        lambda: loop.run(backend.complete(MODEL, PROMPT, None, None, MAX_TOKENS)), rounds=20, iterations=1, warmup_rounds=2
+        lambda: loop.run(backend.complete(CompletionRequest(MODEL, PROMPT, max_tokens=MAX_TOKENS))),
+        rounds=20,
+        iterations=1,
+        warmup_rounds=2,
     )
     assert completion.content.startswith("echo: ")
 
@@ -128,6 +133,9 @@ def test_50_requests_ours(benchmark, setup) -> None:
 def test_50_requests_backend_alone(benchmark, setup) -> None:
     loop, _, backend = setup
     stats = benchmark.pedantic(
-        lambda: loop.run(backend_round(backend, MODEL, PROMPT, MAX_TOKENS, N, CONCURRENCY)), rounds=3, iterations=1, warmup_rounds=1
+        lambda: loop.run(backend_round(backend, MODEL, PROMPT, MAX_TOKENS, N, CONCURRENCY)),
+        rounds=3,
+        iterations=1,
+        warmup_rounds=1,
     )
     assert stats.successes == N and stats.errors == 0

@@ -13,6 +13,7 @@ Groups:
 
 Run: PYTHONPATH=python pytest benches/bench_eip712.py --benchmark-only -q
 """
+
 from __future__ import annotations
 
 import pytest

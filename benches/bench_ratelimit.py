@@ -9,6 +9,7 @@ reference.
 
     PYTHONPATH=python pytest benches/bench_ratelimit.py --benchmark-only -q
 """
+
 from __future__ import annotations
 
 import time
@@ -109,8 +110,7 @@ def test_flood_of_new_keys(benchmark, name, cls):
     """Never-seen keys with the table full: every call evicts one key."""
     benchmark.group = "ratelimit: 1000 calls, new keys, table full (eviction)"
     lim = cls(60, 100_000, burst=20, max_keys=1000)
-    pools = [[f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(n * CALLS, (n + 1) * CALLS)]
-             for n in range(64)]
+    pools = [[f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(n * CALLS, (n + 1) * CALLS)] for n in range(64)]
     state = [0]
 
     def run():

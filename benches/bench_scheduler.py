@@ -13,6 +13,7 @@ produce the same batches as the Cython scheduler before being timed.
 
     PYTHONPATH=python pytest benches/bench_scheduler.py --benchmark-only -q
 """
+
 from __future__ import annotations
 
 import heapq

@@ -3,6 +3,7 @@
 tiktoken returns the ids; counting needs only their number, so the oracle side
 is `len(encode_ordinary(...))`, which is how Python code counts with tiktoken.
 """
+
 from __future__ import annotations
 
 import random

@@ -6,6 +6,7 @@ the bare loop cost, is left out). Groups named `e2e: ...` compare the whole
 executor path with the backend call alone: their table shows our overhead,
 not a ratio against another library. Usage: python benches/report.py bench.json
 """
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,9 @@ def main(path: str) -> None:
         _, ours_t = ours[0]
         for name, t in others:
             if group.startswith("e2e"):
-                e2e_rows.append(f"| {group[4:].strip()} | {ours_t * 1e3:.2f} ms | {t * 1e3:.3f} ms | +{(ours_t - t) * 1e3:.2f} ms |")
+                e2e_rows.append(
+                    f"| {group[4:].strip()} | {ours_t * 1e3:.2f} ms | {t * 1e3:.3f} ms | +{(ours_t - t) * 1e3:.2f} ms |"
+                )
                 continue
             oracle = name.split("[")[-1].rstrip("]") if "[" in name else name.removeprefix("test_")
             ratio_rows.append(f"| {group} | {ours_t * 1e6:.2f} µs | {t * 1e6:.2f} µs ({oracle}) | {t / ours_t:.3g}× |")

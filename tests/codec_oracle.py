@@ -8,6 +8,7 @@ serde_json 1.0.154 does (shortest round-trip digits; fixed notation for
 decimal exponents -6..=12 (f32) / -5..=15 (f64), else `d.ddde+X` / `de-X`),
 keccak from eth-hash, recoverable ECDSA from coincurve, CBOR from cbor2.
 """
+
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@
 Everything here cleans up in `finally`, so a failing test leaves no node
 thread or subprocess behind.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,7 +50,7 @@ ExecutorFactory = Callable[..., interop.ExecutorNode]
 
 @pytest.fixture
 def executor_node(loop_thread: interop.LoopThread) -> Iterator[ExecutorFactory]:
-    """Factory: start our P2PNode on 127.0.0.1:0 with BasicRequestHandler + EchoBackend.
+    """Factory: start our P2PNode on 127.0.0.1:0 with RequestHandler + EchoBackend.
 
     Keyword arguments: `models` (names), `allow_unsigned`, `handling`
     (RequestHandlingConfig), `network` (NetworkConfig; its listen address is
@@ -62,7 +63,7 @@ def executor_node(loop_thread: interop.LoopThread) -> Iterator[ExecutorFactory]:
     from lloom_executor.config import ModelConfig, NetworkConfig, RequestHandlingConfig
     from lloom_executor.p2p.bootstrap import BootstrapService
     from lloom_executor.p2p.node import P2PNode
-    from lloom_executor.serving import BasicRequestHandler
+    from lloom_executor.service import build_request_handler
 
     started: list[interop.ExecutorNode] = []
 
@@ -87,7 +88,7 @@ def executor_node(loop_thread: interop.LoopThread) -> Iterator[ExecutorFactory]:
             protocols=net.protocols,
         )
         configs = [ModelConfig(m, inbound_price_wei=INBOUND_PRICE_WEI, outbound_price_wei=OUTBOUND_PRICE_WEI) for m in models]
-        handler = BasicRequestHandler(key, configs, EchoBackend(list(models)), allow_unsigned=allow_unsigned)
+        handler = build_request_handler(key, configs, EchoBackend(list(models)), allow_unsigned=allow_unsigned)
         if services_factory is not None:
             chosen = list(services_factory(net, handler))
         elif services is not None:

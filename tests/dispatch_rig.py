@@ -1,6 +1,7 @@
-"""A BasicRequestHandler wired with replay protection, pricing, metrics and a dispatcher,
+"""A RequestHandler wired with replay protection, pricing, metrics and a dispatcher,
 signed frames for it, and a backend that records (and can hold) its calls: shared by
 the scheduling tests (test_dispatch.py) and the per-model limit tests (test_model_limits.py)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -10,16 +11,16 @@ from typing import Any
 
 from lloom_executor import _native
 from lloom_executor._fast.scheduler import Scheduler
-from lloom_executor.backends.base import Completion, LlmBackend
+from lloom_executor.backends.base import Completion, CompletionRequest, LlmBackend
 from lloom_executor.config import ModelConfig, RequestHandlingConfig
-from lloom_executor.config.schema import PricingConfig
 from lloom_executor.metrics import Metrics
 from lloom_executor.p2p.llm_protocol import RequestContext
 from lloom_executor.pipeline.dispatch import Dispatcher
-from lloom_executor.pipeline.pricing import PricingEngine
 from lloom_executor.pipeline.replay import ReplayGuard
 from lloom_executor.pipeline.resources import ResourceGovernor
-from lloom_executor.serving import BasicRequestHandler, PipelineStages
+from lloom_executor.service import build_request_handler
+from lloom_executor.serving import RequestHandler
+from service_rig import until  # noqa: F401  (re-exported: the one async wait of the tests)
 
 EXECUTOR = _native.PrivateKey.generate()
 CLIENT = _native.PrivateKey.generate()
@@ -30,7 +31,9 @@ PRICE = 2  # wei per token, both sides, for every model here
 def frame(model: str = "m", prompt: str = "hello", *, price: int = PRICE, signed: bool = True, deadline_in: int = 300) -> bytes:
     now = int(time.time())
     if not signed:
-        return _native.encode_unsigned_request(model, prompt, None, None, None, EXECUTOR.peer_id, str(price), str(price), 1, now + deadline_in)
+        return _native.encode_unsigned_request(
+            model, prompt, None, None, None, EXECUTOR.peer_id, str(price), str(price), 1, now + deadline_in
+        )
     return _native.encode_signed_request(
         CLIENT, model, prompt, None, None, None, EXECUTOR.peer_id, str(price), str(price), 1, now + deadline_in, now
     )
@@ -62,7 +65,8 @@ class Recording(LlmBackend):
         self.running = 0
         self.peak = 0
 
-    async def complete(self, model, prompt, system_prompt=None, temperature=None, max_tokens=None) -> Completion:
+    async def complete(self, request: CompletionRequest) -> Completion:
+        model, prompt = request.model, request.prompt
         self.calls.append((model, prompt, self.clock()))
         self.running += 1
         self.peak = max(self.peak, self.running)
@@ -94,30 +98,35 @@ def build(
     queued: bool = True,
     timeout: float = 600.0,
     allow_unsigned: bool = False,
-) -> BasicRequestHandler:
+) -> RequestHandler:
     """A handler with replay protection, metrics and (queued=True) a dispatcher."""
     served = served or models()
     clock = clock or time.monotonic
     metrics = Metrics()
-    dispatcher = None
-    if queued:
-        scheduler = Scheduler(batch[0], batch[1], True, queue_sizes, clock=clock)
-        dispatcher = Dispatcher(
-            scheduler, max_concurrent, priority_multiplier=priority, resources=resources,
-            on_sizes=metrics.set_queue_sizes, on_throttled=metrics.set_throttled, clock=clock,
-        )
-    stages = PipelineStages(
-        replay=ReplayGuard(),
-        pricing=PricingEngine(PricingConfig(), {m.name: m for m in served}),
-        metrics=metrics, dispatcher=dispatcher, resources=resources,
+    # queued=False: the direct path, i.e. the dispatcher without [priority] and [batching]
+    scheduler = (
+        Scheduler(batch[0], batch[1], True, queue_sizes, clock=clock)
+        if queued
+        else Scheduler(1, 0, True, queue_sizes, clock=clock)
+    )
+    dispatcher = Dispatcher(
+        scheduler,
+        max_concurrent,
+        priority_multiplier=priority if queued else None,
+        resources=resources,
+        on_sizes=metrics.set_queue_sizes,
+        on_throttled=metrics.set_throttled,
+        clock=clock,
     )
     handling = RequestHandlingConfig(max_concurrent_requests=max_concurrent, request_timeout_secs=timeout)
-    return BasicRequestHandler(EXECUTOR, served, backend, handling=handling, stages=stages, allow_unsigned=allow_unsigned)
-
-
-async def until(condition: Callable[[], bool], what: str = "condition") -> None:
-    for _ in range(5000):
-        if condition():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError(f"timed out waiting for {what}")
+    return build_request_handler(
+        EXECUTOR,
+        served,
+        backend,
+        handling=handling,
+        dispatcher=dispatcher,
+        replay=ReplayGuard(),
+        metrics=metrics,
+        resources=resources,
+        allow_unsigned=allow_unsigned,
+    )

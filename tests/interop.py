@@ -7,9 +7,11 @@ loopback. This module builds that peer with cargo (once per session, lock-safe),
 runs it as a subprocess that is always killed, parses its JSON lines, and runs
 our node (a trio thread plus an asyncio loop thread) from synchronous tests.
 """
+
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import fcntl
 import json
@@ -89,15 +91,12 @@ def interop_peer_binary() -> Path:
         with open(target / ".interop-build.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                proc = subprocess.run(
-                    cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_SECS
-                )
+                proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_SECS)
             except FileNotFoundError as exc:
                 raise InteropBuildError("the interop tests need a Rust toolchain: cargo is not on PATH") from exc
             except subprocess.TimeoutExpired as exc:
-                raise InteropBuildError(
-                    f"{' '.join(cmd)} did not finish in {BUILD_TIMEOUT_SECS} s:\n{exc.stderr or ''}"
-                ) from exc
+                err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+                raise InteropBuildError(f"{' '.join(cmd)} did not finish in {BUILD_TIMEOUT_SECS} s:\n{err}") from exc
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
         if proc.returncode != 0:
@@ -197,6 +196,79 @@ def _kill(proc: subprocess.Popen[str]) -> None:
         proc.wait(timeout=5)
 
 
+class RustExecutor:
+    """`interop-peer executor` as a subprocess: the reference-style executor (rust-libp2p 0.56)
+    answering every signed request with a signed "echo: <prompt>". Its JSON lines are collected
+    by a reader thread, which also keeps the pipe drained (a full pipe would stall it)."""
+
+    def __init__(self, binary: Path, *extra: str, key_hex: str | None = None, start_timeout: float = 20.0) -> None:
+        env = dict(os.environ, LLOOM_PRIVATE_KEY=key_hex) if key_hex else dict(os.environ)
+        self.proc = subprocess.Popen(
+            [str(binary), "executor", "--listen", "/ip4/127.0.0.1/tcp/0", "--timeout-secs", "600", *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        self.lines: list[dict[str, Any]] = []
+        self._listening = threading.Event()
+        self._reader = threading.Thread(target=self._read, name="rust-executor-stdout", daemon=True)
+        self._reader.start()
+        self._listening.wait(start_timeout)
+        if not any(line.get("event") == "listening" for line in list(self.lines)):
+            self.stop()
+            raise RuntimeError(f"interop-peer executor did not start (rc {self.proc.poll()}): {self.lines}")
+
+    def _read(self) -> None:
+        """Collect the JSON lines; `_listening` is set at the listening line, or when the output ends."""
+        assert self.proc.stdout is not None
+        try:
+            for raw in self.proc.stdout:
+                with contextlib.suppress(json.JSONDecodeError):
+                    line = json.loads(raw)
+                    if isinstance(line, dict):
+                        self.lines.append(line)
+                        if line.get("event") == "listening":
+                            self._listening.set()
+        finally:
+            self._listening.set()
+
+    @property
+    def listening(self) -> dict[str, Any]:
+        return next(line for line in list(self.lines) if line.get("event") == "listening")
+
+    @property
+    def addr(self) -> str:
+        """The loopback TCP address, ending in /p2p/<PeerId>."""
+        return str(self.listening["addr"])
+
+    @property
+    def peer_id(self) -> str:
+        return str(self.listening["peer_id"])
+
+    @property
+    def address(self) -> str:
+        """Its EVM address (0x…), which signs its answers."""
+        return str(self.listening["address"])
+
+    def requests(self) -> list[dict[str, Any]]:
+        return [line for line in list(self.lines) if line.get("event") == "request"]
+
+    def stop(self) -> None:
+        _kill(self.proc)
+        self._reader.join(5)
+
+
+@contextlib.contextmanager
+def rust_executor(binary: Path, *extra: str, key_hex: str | None = None) -> Iterator[RustExecutor]:
+    executor = RustExecutor(binary, *extra, key_hex=key_hex)
+    try:
+        yield executor
+    finally:
+        executor.stop()
+
+
 def client_args(bootstrap: str, *extra: str, discover: str = "none", timeout_secs: int = 30) -> list[str]:
     """The `client` command line against one of our nodes."""
     return ["client", "--bootstrap", bootstrap, "--discover", discover, "--timeout-secs", str(timeout_secs), *extra]
@@ -214,7 +286,7 @@ class LoopThread:
         try:
             import uvloop
 
-            self.loop = uvloop.new_event_loop()
+            self.loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
         except ImportError:  # pragma: no cover - uvloop is a runtime dependency
             self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._main, name="test-asyncio", daemon=True)
@@ -225,7 +297,7 @@ class LoopThread:
         self.loop.run_forever()
 
     def run(self, coro: Awaitable[T], timeout: float = 30.0) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
         return future.result(timeout)
 
     def close(self) -> None:
@@ -242,7 +314,7 @@ class ExecutorNode:
     """A running P2PNode with what tests need to talk to and inspect it."""
 
     node: Any  # lloom_executor.p2p.node.P2PNode
-    handler: Any  # lloom_executor.serving.BasicRequestHandler
+    handler: Any  # lloom_executor.serving.RequestHandler
     loop: LoopThread
     addrs: list[str]
 
@@ -421,9 +493,7 @@ def write_operator_config(
         for path in keys:
             path.write_text(secret)
             path.chmod(0o600)
-    model_tables = "".join(
-        f'[[models]]\nname = "{m}"\ninbound_price = "0.000001"\noutbound_price = "0.000002"\n' for m in models
-    )
+    model_tables = "".join(f'[[models]]\nname = "{m}"\ninbound_price = "0.000001"\noutbound_price = "0.000002"\n' for m in models)
     path = directory / name
     path.write_text(
         f"""
@@ -443,7 +513,7 @@ enabled = false
 [api]
 {api}
 [storage]
-data_dir = "{directory / 'data'}"
+data_dir = "{directory / "data"}"
 {extra}
 {model_tables}
 """

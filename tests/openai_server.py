@@ -37,9 +37,12 @@ Models
 
 Injectable behaviour (per request, first match wins, consumed `times` times;
 times=None applies forever): see `Behaviour` and the helpers `fail`, `hang`,
-`malformed`, `drop_mid_stream`, `drop_connection`, `slow`, `no_usage`. Server-wide:
-`latency` (seconds before every answer), `api_key` (401 unless
-`Authorization: Bearer <api_key>`), `omit_usage`.
+`malformed`, `drop_mid_stream`, `truncate`, `drop_connection`, `slow`, `no_usage`.
+Server-wide: `latency` (seconds before every answer), `api_key` (401 unless
+`Authorization: Bearer <api_key>`; the 401 quotes the key it refused, as some
+servers do), `omit_usage`. `fail(..., echo_credentials=True)` makes an error
+answer quote the request's credential headers (Authorization, *-key): the worst
+a backend can do to the executor's logs.
 
 Every request is recorded (`requests`, `chat_requests`) with method, path,
 lower-cased headers, raw body, parsed JSON and `time` (time.monotonic() when
@@ -51,6 +54,7 @@ the client can have it; a stream ends when it has been sent), so a call's
 logged span lies inside the client's. `in_flight_at_starts()` replays that
 log into the calls in flight, per model, as each call began.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -139,7 +143,9 @@ class Behaviour:
     code: str | None = None  # the error body's code
     retry_after: str | float | None = None  # Retry-After header (seconds or HTTP date)
     headers: dict[str, str] = field(default_factory=dict)
-    body: bytes | None = None  # answer 200 with exactly these bytes (application/json)
+    body: bytes | None = None  # answer `status` (default 200) with exactly these bytes (application/json unless headers say)
+    echo_credentials: bool = False  # the error answer quotes the request's Authorization and *-key headers
+    truncate_after: int | None = None  # non-stream: close the connection after this many body bytes
     hang: bool = False  # read the request and never answer
     drop_connection: bool = False  # close the connection without answering
     drop_after_chunks: int | None = None  # streaming: close after this many `data:` events
@@ -161,6 +167,14 @@ class RecordedRequest:
     def bearer(self) -> str | None:
         value = self.headers.get("authorization", "")
         return value[len("Bearer ") :] if value.startswith("Bearer ") else None
+
+
+def unresolvable_url() -> str:
+    """A base URL whose host no resolver can look up: a name longer than DNS's 253-character
+    limit, which the C library rejects itself without sending a query, so the lookup fails
+    the same way on every machine, with or without a network."""
+    host = ".".join(["a" * 60] * 5) + ".invalid"
+    return f"http://{host}:8080/v1"
 
 
 def refused_url() -> str:
@@ -267,8 +281,24 @@ class OpenAIServer:
         message: str | None = None,
         code: str | None = None,
         path: str = CHAT_PATH,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        echo_credentials: bool = False,
     ) -> Behaviour:
-        return self.add(Behaviour(path=path, times=times, status=status, retry_after=retry_after, message=message, code=code))
+        """Answer `status`: an OpenAI-style error body, or exactly `body` when given."""
+        return self.add(
+            Behaviour(
+                path=path,
+                times=times,
+                status=status,
+                retry_after=retry_after,
+                message=message,
+                code=code,
+                body=body,
+                headers=dict(headers or {}),
+                echo_credentials=echo_credentials,
+            )
+        )
 
     def hang(self, times: int | None = None, path: str = CHAT_PATH) -> Behaviour:
         return self.add(Behaviour(path=path, times=times, hang=True))
@@ -278,6 +308,10 @@ class OpenAIServer:
 
     def drop_mid_stream(self, after_chunks: int = 2, times: int | None = 1) -> Behaviour:
         return self.add(Behaviour(times=times, drop_after_chunks=after_chunks))
+
+    def truncate(self, after_bytes: int = 20, times: int | None = 1) -> Behaviour:
+        """A non-stream answer whose connection closes after `after_bytes` of its body."""
+        return self.add(Behaviour(times=times, truncate_after=after_bytes))
 
     def drop_connection(self, times: int | None = 1, path: str = CHAT_PATH) -> Behaviour:
         return self.add(Behaviour(path=path, times=times, drop_connection=True))
@@ -398,11 +432,23 @@ class OpenAIServer:
         lines += [f"{k}: {v}" for k, v in headers.items()]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-    async def _send(self, writer: asyncio.StreamWriter, status: int, payload: Any, headers: dict | None = None) -> bool:
+    async def _send(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        payload: Any,
+        headers: dict | None = None,
+        truncate_after: int | None = None,
+    ) -> bool:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         head = {"Content-Type": "application/json", "Content-Length": str(len(body)), "Connection": "keep-alive"}
         head.update(headers or {})
         self._end_call(writer)
+        if truncate_after is not None:
+            writer.write(self._head(status, head) + body[:truncate_after])
+            await writer.drain()
+            writer.transport.abort()
+            return False
         writer.write(self._head(status, head) + body)
         await writer.drain()
         return True
@@ -440,18 +486,23 @@ class OpenAIServer:
         if b.drop_connection:
             return False
         if self.api_key is not None and req.headers.get("authorization") != f"Bearer {self.api_key}":
+            presented = req.bearer or req.headers.get("authorization", "none")
             return await self._send(
-                writer, 401, self._error_body("Incorrect API key provided", "invalid_api_key"), b.headers
+                writer, 401, self._error_body(f"Incorrect API key provided: {presented}.", "invalid_api_key"), b.headers
             )
+        quoted = ""
+        if b.echo_credentials:
+            sent = ", ".join(f"{k}={v}" for k, v in req.headers.items() if k == "authorization" or k.endswith("-key"))
+            quoted = f" (you sent {sent})"
+        if b.body is not None:
+            return await self._send(writer, b.status or 200, b.body + quoted.encode(), b.headers)
         if b.status is not None:
             headers = dict(b.headers)
             if b.retry_after is not None:
                 headers["Retry-After"] = str(b.retry_after)
-            message = b.message or f"injected {b.status} {HTTPStatus(b.status).phrase}"
+            message = (b.message or f"injected {b.status} {HTTPStatus(b.status).phrase}") + quoted
             kind = "server_error" if b.status >= 500 else "invalid_request_error"
             return await self._send(writer, b.status, self._error_body(message, b.code, kind), headers)
-        if b.body is not None:
-            return await self._send(writer, 200, b.body, b.headers)
 
         if req.method == "GET" and req.path == "/v1/models":
             data = [{"id": m["id"], "object": "model", "owned_by": m.get("publisher", "organization_owner")} for m in self.models]
@@ -504,7 +555,7 @@ class OpenAIServer:
             }
             if not omit_usage:
                 answer["usage"] = usage
-            return await self._send(writer, 200, answer, b.headers)
+            return await self._send(writer, 200, answer, b.headers, b.truncate_after)
 
         def chunk(delta: dict, finish_reason: str | None = None) -> dict:
             return {
@@ -520,7 +571,16 @@ class OpenAIServer:
         events.append(chunk({}, finish))
         include_usage = isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage")
         if include_usage and not omit_usage:
-            events.append({"id": ident, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage})
+            events.append(
+                {
+                    "id": ident,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [],
+                    "usage": usage,
+                }
+            )
         head = {
             "Content-Type": "text/event-stream",
             "Cache-Control": "no-cache",

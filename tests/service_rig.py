@@ -4,6 +4,7 @@ EIP-712 domain, metrics on an ephemeral port, no API, state under tmp_path.
 Shared by the pipeline, webhook and plugin tests; keyword sections replace the defaults.
 Also the helpers several test modules share: `until` (poll a condition on the event
 loop) and `samples` (parse a Prometheus text exposition)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -32,7 +33,10 @@ def echo_service_config(tmp_path: Path, **sections: Any) -> Config:
                 "listen_address": "/ip4/127.0.0.1/tcp/0",
                 "protocols": {"enable_mdns": False, "enable_autonat": False, "enable_relay": False},
             },
-            "identity": {"private_key_path": str(tmp_path / "identity_key"), "ethereum_private_key_path": str(tmp_path / "eth_key")},
+            "identity": {
+                "private_key_path": str(tmp_path / "identity_key"),
+                "ethereum_private_key_path": str(tmp_path / "eth_key"),
+            },
             "llm_client": {"backend": "echo"},
             "models": [{"name": "m", "inbound_price": "0.000001", "outbound_price": "0.000002"}],
             "blockchain": {"chain_id": CHAIN_ID, "contract_address": CONTRACT},
@@ -44,13 +48,14 @@ def echo_service_config(tmp_path: Path, **sections: Any) -> Config:
     )
 
 
-async def until(predicate: Callable[[], Any], what: str, timeout: float = 10.0) -> None:
-    """Poll `predicate` on the running loop until it is true; AssertionError naming `what` after `timeout` s."""
+async def until(predicate: Callable[[], Any], what: str = "condition", timeout: float = 10.0) -> None:
+    """Poll `predicate` on the running loop until it is true; AssertionError naming `what` after `timeout` s.
+    The one async wait of the tests (the sync one is `interop.wait_until`)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for: {what}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.002)
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:

@@ -4,6 +4,7 @@ Configs go through the real TOML parser (`parse_config`), clocks are injected
 (no sleeping), and the replay guard is checked against a deliberately naive
 model (a list scanned in full on every call) by hypothesis.
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,10 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lloom_executor import _native
 from lloom_executor.config import Config, parse_config
 from lloom_executor.pipeline.content_filter import PROMPT_BLOCKED, RESPONSE_BLOCKED, ContentFilter
 from lloom_executor.pipeline.ratelimits import RateLimitRules, format_wait
-from lloom_executor.pipeline.replay import ReplayGuard, ReplayStore
+from lloom_executor.pipeline.replay import ReplayGuard, ReplayStore, replay_key
 
 
 def config_from(text: str) -> Config:
@@ -123,7 +125,7 @@ def test_refusal_debits_no_rule() -> None:
 def test_both_rules_refusing_counts_both_and_reports_the_longer_wait() -> None:
     clock = Clock()
     rules = manual_rules(clock)
-    for i in range(20):
+    for _ in range(20):
         assert rules.check("p", "203.0.113.1").allowed
     for i in range(40):
         assert rules.check("p", f"10.1.0.{i}").allowed
@@ -238,7 +240,7 @@ class ModelGuard:
         self.rows: list[list] = []
         self.seq = 0
 
-    def check_and_remember(self, digest: bytes, now: int, deadline: int) -> bool:
+    def check_and_remember(self, digest: object, now: int, deadline: int) -> bool:
         self.rows = [r for r in self.rows if r[1] > now]
         if any(r[0] == digest for r in self.rows):
             return False
@@ -254,32 +256,51 @@ class ModelGuard:
 
 replay_ops = st.lists(
     st.tuples(
-        st.integers(0, 7),  # which digest
+        st.integers(0, 7),  # which payload
         st.integers(0, 400),  # seconds since the previous call
         st.one_of(st.just(0), st.integers(0, 3000)),  # deadline offset (0 = none)
         st.booleans(),  # forget after?
+        st.sampled_from((None, 0, 1)),  # who signed it (None: unsigned)
     ),
     max_size=120,
 )
 
 
+def _requests() -> dict[tuple[int | None, int], _native.DecodedRequest]:
+    """Real decoded requests: 8 payloads, each unsigned and signed by two clients. Equal payloads
+    share a digest whoever signed them; the guard must still tell the signers apart."""
+    signers = [_native.PrivateKey.generate() for _ in range(2)]
+    executor = _native.PrivateKey.generate().peer_id
+    out: dict[tuple[int | None, int], _native.DecodedRequest] = {}
+    for payload in range(8):
+        args = ("m", f"prompt {payload}", None, None, 16, executor, "1", "1", 1, 0)
+        out[None, payload] = _native.decode_request(_native.encode_unsigned_request(*args))
+        for i, key in enumerate(signers):
+            out[i, payload] = _native.decode_request(_native.encode_signed_request(key, *args, 1_700_000_000))
+    return out
+
+
+REQUESTS = _requests()
+
+
 @settings(max_examples=200, deadline=None)
 @given(ops=replay_ops, max_entries=st.integers(1, 6))
 def test_replay_guard_matches_the_model(ops: list, max_entries: int) -> None:
+    """The guard, fed `replay_key` of real requests, against a model keyed on (signer, payload)."""
     guard = ReplayGuard(window_secs=600, max_entries=max_entries, max_hold_secs=1800)
     model = ModelGuard(600, max_entries, 1800)
     now = 10_000
-    for which, dt, deadline_offset, forget in ops:
+    for which, dt, deadline_offset, forget, signer in ops:
         now += dt
-        digest = bytes([which]) * 32
+        key, identity = replay_key(REQUESTS[signer, which]), (signer, which)
         deadline = now + deadline_offset if deadline_offset else 0
-        assert guard.check_and_remember(digest, now, deadline) == model.check_and_remember(digest, now, deadline)
+        assert guard.check_and_remember(key, now, deadline) == model.check_and_remember(identity, now, deadline)
         assert len(guard) <= max_entries
         if forget:
-            assert guard.forget(digest) == any(r[0] == digest for r in model.rows)
-            model.rows = [r for r in model.rows if r[0] != digest]
+            assert guard.forget(key) == any(r[0] == identity for r in model.rows)
+            model.rows = [r for r in model.rows if r[0] != identity]
         live = {r[0] for r in model.rows if r[1] > now}
-        assert {d for d in map(lambda i: bytes([i]) * 32, range(8)) if guard.seen(d, now)} == live
+        assert {ident for ident, req in REQUESTS.items() if guard.seen(replay_key(req), now)} == live
 
 
 @settings(max_examples=200, deadline=None)
@@ -289,7 +310,7 @@ def test_unbounded_guard_never_forgets_within_the_window(ops: list) -> None:
     guard = ReplayGuard(window_secs=600, max_entries=1000)
     kept_until: dict[bytes, int] = {}
     now = 0
-    for which, dt, _, _ in ops:
+    for which, dt, _, _, _ in ops:
         now += dt
         digest = bytes([which]) * 32
         fresh = kept_until.get(digest, -1) <= now

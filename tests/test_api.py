@@ -4,6 +4,7 @@ In-process tests run the service on a uvloop thread (`loop_thread`) and talk
 to it with httpx from the test thread; the CLI tests run `lloom-executor start`
 as a process and `peers list` / `models list` against it, as an operator would.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,9 +25,8 @@ from typing import Any
 
 import httpx
 import pytest
-import interop
-from openai_server import OpenAIServer, refused_url
 
+import interop
 from lloom_executor._native import PrivateKey
 from lloom_executor.api import ApiServer
 from lloom_executor.backends import EchoBackend
@@ -34,11 +34,18 @@ from lloom_executor.client import LloomClient
 from lloom_executor.config import Config
 from lloom_executor.identity import load_identity
 from lloom_executor.service import ExecutorService
+from openai_server import OpenAIServer, refused_url
 
 TOKEN = "s3cret-admin-token"
 IN_WEI, OUT_WEI = 10**12, 2 * 10**12
 DETAILED_FIELDS = {
-    "status", "uptime_seconds", "models_loaded", "active_requests", "total_requests", "backend_status", "p2p_peers",
+    "status",
+    "uptime_seconds",
+    "models_loaded",
+    "active_requests",
+    "total_requests",
+    "backend_status",
+    "p2p_peers",
     "throttled_models",
 }
 
@@ -125,7 +132,9 @@ def test_health_detailed_and_admin_after_real_requests(tmp_path: Path, start_ser
                 await client.request(peer, model, f"hello {i}", inbound_price=str(IN_WEI), outbound_price=str(OUT_WEI))
                 for i, model in enumerate(["test-model", "fast", "test-model"])
             ]
-            slow = asyncio.ensure_future(client.request(peer, "test-model", "in flight", inbound_price=str(IN_WEI), outbound_price=str(OUT_WEI)))
+            slow = asyncio.ensure_future(
+                client.request(peer, "test-model", "in flight", inbound_price=str(IN_WEI), outbound_price=str(OUT_WEI))
+            )
             async with httpx.AsyncClient() as http:
                 deadline = time.monotonic() + 5
                 during = (await http.get(url + "/health/detailed")).json()
@@ -187,7 +196,7 @@ def test_backend_status_follows_the_backend(tmp_path: Path, start_service, monke
         ended = time.monotonic()
         # cached: only the periodic probe (every 0.2 s) reaches the backend, never an HTTP request
         probes = [r.time for r in server.requests if started <= r.time <= ended]
-        assert all(b - a > 0.1 for a, b in zip(probes, probes[1:])), probes
+        assert all(b - a > 0.1 for a, b in zip(probes, probes[1:], strict=False)), probes
         assert len(probes) <= (ended - started) / 0.2 + 1
     finally:
         server.stop()
@@ -234,7 +243,7 @@ def self_signed_cert(tmp_path: Path) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lloom-executor test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     public = key.public_key()
     cert = (
         x509.CertificateBuilder()
@@ -244,7 +253,10 @@ def self_signed_cert(tmp_path: Path) -> tuple[Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
@@ -252,7 +264,9 @@ def self_signed_cert(tmp_path: Path) -> tuple[Path, Path]:
     )
     cert_path, key_path = tmp_path / "api-cert.pem", tmp_path / "api-key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     key_path.chmod(0o600)
     return cert_path, key_path
 
@@ -277,7 +291,9 @@ def test_tls(tmp_path: Path, start_service) -> None:
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLOOM_", "OPENAI_", "RUST_LOG"))}
-    return subprocess.run([sys.executable, "-m", "lloom_executor", *args], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "lloom_executor", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def free_port() -> int:
@@ -301,7 +317,10 @@ def test_peers_list_and_models_list_against_a_running_node(tmp_path: Path) -> No
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLOOM_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "lloom_executor", "start", "--config", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     base = f"https://127.0.0.1:{port}"
     try:
@@ -320,7 +339,9 @@ def test_peers_list_and_models_list_against_a_running_node(tmp_path: Path) -> No
 
         async def with_a_client() -> tuple[str, list[subprocess.CompletedProcess[str]]]:
             async with LloomClient(bootstrap=[address], request_timeout=30, enable_kad=False, enable_gossip=False) as client:
-                answer = await client.request(address.rsplit("/p2p/", 1)[1], "fast", "hi", inbound_price=str(IN_WEI), outbound_price=str(OUT_WEI))
+                answer = await client.request(
+                    address.rsplit("/p2p/", 1)[1], "fast", "hi", inbound_price=str(IN_WEI), outbound_price=str(OUT_WEI)
+                )
                 assert answer.error is None
                 runs = await asyncio.gather(
                     asyncio.to_thread(cli, "peers", "list", "--config", str(config)),
@@ -343,8 +364,15 @@ def test_peers_list_and_models_list_against_a_running_node(tmp_path: Path) -> No
         data = json.loads(models.stdout)
         assert data["source"] == base and data["backend_status"] == "connected" and "network" in data
         assert data["models"] == [
-            {"name": "test-model", "aliases": ["fast"], "enabled": True, "context_length": 4096,
-             "inbound_price_wei": IN_WEI, "outbound_price_wei": OUT_WEI, "backend_state": "listed"}
+            {
+                "name": "test-model",
+                "aliases": ["fast"],
+                "enabled": True,
+                "context_length": 4096,
+                "inbound_price_wei": IN_WEI,
+                "outbound_price_wei": OUT_WEI,
+                "backend_state": "listed",
+            }
         ]
         table = cli("models", "list", "--config", str(config))
         assert table.returncode == 0 and f"source: running executor at {base}" in table.stdout

@@ -1,4 +1,5 @@
 """The trio <-> asyncio bridge: results, errors and cancellation cross in both directions."""
+
 from __future__ import annotations
 
 import asyncio

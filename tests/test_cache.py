@@ -1,6 +1,7 @@
 """The response cache on each backend (memory, disk, a real Redis server): key, hit/miss,
 TTL, LRU eviction at the byte budget's edge, the deterministic-only policy, Redis going
 down and coming back, disk persistence, sharing between processes, and clean()."""
+
 from __future__ import annotations
 
 import asyncio
@@ -72,9 +73,23 @@ class RedisServer:
     def start(self) -> None:
         assert REDIS_SERVER is not None
         self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
-             "--daemonize", "no", "--logfile", ""],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                REDIS_SERVER,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--logfile",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         for _ in range(200):
             if redis_answers(self.port):
@@ -157,8 +172,13 @@ def make_factory(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -
 
     def make(max_bytes: int = 10**6, ttl: int = 3600, clock: Clock | None = None, **kw: Any) -> ResponseCache:
         config = CacheConfig(
-            enabled=True, backend=backend, max_size_gb=max_bytes / 1e9, ttl_seconds=ttl,
-            path=str(tmp_path / "cache"), redis=RedisCacheConfig(url=url, prefix=f"test:{uuid.uuid4().hex}:"), **kw,
+            enabled=True,
+            backend=backend,
+            max_size_gb=max_bytes / 1e9,
+            ttl_seconds=ttl,
+            path=str(tmp_path / "cache"),
+            redis=RedisCacheConfig(url=url, prefix=f"test:{uuid.uuid4().hex}:"),
+            **kw,
         )
         cache = build_cache(config)
         assert cache is not None and cache.max_bytes == max_bytes  # type: ignore[attr-defined]
@@ -208,8 +228,12 @@ def test_key_separates_every_field_and_folds_zero() -> None:
     base = cache_key("m", "s", "p", 0.0, 10)
     assert cache_key("m", "s", "p", 0, 10) == base == cache_key("m", "s", "p", -0.0, 10)
     variants = [
-        cache_key("m2", "s", "p", 0.0, 10), cache_key("m", "s2", "p", 0.0, 10), cache_key("m", None, "p", 0.0, 10),
-        cache_key("m", "", "p", 0.0, 10), cache_key("m", "s", "p2", 0.0, 10), cache_key("m", "s", "p", 0.0, 11),
+        cache_key("m2", "s", "p", 0.0, 10),
+        cache_key("m", "s2", "p", 0.0, 10),
+        cache_key("m", None, "p", 0.0, 10),
+        cache_key("m", "", "p", 0.0, 10),
+        cache_key("m", "s", "p2", 0.0, 10),
+        cache_key("m", "s", "p", 0.0, 11),
         cache_key("m", "s", "p", 0.0, None),
     ]
     assert len({base, *variants}) == len(variants) + 1
@@ -231,8 +255,13 @@ def test_only_deterministic_requests_are_cacheable_by_default() -> None:
 def test_completion_round_trips_and_rejects_garbage() -> None:
     for c in [answer(1), Completion("", "m"), Completion("ünï", "x", 0, None)]:
         assert decode_completion(encode_completion(c)) == c
-    for bad in [b"", b"[]", b'{"content": 1, "model": "m"}', b'{"content": "a", "model": "m", "inbound_tokens": -1}',
-                b'{"content": "a", "model": "m", "outbound_tokens": true}']:
+    for bad in [
+        b"",
+        b"[]",
+        b'{"content": 1, "model": "m"}',
+        b'{"content": "a", "model": "m", "inbound_tokens": -1}',
+        b'{"content": "a", "model": "m", "outbound_tokens": true}',
+    ]:
         with pytest.raises(ValueError):
             decode_completion(bad)
 
@@ -406,9 +435,7 @@ def test_redis_clean_and_prefix_isolation(redis_url: str, tmp_path: Path, reques
 
 
 # -- Redis down and back ------------------------------------------------------------------
-def test_redis_down_serves_without_cache_and_recovers(
-    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_redis_down_serves_without_cache_and_recovers(own_redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
     async def body() -> None:
         clock = Clock()
         cache = RedisCache(own_redis.url, f"t:{uuid.uuid4().hex}:", 10**6, 3600, op_timeout=0.5, clock=clock)

@@ -1,4 +1,5 @@
 """The command line as an operator uses it: real processes, a real OpenAI-wire server, real libp2p."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,22 +9,41 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+
 import interop
-from openai_server import OpenAIServer, refused_url
+from lloom_executor.client import Answer, LloomClient
+from openai_server import CHAT_PATH, OpenAIServer, RecordedRequest, refused_url
+from service_rig import until
 
-from lloom_executor.client import LloomClient
-
-COMMANDS = [[], ["init"], ["config"], ["config", "validate"], ["start"], ["test-backend"], ["models"], ["models", "list"], ["peers"], ["peers", "list"], ["maintenance"], ["maintenance", "clean-cache"], ["maintenance", "optimize-db"], ["maintenance", "backup"], ["demo"]]
+COMMANDS = [
+    [],
+    ["init"],
+    ["config"],
+    ["config", "validate"],
+    ["start"],
+    ["test-backend"],
+    ["models"],
+    ["models", "list"],
+    ["peers"],
+    ["peers", "list"],
+    ["maintenance"],
+    ["maintenance", "clean-cache"],
+    ["maintenance", "optimize-db"],
+    ["maintenance", "backup"],
+    ["demo"],
+]
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("LLOOM_", "OPENAI_", "RUST_LOG"))}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "lloom_executor", *args], capture_output=True, text=True, timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, "-m", "lloom_executor", *args], capture_output=True, text=True, timeout=timeout, env=full_env
+    )
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "main")
@@ -86,7 +106,12 @@ def test_test_backend_failures(tmp_path: Path, setup: str, expected: str) -> Non
 
 def test_models_list_json_and_offline(tmp_path: Path) -> None:
     with OpenAIServer() as server:
-        config = write_config(tmp_path, server.base_url, models=["test-model", "unloaded-model", "absent-model"], extra='[model_aliases]\nfast = "test-model"\n')
+        config = write_config(
+            tmp_path,
+            server.base_url,
+            models=["test-model", "unloaded-model", "absent-model"],
+            extra='[model_aliases]\nfast = "test-model"\n',
+        )
         out = cli("models", "list", "--json", "--config", str(config))
         assert out.returncode == 0, out.stderr
         data = json.loads(out.stdout)
@@ -99,54 +124,112 @@ def test_models_list_json_and_offline(tmp_path: Path) -> None:
         assert table.returncode == 0 and "unknown" in table.stdout and "fast" in table.stdout
 
 
+DRAIN_REFUSAL = "executor is shutting down; send the request to another executor"
+
+
+class GatedServer(OpenAIServer):
+    """The OpenAI-wire test server holding every chat answer until `open_gate()`: requests stay
+    in flight for exactly as long as the test needs, not for a guessed latency."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gate: asyncio.Event | None = None  # made on the server's own loop, at its first chat
+
+    async def _dispatch(self, req: RecordedRequest, writer: asyncio.StreamWriter) -> bool:
+        if req.path == CHAT_PATH:
+            if self._gate is None:
+                self._gate = asyncio.Event()
+            await self._gate.wait()
+        return await super()._dispatch(req, writer)
+
+    def open_gate(self) -> None:
+        def release() -> None:
+            if self._gate is None:
+                self._gate = asyncio.Event()
+            self._gate.set()
+
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(release)
+
+
+async def read_until(proc: subprocess.Popen[str], pattern: str, lines: list[str], timeout: float) -> re.Match[str]:
+    """Read the process's output into `lines` until a line matches `pattern`; fails if it ends first.
+
+    The output is the evidence that the process reached a state (listening, draining): waiting
+    for it replaces guessing how long that takes."""
+    stdout = proc.stdout
+    assert stdout is not None
+
+    async def scan() -> re.Match[str]:
+        while True:
+            line = await asyncio.to_thread(stdout.readline)
+            if not line:
+                raise AssertionError(f"output ended before {pattern!r}:\n{''.join(lines)}")
+            lines.append(line)
+            if match := re.search(pattern, line):
+                return match
+
+    try:
+        return await asyncio.wait_for(scan(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"no {pattern!r} within {timeout} s:\n{''.join(lines)}") from None
+
+
 def test_start_then_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
-    """In-flight requests finish after SIGTERM; the process exits 0 after announcing its stop."""
-    with OpenAIServer(latency=1.5) as server:
-        config = write_config(tmp_path, server.base_url, models=["test-model"], extra="[request_handling]\ndrain_timeout_secs = 20\n")
+    """After SIGTERM the node drains (service.py `stop`): a request that arrives while requests are
+    still in flight gets a signed refusal (serving: "draining"), the in-flight ones are answered,
+    and the process exits 0 after announcing its stop."""
+    server = GatedServer()
+    with server:
+        llm = f'backend = "lmstudio"\nbase_url = "{server.base_url}"\ntimeout_secs = 60\nmax_retries = 0'
+        config = interop.write_operator_config(
+            tmp_path, llm=llm, models=["test-model"], extra="[request_handling]\ndrain_timeout_secs = 60\n"
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLOOM_")}
         proc = subprocess.Popen(
             [sys.executable, "-m", "lloom_executor", "start", "--config", str(config)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
         )
         try:
-            address = None
             lines: list[str] = []
-            deadline = time.monotonic() + 30
-            while address is None and time.monotonic() < deadline:
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                lines.append(line)
-                match = re.search(r"listening on (/ip4/\S+/p2p/\S+)", line)
-                if match:
-                    address = match.group(1)
-            assert address, "".join(lines)
+            address = asyncio.run(read_until(proc, r"listening on (/ip4/\S+/p2p/\S+)", lines, 30)).group(1)
+            peer = address.rsplit("/p2p/", 1)[1]
+            price_in, price_out = "1000000000000", "2000000000000"
 
-            async def scenario() -> tuple[list, object]:
-                async with LloomClient(bootstrap=[address], request_timeout=30) as client:
-                    peer = address.rsplit("/p2p/", 1)[1]
+            async def scenario() -> tuple[list[Answer], Answer]:
+                async with LloomClient(bootstrap=[address], request_timeout=60) as client:
                     in_flight = [
-                        asyncio.ensure_future(client.request(peer, "test-model", f"drain me {i}", inbound_price="1000000000000", outbound_price="2000000000000"))
+                        asyncio.ensure_future(
+                            client.request(peer, "test-model", f"drain me {i}", inbound_price=price_in, outbound_price=price_out)
+                        )
                         for i in range(5)
                     ]
-                    while len(server.chat_requests) < 5:  # all five reached the backend
-                        await asyncio.sleep(0.05)
-                    proc.send_signal(signal.SIGTERM)
-                    await asyncio.sleep(0.3)
                     try:
-                        late = await client.request(peer, "test-model", "too late", inbound_price="1000000000000", outbound_price="2000000000000", timeout=10)
-                    except Exception as exc:  # the node may already be gone
-                        late = exc
+                        await until(lambda: len(server.chat_requests) == 5, "all five requests at the backend", 30)
+                        proc.send_signal(signal.SIGTERM)
+                        # logged just before the handler is told to drain, with no await in between
+                        await read_until(proc, "signal received: draining", lines, 30)
+                        late = await client.request(
+                            peer, "test-model", "too late", inbound_price=price_in, outbound_price=price_out, timeout=10
+                        )
+                    finally:
+                        server.open_gate()
                     return [await f for f in in_flight], late
 
             answers, late = asyncio.run(scenario())
             assert [a.error for a in answers] == [None] * 5
             assert [a.content for a in answers] == [f"echo: drain me {i}" for i in range(5)]
-            if not isinstance(late, Exception):
-                assert late.error and "shutting down" in late.error and late.signature_valid
+            executor_address = answers[0].signer
+            assert (late.error, late.signature_valid, late.signer) == (DRAIN_REFUSAL, True, executor_address)
+            assert (late.content, late.total_cost, late.inbound_tokens, late.outbound_tokens) == ("", "0", 0, 0)
+            assert len(server.chat_requests) == 5  # the refused request never reached the backend
             rest, _ = proc.communicate(timeout=30)
-            assert proc.returncode == 0, "".join(lines) + rest
-            assert "signal received: draining" in rest and "executor stopped" in rest
+            output = "".join(lines) + rest
+            assert proc.returncode == 0, output
+            assert "executor stopped" in rest, output
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -3,11 +3,12 @@
 Two kinds of executor, so the client is proven against both stacks:
 - the Rust interop peer in `executor` mode (rust-libp2p 0.56, reference-style):
   request/answer, Kademlia and gossip discovery, 50 concurrent requests;
-- our own node (P2PNode + BasicRequestHandler + EchoBackend): exact cost,
+- our own node (P2PNode + RequestHandler + EchoBackend): exact cost,
   signed refusals, signer checks, a stalled executor.
 No mocks: real connections, real signatures; the Rust peer's own log lines
 confirm that it verified our signed requests.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,7 +28,7 @@ from eth_account import Account
 
 import interop
 from lloom_executor import _native
-from lloom_executor.backends import EchoBackend
+from lloom_executor.backends import Completion, CompletionRequest, EchoBackend
 from lloom_executor.client import (
     Answer,
     ExecutorInfo,
@@ -41,7 +42,8 @@ from lloom_executor.client import (
 from lloom_executor.client.receipts import check_receipt
 from lloom_executor.config import ModelConfig, NetworkConfig, RequestHandlingConfig
 from lloom_executor.p2p.node import P2PNode
-from lloom_executor.serving import BasicRequestHandler
+from lloom_executor.service import build_request_handler
+from service_rig import until
 
 T = TypeVar("T")
 MODEL = "gpt-3.5-turbo"
@@ -149,7 +151,7 @@ async def our_executor(
     signing_key: _native.PrivateKey | None = None,
     discovery: dict[str, Any] | None = None,
 ):
-    """Our P2PNode + BasicRequestHandler; `signing_key` other than the node key makes a lying executor.
+    """Our P2PNode + RequestHandler; `signing_key` other than the node key makes a lying executor.
 
     `discovery`: run the executor's own discovery services (kad, gossip, mDNS with
     the given `mdns_fingerprint`) as `p2p.services.default_services` builds them.
@@ -157,16 +159,21 @@ async def our_executor(
     key = _native.PrivateKey.generate()
     # free models: these tests offer no price unless they check costs (the price check has its own tests)
     configs = [ModelConfig(m) for m in models]
-    handler = BasicRequestHandler(signing_key or key, configs, backend or EchoBackend(list(models)))
+    handler = build_request_handler(signing_key or key, configs, backend or EchoBackend(list(models)))
     network = NetworkConfig(listen_address=("/ip4/127.0.0.1/tcp/0",))
     services: list[Any] = []
     if discovery is not None:
-        services_mod = pytest.importorskip("lloom_executor.p2p.services")
         from lloom_executor.config import ProtocolsConfig
+        from lloom_executor.p2p import services as services_mod
         from lloom_executor.p2p.announcements import ModelCatalog
 
-        protocols = ProtocolsConfig(enable_mdns=bool(discovery.get("mdns_fingerprint")), enable_kad=True,
-                                    enable_gossipsub=True, enable_autonat=False, enable_relay=False)
+        protocols = ProtocolsConfig(
+            enable_mdns=bool(discovery.get("mdns_fingerprint")),
+            enable_kad=True,
+            enable_gossipsub=True,
+            enable_autonat=False,
+            enable_relay=False,
+        )
         network = NetworkConfig(listen_address=network.listen_address, protocols=protocols)
         services = services_mod.default_services(network, ModelCatalog(configs, backend_type="echo"), **discovery)
     node = P2PNode(key, network, RequestHandlingConfig(), handler, services)
@@ -197,11 +204,11 @@ class StallingEcho(EchoBackend):
         self.release = asyncio.Event()
         self.stalled = 0
 
-    async def complete(self, model: str, prompt: str, *args: Any, **kwargs: Any):
-        if prompt == "stall":
+    async def complete(self, request: CompletionRequest) -> Completion:
+        if request.prompt == "stall":
             self.stalled += 1
             await self.release.wait()
-        return await super().complete(model, prompt, *args, **kwargs)
+        return await super().complete(request)
 
 
 def words(text: str) -> int:
@@ -243,6 +250,7 @@ def test_rust_executor_request_answer_verified(rust_executor: RustExecutor, run)
     assert (answer.inbound_tokens, answer.outbound_tokens) == (words(prompt), words(answer.content))
     assert answer.total_cost == str(words(prompt) * int(BIG_IN) + words(answer.content) * int(BIG_OUT))
     assert answer.model_used == MODEL and answer.latency_s > 0
+
     # the Rust peer logs the request it verified; its stdout line may trail the answer a little
     def seen() -> list[dict[str, Any]]:
         return [r for r in rust_executor.requests() if r.get("model") == MODEL and r["variant"] == "SignedLlmRequest"]
@@ -271,8 +279,7 @@ def test_rust_executor_discovered(rust_executor: RustExecutor, run, channel: str
     wanted = {"kad": {"kad_providers", "kad_record"}, "gossip": {"gossip"}}[channel]
 
     async def body() -> tuple[list[ExecutorInfo], Answer]:
-        async with client(bootstrap=[rust_executor.addr], enable_kad=channel == "kad",
-                          enable_gossip=channel == "gossip") as c:
+        async with client(bootstrap=[rust_executor.addr], enable_kad=channel == "kad", enable_gossip=channel == "gossip") as c:
             found = await c.find_executors(
                 timeout=15, until=lambda f: any(e.peer_id == rust_executor.peer_id and wanted <= e.via for e in f)
             )
@@ -294,8 +301,10 @@ def test_rust_executor_fifty_concurrent_requests_one_connection(rust_executor: R
     async def body() -> tuple[list[Answer], int]:
         async with client() as c:
             answers = await asyncio.gather(
-                *(c.request(rust_executor.addr, MODEL, f"request number {i}", inbound_price="1", outbound_price="1")
-                  for i in range(50))
+                *(
+                    c.request(rust_executor.addr, MODEL, f"request number {i}", inbound_price="1", outbound_price="1")
+                    for i in range(50)
+                )
             )
 
             async def conns(rt: Any) -> int:
@@ -322,8 +331,16 @@ def test_our_executor_answer_with_exact_cost(run) -> None:
 
     async def body() -> tuple[Answer, str]:
         async with our_executor() as (node, addr), client() as c:
-            return await c.request(addr, MODEL, prompt, system_prompt="be short", temperature=0.7, max_tokens=64,
-                                   inbound_price=BIG_IN, outbound_price=BIG_OUT), node.key.address.lower()
+            return await c.request(
+                addr,
+                MODEL,
+                prompt,
+                system_prompt="be short",
+                temperature=0.7,
+                max_tokens=64,
+                inbound_price=BIG_IN,
+                outbound_price=BIG_OUT,
+            ), node.key.address.lower()
 
     answer, address = run(body())
     assert answer.error is None and answer.signature_valid and answer.signer == address
@@ -390,9 +407,7 @@ def test_stalled_executor_times_out_and_keeps_serving(run) -> None:
             waited = time.monotonic() - started
             answers = [await c.request(addr, MODEL, "still there"), await other.request(addr, MODEL, "me too")]
             backend.release.set()
-            deadline = time.monotonic() + 10
-            while node.stream_handler.stats.inflight and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+            await until(lambda: node.stream_handler.stats.inflight == 0, "the abandoned request finished", 10)
             return waited, answers, node.stream_handler.stats
 
     waited, answers, stats = run(body())
@@ -404,8 +419,7 @@ def test_stalled_executor_times_out_and_keeps_serving(run) -> None:
 
 def test_our_executor_discovered_via_kad_and_gossip(run) -> None:
     async def body() -> tuple[list[ExecutorInfo], str, Answer]:
-        async with our_executor(discovery={}) as (node, addr), client(bootstrap=[addr], enable_kad=True,
-                                                                         enable_gossip=True) as c:
+        async with our_executor(discovery={}) as (node, addr), client(bootstrap=[addr], enable_kad=True, enable_gossip=True) as c:
             found = await c.find_executors(
                 timeout=20,
                 until=lambda f: any({"kad_providers", "kad_record", "gossip"} <= e.via and e.models for e in f),
@@ -425,9 +439,10 @@ def test_our_executor_discovered_via_mdns(run) -> None:
     fingerprint = os.urandom(4).hex()  # a private mDNS service name: only this test's nodes see each other
 
     async def body() -> list[ExecutorInfo]:
-        async with our_executor(discovery={"mdns_fingerprint": fingerprint}) as (node, _), client(
-            enable_kad=True, enable_mdns=True, mdns_fingerprint=fingerprint
-        ) as c:
+        async with (
+            our_executor(discovery={"mdns_fingerprint": fingerprint}) as (node, _),
+            client(enable_kad=True, enable_mdns=True, mdns_fingerprint=fingerprint) as c,
+        ):
             found = await c.find_executors(timeout=20, until=lambda f: any({"mdns", "kad_providers"} <= e.via for e in f))
             assert any(e.peer_id == node.peer_id for e in found), found
             return found
@@ -454,20 +469,42 @@ def test_receipt_check() -> None:
     domain = _native.Eip712Domain(31337, "0x" + "11" * 20)
     executor, client_key = _native.PrivateKey.generate(), _native.PrivateKey.generate()
     ex_addr, cl_addr = executor.address.lower(), client_key.address.lower()
-    req = dict(model=MODEL, prompt="p", system_prompt=None, max_tokens=16, temperature=0.5,
-               inbound_price="5", outbound_price="7", nonce=9, deadline=2_000_000_000)
-    request_hash = bytes(domain.request_commitment_digest(
-        ex_addr, MODEL, "p", None, 16, 0.5, "5", "7", 9, 2_000_000_000))
+    req = dict(
+        model=MODEL,
+        prompt="p",
+        system_prompt=None,
+        max_tokens=16,
+        temperature=0.5,
+        inbound_price="5",
+        outbound_price="7",
+        nonce=9,
+        deadline=2_000_000_000,
+    )
+    request_hash = bytes(domain.request_commitment_digest(ex_addr, MODEL, "p", None, 16, 0.5, "5", "7", 9, 2_000_000_000))
 
     def receipt(key: _native.PrivateKey, content: str) -> dict[str, Any]:
-        digest, sig = domain.sign_response_receipt(key, request_hash, cl_addr, MODEL, content, 1, 2, "5", "7",
-                                                   1_700_000_000, True)
-        return {"request_hash": request_hash, "digest": bytes(digest), "signature": bytes(sig),
-                "timestamp": 1_700_000_000, "success": True}
+        digest, sig = domain.sign_response_receipt(
+            key, request_hash, cl_addr, MODEL, content, 1, 2, "5", "7", 1_700_000_000, True
+        )
+        return {
+            "request_hash": request_hash,
+            "digest": bytes(digest),
+            "signature": bytes(sig),
+            "timestamp": 1_700_000_000,
+            "success": True,
+        }
 
     def check(raw: Any, content: str = "echo: p") -> Any:
-        return check_receipt(raw, domain, executor_address=ex_addr, client_address=cl_addr, content=content,
-                             inbound_tokens=1, outbound_tokens=2, **req)
+        return check_receipt(
+            raw,
+            domain,
+            executor_address=ex_addr,
+            client_address=cl_addr,
+            content=content,
+            inbound_tokens=1,
+            outbound_tokens=2,
+            **req,
+        )
 
     good = receipt(executor, "echo: p")
     assert check(good).valid

@@ -7,6 +7,7 @@ writes for the reference's field lists, digests must equal keccak256 of
 independently built serde_json text, and signatures made by coincurve must
 verify (and ours must verify under coincurve).
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,7 +28,6 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).parent))
 import codec_oracle as oracle  # noqa: E402
 from codec_oracle import F32, to_f32  # noqa: E402
-
 from lloom_executor import _native  # noqa: E402
 
 SECRET = bytes.fromhex("4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318")
@@ -38,8 +38,16 @@ TS = 1_700_000_000
 U64 = 2**64 - 1
 
 REQUEST_FIELDS = [
-    "model", "prompt", "system_prompt", "temperature", "max_tokens", "executor_address",
-    "inbound_price", "outbound_price", "nonce", "deadline",
+    "model",
+    "prompt",
+    "system_prompt",
+    "temperature",
+    "max_tokens",
+    "executor_address",
+    "inbound_price",
+    "outbound_price",
+    "nonce",
+    "deadline",
 ]
 RESPONSE_FIELDS = ["content", "inbound_tokens", "outbound_tokens", "total_cost", "model_used", "error"]
 ENVELOPE_FIELDS = ["payload", "signer", "signature", "timestamp", "nonce"]
@@ -75,9 +83,19 @@ def req_payload(
 def encode_req(p: dict, timestamp: int = TS, envelope_nonce: int | None = None, key=KEY) -> bytes:
     t = p["temperature"]
     return _native.encode_signed_request(
-        key, p["model"], p["prompt"], p["system_prompt"], None if t is None else t.value, p["max_tokens"],
-        p["executor_address"], p["inbound_price"], p["outbound_price"], p["nonce"], p["deadline"],
-        timestamp, envelope_nonce,
+        key,
+        p["model"],
+        p["prompt"],
+        p["system_prompt"],
+        None if t is None else t.value,
+        p["max_tokens"],
+        p["executor_address"],
+        p["inbound_price"],
+        p["outbound_price"],
+        p["nonce"],
+        p["deadline"],
+        timestamp,
+        envelope_nonce,
     )
 
 
@@ -127,14 +145,19 @@ def test_unsigned_request_and_response_frames_are_byte_identical() -> None:
     p = req_payload(system_prompt=None, temperature=None, max_tokens=None)
     frame = _native.encode_unsigned_request(*[p[f] for f in REQUEST_FIELDS])
     assert frame == oracle.cbor({"LlmRequest": p})
-    r = {"content": "ok", "inbound_tokens": 3, "outbound_tokens": 0, "total_cost": "0", "model_used": "m",
-         "error": None}
+    r = {"content": "ok", "inbound_tokens": 3, "outbound_tokens": 0, "total_cost": "0", "model_used": "m", "error": None}
     assert _native.encode_unsigned_response(*[r[f] for f in RESPONSE_FIELDS]) == oracle.cbor({"LlmResponse": r})
 
 
 def test_signed_response_frame_is_byte_identical_and_verifies() -> None:
-    r = {"content": "Hello \u00e9\U0001f600\n", "inbound_tokens": 12, "outbound_tokens": U64,
-         "total_cost": "123456789012345678901234567890", "model_used": "llama", "error": None}
+    r = {
+        "content": "Hello \u00e9\U0001f600\n",
+        "inbound_tokens": 12,
+        "outbound_tokens": U64,
+        "total_cost": "123456789012345678901234567890",
+        "model_used": "llama",
+        "error": None,
+    }
     frame = _native.encode_signed_response(KEY, *[r[f] for f in RESPONSE_FIELDS], TS, 9)
     assert frame == oracle_frame("SignedLlmResponse", r, nonce=9)
     env = cbor2.loads(frame)["SignedLlmResponse"]
@@ -160,18 +183,36 @@ f32s = st.floats(width=32, allow_nan=False, allow_infinity=False)
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    model=texts, prompt=st.text(max_size=300), system_prompt=st.none() | texts,
-    temperature=st.none() | f32s, max_tokens=st.none() | st.integers(0, 2**32 - 1),
-    executor_address=texts, inbound_price=prices, outbound_price=prices,
-    nonce=st.integers(0, U64), deadline=st.integers(0, U64), timestamp=st.integers(0, U64),
+    model=texts,
+    prompt=st.text(max_size=300),
+    system_prompt=st.none() | texts,
+    temperature=st.none() | f32s,
+    max_tokens=st.none() | st.integers(0, 2**32 - 1),
+    executor_address=texts,
+    inbound_price=prices,
+    outbound_price=prices,
+    nonce=st.integers(0, U64),
+    deadline=st.integers(0, U64),
+    timestamp=st.integers(0, U64),
     envelope_nonce=st.none() | st.integers(0, U64),
 )
 def test_request_round_trip_matches_oracle(
-    model, prompt, system_prompt, temperature, max_tokens, executor_address, inbound_price, outbound_price,
-    nonce, deadline, timestamp, envelope_nonce,
+    model,
+    prompt,
+    system_prompt,
+    temperature,
+    max_tokens,
+    executor_address,
+    inbound_price,
+    outbound_price,
+    nonce,
+    deadline,
+    timestamp,
+    envelope_nonce,
 ) -> None:
-    p = req_payload(model, prompt, system_prompt, temperature, max_tokens, executor_address, inbound_price,
-                    outbound_price, nonce, deadline)
+    p = req_payload(
+        model, prompt, system_prompt, temperature, max_tokens, executor_address, inbound_price, outbound_price, nonce, deadline
+    )
     frame = encode_req(p, timestamp, envelope_nonce)
     assert frame == oracle_frame("SignedLlmRequest", p, ts=timestamp, nonce=envelope_nonce)
     d = _native.decode_request(frame)
@@ -185,11 +226,24 @@ def test_request_round_trip_matches_oracle(
 
 
 @settings(max_examples=60, deadline=None)
-@given(content=st.text(max_size=200), error=st.none() | texts, tin=st.integers(0, U64),
-       tout=st.integers(0, U64), cost=prices, model=texts, nonce=st.none() | st.integers(0, U64))
+@given(
+    content=st.text(max_size=200),
+    error=st.none() | texts,
+    tin=st.integers(0, U64),
+    tout=st.integers(0, U64),
+    cost=prices,
+    model=texts,
+    nonce=st.none() | st.integers(0, U64),
+)
 def test_response_round_trip_matches_oracle(content, error, tin, tout, cost, model, nonce) -> None:
-    r = {"content": content, "inbound_tokens": tin, "outbound_tokens": tout, "total_cost": cost,
-         "model_used": model, "error": error}
+    r = {
+        "content": content,
+        "inbound_tokens": tin,
+        "outbound_tokens": tout,
+        "total_cost": cost,
+        "model_used": model,
+        "error": error,
+    }
     frame = _native.encode_signed_response(KEY, content, tin, tout, cost, model, error, TS, nonce)
     assert frame == oracle_frame("SignedLlmResponse", r, nonce=nonce)
     d = _native.decode_response(frame)
@@ -220,8 +274,13 @@ def test_digest_of_f32_temperatures(temperature) -> None:
 
 
 def test_serde_float_spellings_seen_in_payload_json() -> None:
-    for t, text in [(0.7, b'"temperature":0.7,'), (1.0, b'"temperature":1.0,'), (1e-7, b'"temperature":1e-7,'),
-                    (0.1, b'"temperature":0.1,'), (3.4e38, b'"temperature":3.4e+38,')]:
+    for t, text in [
+        (0.7, b'"temperature":0.7,'),
+        (1.0, b'"temperature":1.0,'),
+        (1e-7, b'"temperature":1e-7,'),
+        (0.1, b'"temperature":0.1,'),
+        (3.4e38, b'"temperature":3.4e+38,'),
+    ]:
         assert text in _native.decode_request(encode_req(req_payload(temperature=t))).payload_json
 
 
@@ -235,7 +294,7 @@ def test_digest_of_tricky_strings(text: str) -> None:
 
 
 def test_serde_json_escaping_rules() -> None:
-    p = req_payload(prompt="\x00\x01\x08\x0c\n\r\t\x1f\x7f/\"\\é")
+    p = req_payload(prompt='\x00\x01\x08\x0c\n\r\t\x1f\x7f/"\\é')
     js = _native.decode_request(encode_req(p)).payload_json
     assert b'"prompt":"\\u0000\\u0001\\b\\f\\n\\r\\t\\u001f\x7f/\\"\\\\\xc3\xa9"' in js
 
@@ -266,14 +325,18 @@ def test_hex_text_signer_and_signature_f64_temperature_and_unknown_keys() -> Non
     raw = oracle.strip_f32(p)
     raw["temperature"] = 0.7  # cbor2 writes an f64 (0xfb)
     raw["future_field"] = {"nested": [1, 2, {"x": b"\x00"}]}
-    frame = cbor2.dumps({"SignedLlmRequest": {
-        "payload": raw,
-        "signer": "0x" + env["signer"].hex(),
-        "signature": "0x" + env["signature"].hex(),
-        "timestamp": TS,
-        "nonce": None,
-        "receipt": {"anything": True},
-    }})
+    frame = cbor2.dumps(
+        {
+            "SignedLlmRequest": {
+                "payload": raw,
+                "signer": "0x" + env["signer"].hex(),
+                "signature": "0x" + env["signature"].hex(),
+                "timestamp": TS,
+                "nonce": None,
+                "receipt": {"anything": True},
+            }
+        }
+    )
     assert b"\xfb" + struct.pack(">d", 0.7) in frame
     d = _native.decode_request(frame)
     assert d.signature_valid and d.recovered == ADDR
@@ -285,9 +348,18 @@ def test_half_float_integer_temperature_and_mixed_case_hex() -> None:
     p = req_payload(temperature=0.5)
     env = oracle.signed_envelope(SECRET, p, TS, None)
     raw = oracle.strip_f32(p)
-    frame = cbor2.dumps({"SignedLlmRequest": {
-        "payload": raw, "signer": "0X" + env["signer"].hex().upper(), "signature": env["signature"].hex(),
-        "timestamp": TS, "nonce": None}}, canonical=True)  # canonical: 0.5 becomes a half float
+    frame = cbor2.dumps(
+        {
+            "SignedLlmRequest": {
+                "payload": raw,
+                "signer": "0X" + env["signer"].hex().upper(),
+                "signature": env["signature"].hex(),
+                "timestamp": TS,
+                "nonce": None,
+            }
+        },
+        canonical=True,
+    )  # canonical: 0.5 becomes a half float
     assert b"\xf9\x38\x00" in frame
     d = _native.decode_request(frame)
     assert d.signature_valid and d.request.temperature == 0.5
@@ -386,8 +458,13 @@ def test_tampered_response_fails_verification() -> None:
 
 
 def test_model_query_update_and_query_response_decode_and_verify() -> None:
-    payload = {"query_type": {"ByModel": "llama"}, "filters": [1, -2, 0.25, None, True], "query_id": "q-7",
-               "nested": {"z": 1, "a": {"k": "v"}}, "timestamp": TS}
+    payload = {
+        "query_type": {"ByModel": "llama"},
+        "filters": [1, -2, 0.25, None, True],
+        "query_id": "q-7",
+        "nested": {"z": 1, "a": {"k": "v"}},
+        "timestamp": TS,
+    }
     for variant in ("ModelQuery", "ModelUpdate"):
         d = _native.decode_request(oracle_frame(variant, payload, nonce=4))
         assert d.variant == variant and d.request is None
@@ -407,7 +484,10 @@ def test_opaque_payload_keeps_f32_and_bytes_json_forms() -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), U64) | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), U64)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=12),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=20,
@@ -415,8 +495,9 @@ json_values = st.recursive(
 
 
 @settings(max_examples=150, deadline=None)
-@given(payload=st.dictionaries(st.text(max_size=10), json_values, max_size=6),
-       variant=st.sampled_from(["ModelQuery", "ModelUpdate"]))
+@given(
+    payload=st.dictionaries(st.text(max_size=10), json_values, max_size=6), variant=st.sampled_from(["ModelQuery", "ModelUpdate"])
+)
 def test_opaque_payload_property(payload: dict, variant: str) -> None:
     """Any payload signed over its JSON in the order it is sent verifies."""
     d = _native.decode_request(oracle_frame(variant, payload))
@@ -430,28 +511,41 @@ def announcement(executor_address=ADDR, metadata=None, announcement_type="Heartb
     return {
         "executor_peer_id": KEY.peer_id,
         "executor_address": executor_address,
-        "models": [{
-            "model_id": "llama-3-8b",
-            "backend_type": "lmstudio",
-            "capabilities": {
-                "max_context_length": 8192,
-                "features": ["chat", "streaming"],
-                "architecture": None,
-                "model_size": "8B",
-                "performance": {"avg_tokens_per_second": 42.5, "avg_time_to_first_token": 1e-7,
-                                "success_rate": 1.0, "avg_latency_ms": 120},
-                "metadata": {"backend_type": "lmstudio"} if metadata is None else metadata,
+        "models": [
+            {
+                "model_id": "llama-3-8b",
+                "backend_type": "lmstudio",
+                "capabilities": {
+                    "max_context_length": 8192,
+                    "features": ["chat", "streaming"],
+                    "architecture": None,
+                    "model_size": "8B",
+                    "performance": {
+                        "avg_tokens_per_second": 42.5,
+                        "avg_time_to_first_token": 1e-7,
+                        "success_rate": 1.0,
+                        "avg_latency_ms": 120,
+                    },
+                    "metadata": {"backend_type": "lmstudio"} if metadata is None else metadata,
+                },
+                "is_available": True,
+                "pricing": {"input_token_price": "1000", "output_token_price": "2000", "minimum_fee": None},
             },
-            "is_available": True,
-            "pricing": {"input_token_price": "1000", "output_token_price": "2000", "minimum_fee": None},
-        }, {
-            "model_id": "tiny",
-            "backend_type": "echo",
-            "capabilities": {"max_context_length": 512, "features": [], "architecture": "echo",
-                             "model_size": None, "performance": None, "metadata": {}},
-            "is_available": False,
-            "pricing": None,
-        }],
+            {
+                "model_id": "tiny",
+                "backend_type": "echo",
+                "capabilities": {
+                    "max_context_length": 512,
+                    "features": [],
+                    "architecture": "echo",
+                    "model_size": None,
+                    "performance": None,
+                    "metadata": {},
+                },
+                "is_available": False,
+                "pricing": None,
+            },
+        ],
         "announcement_type": announcement_type,
         "timestamp": TS,
         "nonce": 7,
@@ -522,18 +616,27 @@ def test_gossip_refuses_multi_key_metadata_and_bad_dicts() -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(meta=st.dictionaries(st.text(max_size=10), json_values, max_size=1),
-       perf=st.none() | st.tuples(st.none() | st.floats(allow_nan=False, allow_infinity=False),
-                                  st.none() | st.integers(0, U64)),
-       ts=st.integers(0, U64), nonce=st.none() | st.integers(0, U64))
+@given(
+    meta=st.dictionaries(st.text(max_size=10), json_values, max_size=1),
+    perf=st.none() | st.tuples(st.none() | st.floats(allow_nan=False, allow_infinity=False), st.none() | st.integers(0, U64)),
+    ts=st.integers(0, U64),
+    nonce=st.none() | st.integers(0, U64),
+)
 def test_gossip_round_trip_property(meta, perf, ts, nonce) -> None:
     a = announcement(metadata=meta)
     caps = a["models"][0]["capabilities"]
-    caps["performance"] = None if perf is None else {
-        "avg_tokens_per_second": perf[0], "avg_time_to_first_token": None, "success_rate": perf[0],
-        "avg_latency_ms": perf[1]}
+    caps["performance"] = (
+        None
+        if perf is None
+        else {
+            "avg_tokens_per_second": perf[0],
+            "avg_time_to_first_token": None,
+            "success_rate": perf[0],
+            "avg_latency_ms": perf[1],
+        }
+    )
     given_dict = shuffled(a)  # struct key order must not matter...
-    for model, original in zip(given_dict["models"], a["models"]):
+    for model, original in zip(given_dict["models"], a["models"], strict=True):
         model["capabilities"]["metadata"] = original["capabilities"]["metadata"]  # ...map order is data
     out = _native.encode_model_announcement_json(KEY, given_dict, ts, nonce)
     assert out == oracle.dumps(oracle.signed_envelope(SECRET, a, ts, nonce))
@@ -586,20 +689,24 @@ def test_trailing_bytes_are_refused() -> None:
 def frame_with_payload(**changes) -> bytes:
     p = oracle.strip_f32(req_payload())
     p.update(changes)
-    return cbor2.dumps({"SignedLlmRequest": {"payload": p, "signer": ADDR, "signature": bytes(65),
-                                             "timestamp": TS, "nonce": None}})
+    return cbor2.dumps(
+        {"SignedLlmRequest": {"payload": p, "signer": ADDR, "signature": bytes(65), "timestamp": TS, "nonce": None}}
+    )
 
 
-@pytest.mark.parametrize(("change", "field"), [
-    ({"model": 5}, "model"),
-    ({"max_tokens": "many"}, "max_tokens"),
-    ({"max_tokens": 2**32}, "max_tokens"),
-    ({"nonce": -1}, "nonce"),
-    ({"deadline": 1.5}, "deadline"),
-    ({"temperature": "hot"}, "temperature"),
-    ({"temperature": 1e300}, "temperature"),
-    ({"system_prompt": b"bytes"}, "system_prompt"),
-])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"model": 5}, "model"),
+        ({"max_tokens": "many"}, "max_tokens"),
+        ({"max_tokens": 2**32}, "max_tokens"),
+        ({"nonce": -1}, "nonce"),
+        ({"deadline": 1.5}, "deadline"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"temperature": 1e300}, "temperature"),
+        ({"system_prompt": b"bytes"}, "system_prompt"),
+    ],
+)
 def test_wrong_types_name_the_field(change: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         _native.decode_request(frame_with_payload(**change))
@@ -645,8 +752,9 @@ def test_deep_nesting_is_a_value_error_not_a_crash() -> None:
             _native.decode_request(deep_nesting_frame(100_000, where))
     deep_map = b"\xa1\x61k" * 100_000 + b"\x00"
     with pytest.raises(ValueError, match="nesting too deep"):
-        _native.decode_request(oracle_frame("ModelQuery", {"marker": "MARKER-VALUE"}).replace(
-            cbor2.dumps("MARKER-VALUE"), deep_map))
+        _native.decode_request(
+            oracle_frame("ModelQuery", {"marker": "MARKER-VALUE"}).replace(cbor2.dumps("MARKER-VALUE"), deep_map)
+        )
 
 
 def test_deep_nesting_in_a_small_thread_stack(tmp_path: Path) -> None:
@@ -664,10 +772,10 @@ def test_deep_nesting_in_a_small_thread_stack(tmp_path: Path) -> None:
     frames = {
         "deep_ok": deep_ok,
         "hostile_array": deep_nesting_frame(100_000),
-        "hostile_map": oracle_frame("ModelQuery", marker).replace(
-            cbor2.dumps("MARKER-VALUE"), b"\xa1\x61k" * 100_000 + b"\x00"),
+        "hostile_map": oracle_frame("ModelQuery", marker).replace(cbor2.dumps("MARKER-VALUE"), b"\xa1\x61k" * 100_000 + b"\x00"),
         "hostile_response": oracle_frame("ModelQueryResponse", marker).replace(
-            cbor2.dumps("MARKER-VALUE"), b"\x81" * 100_000 + b"\x00"),
+            cbor2.dumps("MARKER-VALUE"), b"\x81" * 100_000 + b"\x00"
+        ),
     }
     for name, frame in frames.items():
         (tmp_path / name).write_bytes(frame)
@@ -692,7 +800,9 @@ def test_deep_nesting_in_a_small_thread_stack(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == [
-        "deep_ok:ModelQuery", "hostile_array:ValueError:deep", "hostile_map:ValueError:deep",
+        "deep_ok:ModelQuery",
+        "hostile_array:ValueError:deep",
+        "hostile_map:ValueError:deep",
         "hostile_response:ValueError:deep",
     ]
 

@@ -1,4 +1,5 @@
 """Configuration parsing: typed sections, every problem reported with its key path."""
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -127,7 +128,9 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_env_expansion_and_unset_variable(tmp_path: Path) -> None:
     from lloom_executor.config import load_config
 
-    path = write(tmp_path, '[llm_client]\nbackend = "openai"\napi_key = "${MY_KEY}"\nbase_url = "${BASE:-http://127.0.0.1:9/v1}"\n')
+    path = write(
+        tmp_path, '[llm_client]\nbackend = "openai"\napi_key = "${MY_KEY}"\nbase_url = "${BASE:-http://127.0.0.1:9/v1}"\n'
+    )
     loaded = load_config(path, environ={"MY_KEY": "sk-test"})
     assert loaded.config.llm_client.api_key == "sk-test"
     assert loaded.config.llm_client.base_url == "http://127.0.0.1:9/v1"
@@ -148,7 +151,7 @@ def test_problems_carry_line_numbers_and_unknown_keys_suggest(tmp_path: Path) ->
     with pytest.raises(ConfigError) as info:
         load_config(path, environ={})
     assert info.value.problems == ["models[1].context_length (line 9): must be >= 1, got 0"]
-    loaded = load_config(write(tmp_path, '[request_handling]\nmax_concurent_requests = 5\n'), environ={})
+    loaded = load_config(write(tmp_path, "[request_handling]\nmax_concurent_requests = 5\n"), environ={})
     assert [str(w) for w in loaded.warnings] == [
         "request_handling.max_concurent_requests (line 2): unknown key; did you mean 'max_concurrent_requests'?"
     ]
@@ -186,16 +189,28 @@ def test_environment_overrides(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ('[[models]]\nname = "a"\n[model_aliases]\nfast = "b"\n', "model_aliases.fast (line 4): points to 'b', which is not a configured model"),
+        (
+            '[[models]]\nname = "a"\n[model_aliases]\nfast = "b"\n',
+            "model_aliases.fast (line 4): points to 'b', which is not a configured model",
+        ),
         (
             '[[models]]\nname = "a"\n[gpu_allocation]\ndevices = [0]\n[[gpu_allocation.model_affinity]]\nmodel = "a"\ndevices = [1]\n',
             "gpu_allocation.model_affinity[0].devices (line 7): devices [1] are not in gpu_allocation.devices [0]",
         ),
         ('[api]\ntls_cert = "/nonexistent/cert.pem"\n', "api.tls_cert (line 2): tls_cert and tls_key must be given together"),
-        ('[rate_limiting]\nenabled = true\n[[rate_limiting.rules]]\nidentifier = "peer_id"\n', "rate_limiting.rules[0] (line 3): a rule needs max_requests_per_minute or max_tokens_per_minute"),
-        ('[content_filter]\nblock_patterns = ["(unclosed"]\n', "content_filter.block_patterns[0] (line 2): invalid regular expression '(unclosed': missing ), unterminated subpattern at position 0"),
+        (
+            '[rate_limiting]\nenabled = true\n[[rate_limiting.rules]]\nidentifier = "peer_id"\n',
+            "rate_limiting.rules[0] (line 3): a rule needs max_requests_per_minute or max_tokens_per_minute",
+        ),
+        (
+            '[content_filter]\nblock_patterns = ["(unclosed"]\n',
+            "content_filter.block_patterns[0] (line 2): invalid regular expression '(unclosed': missing ), unterminated subpattern at position 0",
+        ),
         ('[pricing]\nstrategy = "cheap"\n', "pricing.strategy (line 2): must be one of fixed, dynamic, market; got 'cheap'"),
-        ('[blockchain]\ncontract_address = "0x..."\n', "blockchain.contract_address (line 2): expected a 0x-prefixed 20-byte hex address, got '0x...'"),
+        (
+            '[blockchain]\ncontract_address = "0x..."\n',
+            "blockchain.contract_address (line 2): expected a 0x-prefixed 20-byte hex address, got '0x...'",
+        ),
     ],
 )
 def test_cross_field_and_value_rules(tmp_path: Path, text: str, expected: str) -> None:

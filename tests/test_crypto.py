@@ -5,6 +5,7 @@ backend (no libsecp256k1 at all), eth-account, eth-hash (pycryptodome keccak)
 and a PeerId built here from the libp2p spec (protobuf + identity multihash +
 base58btc), never from our own code.
 """
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ with eth-hash, temperature rounded half away from zero with `decimal`, and
 `encode_typed_data(full_message=...)` gives the domain separator (`.header`)
 and struct hash (`.body`).
 """
+
 from __future__ import annotations
 
 import math
@@ -97,9 +98,7 @@ def oracle(primary: str, fields: list, domain: dict, message: dict) -> tuple[byt
 
 
 def test_type_strings_are_the_spec() -> None:
-    assert n.EIP712_DOMAIN_TYPE == (
-        "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
-    )
+    assert n.EIP712_DOMAIN_TYPE == ("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)")
     assert n.LLM_REQUEST_COMMITMENT_TYPE == (
         "LlmRequestCommitment(address executor,string model,bytes32 promptHash,bytes32 systemPromptHash,"
         "uint32 maxTokens,uint32 temperature,uint256 inboundPrice,uint256 outboundPrice,uint64 nonce,"
@@ -115,16 +114,31 @@ def test_type_strings_are_the_spec() -> None:
 
 
 @SETTINGS
-@given(chain_id=st.integers(min_value=0, max_value=U256_MAX) | st.sampled_from([1, 8453, 31337, 11155111]),
-       contract=addresses, as_text=st.booleans())
+@given(
+    chain_id=st.integers(min_value=0, max_value=U256_MAX) | st.sampled_from([1, 8453, 31337, 11155111]),
+    contract=addresses,
+    as_text=st.booleans(),
+)
 def test_domain_separator(chain_id: int, contract: bytes, as_text: bool) -> None:
     arg = to_checksum_address(contract) if as_text else contract
     domain = n.Eip712Domain(chain_id, arg)
-    header, _, _ = oracle("LlmResponseCommitment", RESPONSE_FIELDS, domain_dict(chain_id, contract), {
-        "requestHash": ZERO32, "client": to_checksum_address(bytes(20)), "model": "", "contentHash": ZERO32,
-        "inboundTokens": 0, "outboundTokens": 0, "inboundPrice": 0, "outboundPrice": 0,
-        "timestamp": 0, "success": False,
-    })
+    header, _, _ = oracle(
+        "LlmResponseCommitment",
+        RESPONSE_FIELDS,
+        domain_dict(chain_id, contract),
+        {
+            "requestHash": ZERO32,
+            "client": to_checksum_address(bytes(20)),
+            "model": "",
+            "contentHash": ZERO32,
+            "inboundTokens": 0,
+            "outboundTokens": 0,
+            "inboundPrice": 0,
+            "outboundPrice": 0,
+            "timestamp": 0,
+            "success": False,
+        },
+    )
     assert domain.separator == header
     assert domain.chain_id == chain_id
     assert domain.verifying_contract == to_checksum_address(contract)
@@ -146,28 +160,54 @@ def test_domain_separator(chain_id: int, contract: bytes, as_text: bool) -> None
     deadline=u64,
     executor_as_text=st.booleans(),
 )
-def test_request_commitment_digest(chain_id, contract, executor, model, prompt, system_prompt, max_tokens,
-                                   temperature, inbound, outbound, nonce, deadline, executor_as_text) -> None:
+def test_request_commitment_digest(
+    chain_id,
+    contract,
+    executor,
+    model,
+    prompt,
+    system_prompt,
+    max_tokens,
+    temperature,
+    inbound,
+    outbound,
+    nonce,
+    deadline,
+    executor_as_text,
+) -> None:
     temp = spec_temperature(temperature)
     assume(0 <= temp <= 2**32 - 1)
     domain = n.Eip712Domain(chain_id, contract)
     executor_arg = ("0x" + executor.hex()) if executor_as_text else executor
     ours = domain.request_commitment_digest(
-        executor_arg, model, prompt, system_prompt, max_tokens, temperature, str(inbound), str(outbound),
-        nonce, deadline,
+        executor_arg,
+        model,
+        prompt,
+        system_prompt,
+        max_tokens,
+        temperature,
+        str(inbound),
+        str(outbound),
+        nonce,
+        deadline,
     )
-    _, _, want = oracle("LlmRequestCommitment", REQUEST_FIELDS, domain_dict(chain_id, contract), {
-        "executor": to_checksum_address(executor),
-        "model": model,
-        "promptHash": keccak(prompt.encode()),
-        "systemPromptHash": ZERO32 if system_prompt is None else keccak(system_prompt.encode()),
-        "maxTokens": max_tokens,
-        "temperature": temp,
-        "inboundPrice": inbound,
-        "outboundPrice": outbound,
-        "nonce": nonce,
-        "deadline": deadline,
-    })
+    _, _, want = oracle(
+        "LlmRequestCommitment",
+        REQUEST_FIELDS,
+        domain_dict(chain_id, contract),
+        {
+            "executor": to_checksum_address(executor),
+            "model": model,
+            "promptHash": keccak(prompt.encode()),
+            "systemPromptHash": ZERO32 if system_prompt is None else keccak(system_prompt.encode()),
+            "maxTokens": max_tokens,
+            "temperature": temp,
+            "inboundPrice": inbound,
+            "outboundPrice": outbound,
+            "nonce": nonce,
+            "deadline": deadline,
+        },
+    )
     assert ours == want
     # Precomputed hashes and int prices give the same digest.
     again = domain.request_commitment_digest(
@@ -185,20 +225,26 @@ def test_request_commitment_digest(chain_id, contract, executor, model, prompt, 
     assert again == want
 
 
-def response_oracle(chain_id, contract, request_hash, client, model, content, tin, tout, inbound, outbound,
-                    timestamp, success) -> bytes:
-    return oracle("LlmResponseCommitment", RESPONSE_FIELDS, domain_dict(chain_id, contract), {
-        "requestHash": request_hash,
-        "client": to_checksum_address(client),
-        "model": model,
-        "contentHash": keccak(content.encode()),
-        "inboundTokens": tin,
-        "outboundTokens": tout,
-        "inboundPrice": inbound,
-        "outboundPrice": outbound,
-        "timestamp": timestamp,
-        "success": success,
-    })[2]
+def response_oracle(
+    chain_id, contract, request_hash, client, model, content, tin, tout, inbound, outbound, timestamp, success
+) -> bytes:
+    return oracle(
+        "LlmResponseCommitment",
+        RESPONSE_FIELDS,
+        domain_dict(chain_id, contract),
+        {
+            "requestHash": request_hash,
+            "client": to_checksum_address(client),
+            "model": model,
+            "contentHash": keccak(content.encode()),
+            "inboundTokens": tin,
+            "outboundTokens": tout,
+            "inboundPrice": inbound,
+            "outboundPrice": outbound,
+            "timestamp": timestamp,
+            "success": success,
+        },
+    )[2]
 
 
 @SETTINGS
@@ -216,19 +262,32 @@ def response_oracle(chain_id, contract, request_hash, client, model, content, ti
     timestamp=u64,
     success=st.booleans(),
 )
-def test_response_commitment_digest(chain_id, contract, request_hash, client, model, content, tin, tout,
-                                    inbound, outbound, timestamp, success) -> None:
+def test_response_commitment_digest(
+    chain_id, contract, request_hash, client, model, content, tin, tout, inbound, outbound, timestamp, success
+) -> None:
     domain = n.Eip712Domain(chain_id, "0x" + contract.hex())
     ours = domain.response_commitment_digest(
         request_hash, client, model, content, tin, tout, str(inbound), str(outbound), timestamp, success
     )
-    want = response_oracle(chain_id, contract, request_hash, client, model, content, tin, tout, inbound,
-                           outbound, timestamp, success)
+    want = response_oracle(
+        chain_id, contract, request_hash, client, model, content, tin, tout, inbound, outbound, timestamp, success
+    )
     assert ours == want
-    assert domain.response_commitment_digest(
-        request_hash, to_checksum_address(client), model, keccak(content.encode()), tin, tout, inbound,
-        outbound, timestamp, success,
-    ) == want
+    assert (
+        domain.response_commitment_digest(
+            request_hash,
+            to_checksum_address(client),
+            model,
+            keccak(content.encode()),
+            tin,
+            tout,
+            inbound,
+            outbound,
+            timestamp,
+            success,
+        )
+        == want
+    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -243,15 +302,15 @@ def test_response_commitment_digest(chain_id, contract, request_hash, client, mo
     success=st.booleans(),
     secret=st.integers(min_value=1, max_value=SECP256K1_N - 1),
 )
-def test_sign_response_receipt_recovers(request_hash, client, content, tin, tout, inbound, timestamp, success,
-                                        secret) -> None:
+def test_sign_response_receipt_recovers(request_hash, client, content, tin, tout, inbound, timestamp, success, secret) -> None:
     key = n.PrivateKey.from_bytes(secret.to_bytes(32, "big"))
     domain = n.Eip712Domain(8453, b"\x42" * 20)
     digest, sig = domain.sign_response_receipt(
         key, request_hash, client, "m", content, tin, tout, str(inbound), "7", timestamp, success
     )
-    assert digest == response_oracle(8453, b"\x42" * 20, request_hash, client, "m", content, tin, tout,
-                                     inbound, 7, timestamp, success)
+    assert digest == response_oracle(
+        8453, b"\x42" * 20, request_hash, client, "m", content, tin, tout, inbound, 7, timestamp, success
+    )
     assert len(sig) == 65 and sig[64] in (0, 1)
     assert Account._recover_hash(digest, signature=sig[:64] + bytes([sig[64] + 27])) == key.address
     pure = KeyAPI(NativeECCBackend)
@@ -263,14 +322,25 @@ def test_request_digest_chains_into_response() -> None:
     domain = n.Eip712Domain(1, "0x" + "ab" * 20)
     key = n.PrivateKey.generate()
     req = domain.request_commitment_digest(key.address, "gpt-4o", "hi", None, 256, 0.7, "1000", "2000", 1, 2)
-    _, _, want_req = oracle("LlmRequestCommitment", REQUEST_FIELDS, domain_dict(1, b"\xab" * 20), {
-        "executor": key.address, "model": "gpt-4o", "promptHash": keccak(b"hi"), "systemPromptHash": ZERO32,
-        "maxTokens": 256, "temperature": 7000, "inboundPrice": 1000, "outboundPrice": 2000, "nonce": 1,
-        "deadline": 2,
-    })
+    _, _, want_req = oracle(
+        "LlmRequestCommitment",
+        REQUEST_FIELDS,
+        domain_dict(1, b"\xab" * 20),
+        {
+            "executor": key.address,
+            "model": "gpt-4o",
+            "promptHash": keccak(b"hi"),
+            "systemPromptHash": ZERO32,
+            "maxTokens": 256,
+            "temperature": 7000,
+            "inboundPrice": 1000,
+            "outboundPrice": 2000,
+            "nonce": 1,
+            "deadline": 2,
+        },
+    )
     assert req == want_req
-    digest, sig = domain.sign_response_receipt(key, req, b"\x01" * 20, "gpt-4o", "hello", 3, 5, "1000",
-                                               "2000", 99, True)
+    digest, sig = domain.sign_response_receipt(key, req, b"\x01" * 20, "gpt-4o", "hello", 3, 5, "1000", "2000", 99, True)
     assert n.recover_address(digest, sig) == key.address_bytes
 
 
@@ -290,8 +360,17 @@ def test_large_texts_hash_correctly() -> None:
 
 def test_empty_system_prompt_is_not_missing() -> None:
     domain = n.Eip712Domain(1, b"\x01" * 20)
-    args = dict(executor=b"\x02" * 20, model="m", prompt="p", max_tokens=1, temperature=0.0,
-                inbound_price="1", outbound_price="1", nonce=1, deadline=1)
+    args = dict(
+        executor=b"\x02" * 20,
+        model="m",
+        prompt="p",
+        max_tokens=1,
+        temperature=0.0,
+        inbound_price="1",
+        outbound_price="1",
+        nonce=1,
+        deadline=1,
+    )
     missing = domain.request_commitment_digest(system_prompt=None, **args)
     empty = domain.request_commitment_digest(system_prompt="", **args)
     assert missing != empty
@@ -302,15 +381,42 @@ def test_empty_system_prompt_is_not_missing() -> None:
 # --- invalid input -----------------------------------------------------------
 
 DOMAIN = n.Eip712Domain(1, b"\x01" * 20)
-GOOD_REQ = dict(executor=b"\x02" * 20, model="m", prompt="p", system_prompt=None, max_tokens=1, temperature=0.5,
-                inbound_price="1", outbound_price="1", nonce=1, deadline=1)
-GOOD_RESP = dict(request_hash=b"\x00" * 32, client=b"\x02" * 20, model="m", content="c", inbound_tokens=1,
-                 outbound_tokens=1, inbound_price="1", outbound_price="1", timestamp=1, success=True)
+GOOD_REQ = dict(
+    executor=b"\x02" * 20,
+    model="m",
+    prompt="p",
+    system_prompt=None,
+    max_tokens=1,
+    temperature=0.5,
+    inbound_price="1",
+    outbound_price="1",
+    nonce=1,
+    deadline=1,
+)
+GOOD_RESP = dict(
+    request_hash=b"\x00" * 32,
+    client=b"\x02" * 20,
+    model="m",
+    content="c",
+    inbound_tokens=1,
+    outbound_tokens=1,
+    inbound_price="1",
+    outbound_price="1",
+    timestamp=1,
+    success=True,
+)
 
 BAD_PRICES = ["-1", "1.5", "1e3", "", " 1", "1_000", "0x10", "+1", str(2**256), "١٢", -1, 2**256, 2**300]
-BAD_ADDRESSES = [b"\x01" * 19, b"\x01" * 21, b"", "0x1234", "0x" + "zz" * 20, "0x" + "ab" * 21,
-                 # a mixed-case address whose EIP-55 checksum is wrong
-                 "0x" + to_checksum_address(b"\xab" * 20)[2:].swapcase()]
+BAD_ADDRESSES = [
+    b"\x01" * 19,
+    b"\x01" * 21,
+    b"",
+    "0x1234",
+    "0x" + "zz" * 20,
+    "0x" + "ab" * 21,
+    # a mixed-case address whose EIP-55 checksum is wrong
+    "0x" + to_checksum_address(b"\xab" * 20)[2:].swapcase(),
+]
 
 
 @pytest.mark.parametrize("price", BAD_PRICES)
@@ -352,8 +458,15 @@ def test_largest_temperature_accepted() -> None:
 @pytest.mark.parametrize(
     "field,value",
     [
-        ("max_tokens", 2**32), ("max_tokens", -1), ("nonce", 2**64), ("nonce", -1), ("deadline", 2**64),
-        ("prompt", b"\x00" * 31), ("prompt", "\ud800"), ("system_prompt", b"\x00" * 33), ("model", "\udfff"),
+        ("max_tokens", 2**32),
+        ("max_tokens", -1),
+        ("nonce", 2**64),
+        ("nonce", -1),
+        ("deadline", 2**64),
+        ("prompt", b"\x00" * 31),
+        ("prompt", "\ud800"),
+        ("system_prompt", b"\x00" * 33),
+        ("model", "\udfff"),
     ],
 )
 def test_bad_request_fields_rejected(field: str, value) -> None:
@@ -364,8 +477,13 @@ def test_bad_request_fields_rejected(field: str, value) -> None:
 @pytest.mark.parametrize(
     "field,value",
     [
-        ("request_hash", b"\x00" * 31), ("request_hash", b"\x00" * 33), ("inbound_tokens", 2**32),
-        ("outbound_tokens", -1), ("timestamp", 2**64), ("content", b"\x00" * 5), ("content", "\ud800"),
+        ("request_hash", b"\x00" * 31),
+        ("request_hash", b"\x00" * 33),
+        ("inbound_tokens", 2**32),
+        ("outbound_tokens", -1),
+        ("timestamp", 2**64),
+        ("content", b"\x00" * 5),
+        ("content", "\ud800"),
     ],
 )
 def test_bad_response_fields_rejected(field: str, value) -> None:
@@ -377,8 +495,15 @@ def test_bad_response_fields_rejected(field: str, value) -> None:
 
 @pytest.mark.parametrize(
     "field,value",
-    [("prompt", None), ("prompt", 5), ("max_tokens", 1.5), ("max_tokens", "1"), ("inbound_price", 1.0),
-     ("executor", 12), ("model", b"m")],
+    [
+        ("prompt", None),
+        ("prompt", 5),
+        ("max_tokens", 1.5),
+        ("max_tokens", "1"),
+        ("inbound_price", 1.0),
+        ("executor", 12),
+        ("model", b"m"),
+    ],
 )
 def test_wrong_types_rejected(field: str, value) -> None:
     with pytest.raises(TypeError):

@@ -1,4 +1,5 @@
 """Key files and `init`: permissions, refusal to overwrite, one key two faces, clear errors."""
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,9 @@ from lloom_executor.identity import IdentityError, create_identity, load_identit
 
 
 def cfg(tmp_path: Path, eth_name: str = "eth_key") -> IdentityConfig:
-    return IdentityConfig(private_key_path=str(tmp_path / "keys" / "identity_key"), ethereum_private_key_path=str(tmp_path / "keys" / eth_name))
+    return IdentityConfig(
+        private_key_path=str(tmp_path / "keys" / "identity_key"), ethereum_private_key_path=str(tmp_path / "keys" / eth_name)
+    )
 
 
 def mode(path: str | Path) -> int:

@@ -4,6 +4,7 @@ Each test starts our real node, runs the real Rust peer against it and
 asserts on the JSON lines the peer prints: what a reference client would
 see and verify, with nothing of ours on the client side.
 """
+
 from __future__ import annotations
 
 import re
@@ -14,7 +15,10 @@ from typing import Any
 import pytest
 
 import interop
+from conftest import ExecutorFactory
 from interop import MODEL
+from lloom_executor.p2p.announcements import ModelCatalog
+from lloom_executor.p2p.services import default_services
 
 IN_PRICE = "500000000000000"
 OUT_PRICE = "1000000000000000"
@@ -22,13 +26,9 @@ PROMPT = "Hello from interop-peer"
 
 
 def discovery_services(network: Any, handler: Any) -> Sequence[Any]:
-    """Kademlia + gossipsub as the executor runs them; skips until that code exists."""
-    services = pytest.importorskip("lloom_executor.p2p.services")
-    announcements = pytest.importorskip("lloom_executor.p2p.announcements")
-    if not hasattr(services, "default_services"):
-        pytest.skip("lloom_executor.p2p.services.default_services not written yet")
-    catalog = announcements.ModelCatalog(list(handler.models.values()), backend_type="echo")
-    return services.default_services(network, catalog)
+    """Kademlia + gossipsub as the executor runs them."""
+    catalog = ModelCatalog(list(handler.registry.models.values()), backend_type="echo")
+    return default_services(network, catalog)
 
 
 def discovery_network(**overrides: Any) -> Any:
@@ -42,8 +42,9 @@ def discovery_network(**overrides: Any) -> Any:
 
 
 def run_client(peer: Path, node: interop.ExecutorNode, *extra: str, discover: str = "none", timeout: int = 30) -> interop.PeerRun:
-    args = interop.client_args(node.addr, "--inbound-price", IN_PRICE, "--outbound-price", OUT_PRICE, *extra,
-                               discover=discover, timeout_secs=timeout)
+    args = interop.client_args(
+        node.addr, "--inbound-price", IN_PRICE, "--outbound-price", OUT_PRICE, *extra, discover=discover, timeout_secs=timeout
+    )
     return interop.run_peer(peer, args, timeout=timeout + 15)
 
 
@@ -80,7 +81,7 @@ def assert_signed_error(run: interop.PeerRun, node: interop.ExecutorNode, model:
 
 
 # -- signed request path ------------------------------------------------------------------------
-def test_signed_request_answered_and_verified(interop_peer: Path, executor_node) -> None:
+def test_signed_request_answered_and_verified(interop_peer: Path, executor_node: ExecutorFactory) -> None:
     node = executor_node()
     run = run_client(interop_peer, node, "--prompt", PROMPT)
     assert run.returncode == 0, run.describe()
@@ -90,7 +91,7 @@ def test_signed_request_answered_and_verified(interop_peer: Path, executor_node)
     assert interop.wait_until(lambda: node.stats.served == 1, 5), node.stats
 
 
-def test_node_prices_do_not_override_request_prices(interop_peer: Path, executor_node) -> None:
+def test_node_prices_do_not_override_request_prices(interop_peer: Path, executor_node: ExecutorFactory) -> None:
     """The cost uses the prices the request carries, in exact integer wei (no float rounding)."""
     node = executor_node()
     big_in, big_out = "123456789012345678901", "98765432109876543210987"
@@ -102,7 +103,7 @@ def test_node_prices_do_not_override_request_prices(interop_peer: Path, executor
 
 
 # -- refusals: each one a signed error answer -----------------------------------------------------
-def test_unknown_model_gets_signed_error(interop_peer: Path, executor_node) -> None:
+def test_unknown_model_gets_signed_error(interop_peer: Path, executor_node: ExecutorFactory) -> None:
     node = executor_node()
     run = run_client(interop_peer, node, "--model", "no-such-model")
     assert_signed_error(run, node, "no-such-model", r"no-such-model")
@@ -117,7 +118,9 @@ def test_unknown_model_gets_signed_error(interop_peer: Path, executor_node) -> N
         ("--wrong-executor", r"addressed|executor"),
     ],
 )
-def test_invalid_request_refused_with_signed_error(interop_peer: Path, executor_node, flag: str, reason: str) -> None:
+def test_invalid_request_refused_with_signed_error(
+    interop_peer: Path, executor_node: ExecutorFactory, flag: str, reason: str
+) -> None:
     node = executor_node()
     run = run_client(interop_peer, node, flag)
     assert_signed_error(run, node, MODEL, reason)
@@ -126,21 +129,21 @@ def test_invalid_request_refused_with_signed_error(interop_peer: Path, executor_
     assert again.returncode == 0, again.describe()
 
 
-def test_unsigned_request_accepted_when_allowed(interop_peer: Path, executor_node) -> None:
+def test_unsigned_request_accepted_when_allowed(interop_peer: Path, executor_node: ExecutorFactory) -> None:
     node = executor_node(allow_unsigned=True)
     run = run_client(interop_peer, node, "--unsigned", "--prompt", PROMPT)
     assert run.returncode == 0, run.describe()
     assert_served(run, run.one("response"), node, PROMPT)
 
 
-def test_wrong_evm_executor_address_refused(interop_peer: Path, executor_node) -> None:
+def test_wrong_evm_executor_address_refused(interop_peer: Path, executor_node: ExecutorFactory) -> None:
     """--wrong-executor with the EVM form needs our announcement first (to know the mode works)."""
     node = executor_node(network=discovery_network(), services_factory=discovery_services)
     run = run_client(interop_peer, node, "--executor-address-mode", "evm", "--wrong-executor")
     assert_signed_error(run, node, MODEL, r"addressed|executor")
 
 
-def test_executor_address_as_evm_address_accepted(interop_peer: Path, executor_node) -> None:
+def test_executor_address_as_evm_address_accepted(interop_peer: Path, executor_node: ExecutorFactory) -> None:
     """A client that learned our EVM address from our gossip announcement may address us by it."""
     node = executor_node(network=discovery_network(), services_factory=discovery_services)
     run = run_client(interop_peer, node, "--executor-address-mode", "evm", "--prompt", PROMPT)
@@ -151,14 +154,14 @@ def test_executor_address_as_evm_address_accepted(interop_peer: Path, executor_n
 
 
 # -- limits and load ---------------------------------------------------------------------------
-def test_oversize_frame_reset_and_node_keeps_serving(interop_peer: Path, executor_node) -> None:
+def test_oversize_frame_reset_and_node_keeps_serving(interop_peer: Path, executor_node: ExecutorFactory) -> None:
     node = executor_node()
     run = run_client(interop_peer, node, "--oversize-bytes", "1100000")
     assert run.one("oversize_request")["cbor_bytes"] > 1_048_576, run.describe()
     failed = run.one("request_failed")
+    assert failed["error"], run.describe()  # the client saw its request fail (the node reset the stream)
     assert not run.responses, run.describe()
     assert run.returncode == 1, run.describe()
-    print("oversize request failed on the client with:", failed["error"], failed["debug"])
     assert interop.wait_until(lambda: node.stats.too_large == 1, 5), node.stats
     after = run_client(interop_peer, node, "--prompt", PROMPT)
     assert after.returncode == 0, after.describe()
@@ -166,7 +169,7 @@ def test_oversize_frame_reset_and_node_keeps_serving(interop_peer: Path, executo
     assert interop.wait_until(lambda: node.stats.inflight == 0, 5), node.stats
 
 
-def test_hundred_concurrent_requests_over_one_connection(interop_peer: Path, executor_node) -> None:
+def test_hundred_concurrent_requests_over_one_connection(interop_peer: Path, executor_node: ExecutorFactory) -> None:
     node = executor_node()
     run = run_client(interop_peer, node, "--count", "100", "--concurrency", "100", "--prompt", PROMPT, timeout=60)
     assert run.returncode == 0, run.describe()
@@ -176,14 +179,13 @@ def test_hundred_concurrent_requests_over_one_connection(interop_peer: Path, exe
         assert_served(run, r, node, f"{PROMPT} [{r['index']}]")
     assert len(run.events("connected")) == 1 and not run.events("disconnected"), run.describe()
     summary = run.summary
-    assert (summary["ok"], summary["failed"]) == (100, 0)
-    print(f"100 concurrent requests over one connection: {summary['requests_per_sec']} req/s "
-          f"({summary['elapsed_ms']} ms)")
+    assert (summary["ok"], summary["failed"]) == (100, 0), run.describe()
+    # how fast: benches/bench_throughput.py (this test checks only that every answer is right)
 
 
 # -- discovery ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("add_address", [True, False], ids=["routing-table-seeded", "find-node-on-connect"])
-def test_discovery_through_kademlia(interop_peer: Path, executor_node, add_address: bool) -> None:
+def test_discovery_through_kademlia(interop_peer: Path, executor_node: ExecutorFactory, add_address: bool) -> None:
     """Without --no-add-address the client seeds its routing table by hand; with it, it finds
     us only because our node makes a Kademlia request on connect (PROTOCOL.md §6 (a))."""
     node = executor_node(network=discovery_network(), services_factory=discovery_services)
@@ -196,13 +198,13 @@ def test_discovery_through_kademlia(interop_peer: Path, executor_node, add_addre
     assert_served(run, run.one("response"), node, PROMPT)
     if not add_address:  # it was our FIND_NODE that put us into the client's routing table
 
-        async def find_node_ok(rt) -> int:
+        async def find_node_ok(rt: Any) -> int:
             return getattr(rt.services.get("kad"), "find_node_ok", 0)
 
         assert node.call(find_node_ok) >= 1
 
 
-def test_discovery_through_gossip(interop_peer: Path, executor_node) -> None:
+def test_discovery_through_gossip(interop_peer: Path, executor_node: ExecutorFactory) -> None:
     node = executor_node(network=discovery_network(), services_factory=discovery_services)
     run = run_client(interop_peer, node, "--prompt", PROMPT, discover="gossip", timeout=40)
     assert any(d["via"] == "gossip" and d["peer"] == node.peer_id for d in run.events("discovered")), run.describe()
@@ -211,7 +213,7 @@ def test_discovery_through_gossip(interop_peer: Path, executor_node) -> None:
     assert_served(run, run.one("response"), node, PROMPT)
 
 
-def test_model_announcement_received_and_verified(interop_peer: Path, executor_node) -> None:
+def test_model_announcement_received_and_verified(interop_peer: Path, executor_node: ExecutorFactory) -> None:
     node = executor_node(network=discovery_network(), services_factory=discovery_services)
     run = run_client(interop_peer, node, "--listen-gossip-secs", "2", timeout=40)
     assert run.returncode == 0, run.describe()

@@ -1,4 +1,5 @@
 """The SQLite request ledger: exact rows, WAL, durability under SIGKILL, several writers, serving."""
+
 from __future__ import annotations
 
 import asyncio
@@ -17,12 +18,14 @@ import pytest
 from prometheus_client import generate_latest
 
 from lloom_executor import _native
-from lloom_executor.backends import EchoBackend
+from lloom_executor.backends import Completion, CompletionRequest, EchoBackend
+from lloom_executor.backends.base import BackendServerError
 from lloom_executor.config import ModelConfig
 from lloom_executor.ledger import STATUS_REFUSED, STATUS_SERVED, Ledger, LedgerEntry, LedgerError
 from lloom_executor.metrics import Metrics
 from lloom_executor.p2p.llm_protocol import RequestContext
-from lloom_executor.serving import BasicRequestHandler, PipelineStages
+from lloom_executor.service import build_request_handler
+from lloom_executor.serving import RequestHandler
 
 PYTHON_PATH = os.pathsep.join(sys.path)  # subprocesses import the lloom_executor this run imports
 BIG = 10**30  # wei beyond 2**64: revenue must be exact integer arithmetic
@@ -32,10 +35,20 @@ DOMAIN = _native.Eip712Domain(31337, "0x" + "5f" * 20)
 
 def entry(i: int, **over: Any) -> LedgerEntry:
     values: dict[str, Any] = dict(
-        status=STATUS_SERVED, model="m", client_address="0x" + "AB" * 20, peer_id=f"peer-{i}",
-        inbound_tokens=i, outbound_tokens=2 * i, inbound_price=str(BIG), outbound_price="3",
-        total_cost=str(i * BIG + 6 * i), request_digest=bytes([i % 256]) * 32, queued_ms=1.5, backend_ms=2.5,
-        total_ms=4.0, time=1_700_000_000.0 + i,
+        status=STATUS_SERVED,
+        model="m",
+        client_address="0x" + "AB" * 20,
+        peer_id=f"peer-{i}",
+        inbound_tokens=i,
+        outbound_tokens=2 * i,
+        inbound_price=str(BIG),
+        outbound_price="3",
+        total_cost=str(i * BIG + 6 * i),
+        request_digest=bytes([i % 256]) * 32,
+        queued_ms=1.5,
+        backend_ms=2.5,
+        total_ms=4.0,
+        time=1_700_000_000.0 + i,
     )
     values.update(over)
     return LedgerEntry(**values)
@@ -47,16 +60,38 @@ def test_wal_full_sync_and_exact_row(tmp_path: Path) -> None:
         assert ledger.journal_mode() == "wal"
         assert ledger._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert oct(ledger.path.stat().st_mode & 0o777) == oct(0o600)
-        rowid = ledger.record(entry(7, receipt_digest=b"\x09" * 32, receipt_signature="0x" + "0a" * 65,
-                                    receipt_timestamp=1_700_000_007, request_hash=b"\x0b" * 32))
+        rowid = ledger.record(
+            entry(
+                7,
+                receipt_digest=b"\x09" * 32,
+                receipt_signature="0x" + "0a" * 65,
+                receipt_timestamp=1_700_000_007,
+                request_hash=b"\x0b" * 32,
+            )
+        )
         (row,) = ledger.entries()
     assert row == {
-        "id": rowid, "time": 1_700_000_007.0, "status": "served", "reason": None,
-        "client_address": "0x" + "ab" * 20, "peer_id": "peer-7", "model": "m", "requested_model": "m",
-        "inbound_tokens": 7, "outbound_tokens": 14, "inbound_price": str(BIG), "outbound_price": "3",
-        "total_cost": str(7 * BIG + 42), "request_digest": "0x" + "07" * 32, "request_hash": "0x" + "0b" * 32,
-        "receipt_digest": "0x" + "09" * 32, "receipt_signature": "0x" + "0a" * 65, "receipt_timestamp": 1_700_000_007,
-        "queued_ms": 1.5, "backend_ms": 2.5, "total_ms": 4.0,
+        "id": rowid,
+        "time": 1_700_000_007.0,
+        "status": "served",
+        "reason": None,
+        "client_address": "0x" + "ab" * 20,
+        "peer_id": "peer-7",
+        "model": "m",
+        "requested_model": "m",
+        "inbound_tokens": 7,
+        "outbound_tokens": 14,
+        "inbound_price": str(BIG),
+        "outbound_price": "3",
+        "total_cost": str(7 * BIG + 42),
+        "request_digest": "0x" + "07" * 32,
+        "request_hash": "0x" + "0b" * 32,
+        "receipt_digest": "0x" + "09" * 32,
+        "receipt_signature": "0x" + "0a" * 65,
+        "receipt_timestamp": 1_700_000_007,
+        "queued_ms": 1.5,
+        "backend_ms": 2.5,
+        "total_ms": 4.0,
     }
     # another connection (another process would be the same) sees WAL mode on the file itself
     conn = sqlite3.connect(tmp_path / "data" / "ledger.sqlite3")
@@ -131,7 +166,8 @@ WRITER = textwrap.dedent("""
 def writer(path: Path, tag: str, count: int, go: Path | None = None, pause: float = 0.0) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", WRITER, str(path), tag, str(count), *([str(go), str(pause)] if go else [])],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
         env=dict(os.environ, PYTHONPATH=PYTHON_PATH),
     )
 
@@ -187,37 +223,47 @@ def test_two_processes_write_concurrently(tmp_path: Path) -> None:
     assert totals.revenue == 2 * sum(10**30 + i for i in range(count))
     assert seen_while_writing == sorted(seen_while_writing)
     order = [r["peer_id"][0] for r in rows]  # by id: the writers really interleaved
-    assert sum(a != b for a, b in zip(order, order[1:])) > 1
+    assert sum(a != b for a, b in zip(order, order[1:], strict=False)) > 1
 
 
 # -- serving -------------------------------------------------------------------------------------
 class FailingEcho(EchoBackend):
-    async def complete(self, model: str, prompt: str, *args: Any, **kwargs: Any):
-        if prompt == "fail":
-            raise RuntimeError("backend exploded")
-        return await super().complete(model, prompt, *args, **kwargs)
+    async def complete(self, request: CompletionRequest) -> Completion:
+        if request.prompt == "fail":
+            raise BackendServerError("backend exploded at http://10.0.0.7:8000", status=500)
+        return await super().complete(request)
 
 
 CTX = RequestContext("16Uiu2HAmLedgerPeer", "127.0.0.1", 0, 0.0)
 
 
-def handler(executor: _native.PrivateKey, ledger: Any, **kw: Any) -> BasicRequestHandler:
-    return BasicRequestHandler(executor, [ModelConfig(MODEL, inbound_price_wei=1, outbound_price_wei=2)],
-                               FailingEcho([MODEL]), ledger=ledger, aliases={"alias": MODEL}, **kw)
+def handler(executor: _native.PrivateKey, ledger: Any, **kw: Any) -> RequestHandler:
+    return build_request_handler(
+        executor,
+        [ModelConfig(MODEL, inbound_price_wei=1, outbound_price_wei=2)],
+        FailingEcho([MODEL]),
+        ledger=ledger,
+        aliases={"alias": MODEL},
+        **kw,
+    )
 
 
 def signed(client: _native.PrivateKey, executor: _native.PrivateKey, prompt: str, model: str = MODEL) -> bytes:
     now = int(time.time())
-    return bytes(_native.encode_signed_request(client, model, prompt, None, None, 16, executor.peer_id,
-                                               str(BIG), "5", 77, now + 300, now))
+    return bytes(
+        _native.encode_signed_request(client, model, prompt, None, None, 16, executor.peer_id, str(BIG), "5", 77, now + 300, now)
+    )
 
 
 def test_serving_records_served_and_refused_rows(tmp_path: Path) -> None:
     executor, client = _native.PrivateKey.generate(), _native.PrivateKey.generate()
     with Ledger(tmp_path / "l.db") as ledger:
         h = handler(executor, ledger, receipt_domain=DOMAIN)
-        frames = [signed(client, executor, "hello world", model="alias"), signed(client, executor, "x", "nope"),
-                  signed(client, executor, "fail")]
+        frames = [
+            signed(client, executor, "hello world", model="alias"),
+            signed(client, executor, "x", "nope"),
+            signed(client, executor, "fail"),
+        ]
         answers = [_native.decode_response(asyncio.run(h(f, CTX))) for f in frames]
         rows = ledger.entries()
         totals = ledger.totals()
@@ -225,10 +271,16 @@ def test_serving_records_served_and_refused_rows(tmp_path: Path) -> None:
     ok = answers[0]
     assert ok.error is None
     assert {k: served[k] for k in served if k not in ("id", "time", "queued_ms", "backend_ms", "total_ms")} == {
-        "status": "served", "reason": None, "client_address": client.address.lower(),
-        "peer_id": CTX.peer_id, "model": MODEL, "requested_model": "alias",
-        "inbound_tokens": ok.inbound_tokens, "outbound_tokens": ok.outbound_tokens,
-        "inbound_price": str(BIG), "outbound_price": "5",
+        "status": "served",
+        "reason": None,
+        "client_address": client.address.lower(),
+        "peer_id": CTX.peer_id,
+        "model": MODEL,
+        "requested_model": "alias",
+        "inbound_tokens": ok.inbound_tokens,
+        "outbound_tokens": ok.outbound_tokens,
+        "inbound_price": str(BIG),
+        "outbound_price": "5",
         "total_cost": ok.total_cost,
         "request_digest": "0x" + _native.decode_request(frames[0]).digest.hex(),
         "request_hash": "0x" + ok.receipt["request_hash"].hex(),
@@ -246,7 +298,7 @@ def test_serving_records_served_and_refused_rows(tmp_path: Path) -> None:
     assert (unknown["inbound_tokens"], unknown["outbound_tokens"], unknown["total_cost"]) == (0, 0, "0")
     # a backend failure after admission: refused, with a failure receipt and timings
     assert (failed["status"], failed["model"]) == ("refused", MODEL)
-    assert failed["reason"] == answers[2].error and failed["reason"].startswith("backend error")
+    assert failed["reason"] == answers[2].error and failed["reason"] == "the backend failed on this request"
     assert failed["receipt_digest"] == "0x" + answers[2].receipt["digest"].hex()
     assert failed["backend_ms"] is not None
     assert totals.by_model[MODEL].served == 1 and totals.by_model[MODEL].refused == 1
@@ -300,22 +352,21 @@ class BrokenLedger(Ledger):
 def test_unrecordable_request_is_not_served(tmp_path: Path) -> None:
     executor, client = _native.PrivateKey.generate(), _native.PrivateKey.generate()
     metrics = Metrics()
-    h = handler(executor, BrokenLedger(tmp_path / "l.db"), receipt_domain=DOMAIN, stages=PipelineStages(metrics=metrics))
+    h = handler(executor, BrokenLedger(tmp_path / "l.db"), receipt_domain=DOMAIN, metrics=metrics)
     answer = _native.decode_response(asyncio.run(h(signed(client, executor, "hello"), CTX)))
     assert answer.signature_valid and answer.content == "" and answer.total_cost == "0"
     assert "could not record" in answer.error
     assert answer.receipt["success"] is False
     # The metrics count what the client got: an error, no revenue, no tokens sold.
     text = generate_latest(metrics.registry).decode()
-    assert 'lloom_executor_requests_total{model="%s",status="ledger_error"} 1.0' % MODEL in text
+    assert f'lloom_executor_requests_total{{model="{MODEL}",status="ledger_error"}} 1.0' in text
     assert 'status="success"' not in text
     assert metrics.revenue_wei == 0
 
 
 def test_ledger_usable_from_threads(tmp_path: Path) -> None:
     with Ledger(tmp_path / "l.db") as ledger:
-        threads = [threading.Thread(target=lambda k=k: [ledger.record(entry(k * 100 + i)) for i in range(25)])
-                   for k in range(4)]
+        threads = [threading.Thread(target=lambda k=k: [ledger.record(entry(k * 100 + i)) for i in range(25)]) for k in range(4)]
         for t in threads:
             t.start()
         for t in threads:

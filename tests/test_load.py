@@ -4,13 +4,14 @@
    `ExecutorService` whose OpenAI-wire backend answers after 200 ms, with
    `max_concurrent_requests = 32`: every answer signed and served, the backend never sees
    more than 32 requests at once (counted on the backend's side), and the ledger holds
-   exactly the 200 served rows. Throughput is printed next to what one-at-a-time handling
-   would take; nothing here asserts on time.
+   exactly the 200 served rows. Nothing here measures time: the throughput of the same
+   scenario is in benches/bench_throughput.py.
 2. `lloom-executor start` as a real process, driven by our client with many concurrent
    requests, killed with SIGKILL mid-load: every request whose answer the client received
    is in the ledger (matched on the request's signing digest), the ledger opens clean, and
    a restarted executor on the same data directory appends to it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -20,20 +21,19 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import interop
-from openai_server import CHAT_PATH, OpenAIServer
-
 from lloom_executor import _native
 from lloom_executor.client import Answer, LloomClient
 from lloom_executor.config import Config
 from lloom_executor.identity import load_identity
 from lloom_executor.ledger import LEDGER_FILENAME, Ledger
 from lloom_executor.service import ExecutorService
+from openai_server import CHAT_PATH, OpenAIServer
+from service_rig import until
 
 MODEL = "gpt-3.5-turbo"
 PRICE_IN = 10**12  # wei per token = the configured 0.000001 ETH
@@ -42,8 +42,17 @@ LATENCY = 0.2
 MAX_CONCURRENT = 32
 CLIENTS, PER_CLIENT, CLIENT_CONCURRENCY = 4, 50, 16
 BACKEND_MODELS = [
-    {"id": MODEL, "object": "model", "type": "llm", "publisher": "lloom", "arch": "llama",
-     "compatibility_type": "gguf", "quantization": "Q4_K_M", "state": "loaded", "max_context_length": 8192},
+    {
+        "id": MODEL,
+        "object": "model",
+        "type": "llm",
+        "publisher": "lloom",
+        "arch": "llama",
+        "compatibility_type": "gguf",
+        "quantization": "Q4_K_M",
+        "state": "loaded",
+        "max_context_length": 8192,
+    },
 ]
 
 
@@ -80,14 +89,18 @@ def write_keys(tmp_path: Path) -> None:
 # -- 1. 200 requests from Rust peers ---------------------------------------------------------------
 def test_200_requests_from_rust_peers_with_32_backend_slots(tmp_path: Path, interop_peer: Path) -> None:
     write_keys(tmp_path)
-    with CountingServer(BACKEND_MODELS, latency=LATENCY) as backend:
+    backend = CountingServer(BACKEND_MODELS, latency=LATENCY)
+    with backend:
         config = Config.from_dict(
             {
                 "network": {
                     "listen_address": "/ip4/127.0.0.1/tcp/0",
                     "protocols": {"enable_mdns": False, "enable_autonat": False, "enable_relay": False},
                 },
-                "identity": {"private_key_path": str(tmp_path / "identity_key"), "ethereum_private_key_path": str(tmp_path / "eth_key")},
+                "identity": {
+                    "private_key_path": str(tmp_path / "identity_key"),
+                    "ethereum_private_key_path": str(tmp_path / "eth_key"),
+                },
                 "llm_client": {"backend": "lmstudio", "base_url": backend.base_url, "timeout_secs": 30, "max_retries": 0},
                 "models": [{"name": MODEL, "inbound_price": "0.000001", "outbound_price": "0.000002"}],
                 "request_handling": {"max_concurrent_requests": MAX_CONCURRENT},
@@ -99,22 +112,31 @@ def test_200_requests_from_rust_peers_with_32_backend_slots(tmp_path: Path, inte
 
         def client(n: int, addr: str) -> interop.PeerRun:
             args = interop.client_args(
-                addr, "--count", str(PER_CLIENT), "--concurrency", str(CLIENT_CONCURRENCY), "--prompt", f"load {n}",
-                "--inbound-price", str(PRICE_IN), "--outbound-price", str(PRICE_OUT), timeout_secs=90,
+                addr,
+                "--count",
+                str(PER_CLIENT),
+                "--concurrency",
+                str(CLIENT_CONCURRENCY),
+                "--prompt",
+                f"load {n}",
+                "--inbound-price",
+                str(PRICE_IN),
+                "--outbound-price",
+                str(PRICE_OUT),
+                timeout_secs=90,
             )
             return interop.run_peer(interop_peer, args, timeout=110)
 
-        async def scenario() -> tuple[list[interop.PeerRun], float, str]:
+        async def scenario() -> tuple[list[interop.PeerRun], str]:
             service = ExecutorService(config, load_identity(config.identity, environ={}))
             addr = (await service.start())[0]
             try:
-                started = time.monotonic()
                 runs = await asyncio.gather(*(asyncio.to_thread(client, n, addr) for n in range(CLIENTS)))
-                return list(runs), time.monotonic() - started, service.identity.address
+                return list(runs), service.identity.address
             finally:
                 await service.stop()
 
-        runs, elapsed, executor_address = asyncio.run(scenario())
+        runs, executor_address = asyncio.run(scenario())
         peak, chats = backend.peak, len(backend.chat_requests)
 
     total = CLIENTS * PER_CLIENT
@@ -145,14 +167,6 @@ def test_200_requests_from_rust_peers_with_32_backend_slots(tmp_path: Path, inte
     assert len({r["request_digest"] for r in rows}) == total
     assert all(r["receipt_signature"] and r["model"] == MODEL for r in rows)
 
-    one_at_a_time = total * LATENCY
-    print(
-        f"\n{total} requests from {CLIENTS} Rust clients ({CLIENTS * CLIENT_CONCURRENCY} in flight), backend latency "
-        f"{LATENCY * 1000:.0f} ms, max_concurrent_requests {MAX_CONCURRENT}: {elapsed:.2f} s, "
-        f"{total / elapsed:.1f} req/s, backend peak concurrency {peak}; one at a time: "
-        f"{one_at_a_time:.0f} s ({1 / LATENCY:.0f} req/s), bound: {total * LATENCY / MAX_CONCURRENT:.2f} s"
-    )
-
 
 # -- 2. SIGKILL mid-load, then restart ---------------------------------------------------------------
 CRASH_WORKERS = 24
@@ -175,19 +189,25 @@ class Executor:
         self._out = open(log, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lloom_executor", "start", "--config", str(config)],
-            stdout=self._out, stderr=subprocess.STDOUT, env=env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
 
     def address(self, timeout: float = 40) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """The loopback address it logs once listening; fails at once if the process exits first."""
+        found: list[str] = []
+
+        def listening_or_gone() -> bool:
             match = re.search(r"listening on (/ip4/127\.0\.0\.1/\S+/p2p/\S+)", self.log.read_text())
             if match:
-                return match.group(1)
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"executor did not start (rc {self.proc.poll()}):\n{self.log.read_text()}")
+                found.append(match.group(1))
+            return bool(match) or self.proc.poll() is not None
+
+        interop.wait_until(listening_or_gone, timeout)
+        if not found:
+            raise AssertionError(f"executor did not start (rc {self.proc.poll()}):\n{self.log.read_text()}")
+        return found[0]
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -219,10 +239,13 @@ async def load_until_killed(address: str, executor: Executor) -> tuple[list[Answ
                 i += 1
 
         tasks = [asyncio.ensure_future(worker(w)) for w in range(CRASH_WORKERS)]
-        while len(answers) < ANSWERS_BEFORE_KILL:
+
+        def enough_answers() -> bool:
             done = [t for t in tasks if t.done()]
-            assert not done, [t.exception() for t in done]
-            await asyncio.sleep(0.01)
+            assert not done, [t.exception() for t in done]  # every worker is still sending
+            return len(answers) >= ANSWERS_BEFORE_KILL
+
+        await until(enough_answers, f"{ANSWERS_BEFORE_KILL} answers before the kill", 60)
         executor.proc.send_signal(signal.SIGKILL)
         killed.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 40)
@@ -254,10 +277,10 @@ def test_sigkill_mid_load_loses_no_answered_request(tmp_path: Path) -> None:
         answered = {"0x" + a.request_digest.hex() for a in answers}
         assert len(answered) == len(answers)
         missing = answered - recorded
-        assert not missing, f"{len(missing)} answered request(s) not in the ledger"
-        print(
-            f"\nSIGKILL after {len(answers)} answers with {len(failures)} requests in flight: ledger holds "
-            f"{rows_after_crash} rows ({len(recorded - answered)} written whose answer never arrived)"
+        assert not missing, (
+            f"{len(missing)} answered request(s) not in the ledger; SIGKILL after {len(answers)} answers with "
+            f"{len(failures)} requests in flight, ledger holds {rows_after_crash} rows "
+            f"({len(recorded - answered)} written whose answer never arrived)"
         )
 
         second = Executor(config, tmp_path / "second.log")
@@ -267,8 +290,11 @@ def test_sigkill_mid_load_loses_no_answered_request(tmp_path: Path) -> None:
             async def one_more() -> Answer:
                 async with LloomClient(bootstrap=[address], request_timeout=20, enable_kad=False, enable_gossip=False) as client:
                     return await client.request(
-                        address.rsplit("/p2p/", 1)[1], MODEL, "after the crash",
-                        inbound_price=str(PRICE_IN), outbound_price=str(PRICE_OUT),
+                        address.rsplit("/p2p/", 1)[1],
+                        MODEL,
+                        "after the crash",
+                        inbound_price=str(PRICE_IN),
+                        outbound_price=str(PRICE_OUT),
                     )
 
             after = asyncio.run(one_more())

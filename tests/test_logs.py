@@ -1,4 +1,5 @@
 """`[logging]`: level filtering and size-based rotation with gzip-compressed backups."""
+
 from __future__ import annotations
 
 import gzip
@@ -26,7 +27,9 @@ def restore_logging():
 
 def test_rotating_compressed_file(tmp_path: Path) -> None:
     log_file = tmp_path / "logs" / "executor.log"
-    handlers = setup_logging(LoggingConfig(level="debug", file=str(log_file), max_size_mb=1, max_backups=2, compress=True), stderr=False)
+    handlers = setup_logging(
+        LoggingConfig(level="debug", file=str(log_file), max_size_mb=1, max_backups=2, compress=True), stderr=False
+    )
     try:
         log = logging.getLogger("lloom_executor.test")
         line = "x" * 1000

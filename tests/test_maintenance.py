@@ -4,6 +4,7 @@ The checks are independent of the code under test: archives are opened with `tar
 ledger copies with plain `sqlite3`, cache entries are read back from the disk cache's own
 index and files.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,7 +35,9 @@ DAY = 86400.0
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLOOM_", "OPENAI_", "RUST_LOG"))}
-    return subprocess.run([sys.executable, "-m", "lloom_executor", *args], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "lloom_executor", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def write_node(tmp_path: Path, *, cache_backend: str = "disk", extra: str = "") -> Path:
@@ -48,16 +51,16 @@ def write_node(tmp_path: Path, *, cache_backend: str = "disk", extra: str = "") 
     config.write_text(
         f"""
 [identity]
-private_key_path = "{tmp_path / 'identity_key'}"
-ethereum_private_key_path = "{tmp_path / 'eth_key'}"
+private_key_path = "{tmp_path / "identity_key"}"
+ethereum_private_key_path = "{tmp_path / "eth_key"}"
 [llm_client]
 backend = "echo"
 [storage]
-data_dir = "{tmp_path / 'data'}"
+data_dir = "{tmp_path / "data"}"
 [cache]
 enabled = true
 backend = "{cache_backend}"
-path = "{tmp_path / 'cache'}"
+path = "{tmp_path / "cache"}"
 ttl_seconds = 31536000
 {extra}
 [[models]]
@@ -73,12 +76,18 @@ outbound_price = "0.000002"
 def entry(i: int, status: str = STATUS_SERVED) -> LedgerEntry:
     served = status == STATUS_SERVED
     return LedgerEntry(
-        status=status, model="m", client_address="0x" + f"{i:040x}", peer_id=f"peer-{i}",
-        inbound_tokens=3 if served else 0, outbound_tokens=5 if served else 0,
-        inbound_price="1000000000000", outbound_price="2000000000000",
+        status=status,
+        model="m",
+        client_address="0x" + f"{i:040x}",
+        peer_id=f"peer-{i}",
+        inbound_tokens=3 if served else 0,
+        outbound_tokens=5 if served else 0,
+        inbound_price="1000000000000",
+        outbound_price="2000000000000",
         total_cost=str(3 * 10**12 + 5 * 2 * 10**12) if served else "0",
         reason=None if served else "price too low",
-        request_digest=hashlib.sha256(str(i).encode()).digest(), time=1_700_000_000 + i,
+        request_digest=hashlib.sha256(str(i).encode()).digest(),
+        time=1_700_000_000 + i,
     )
 
 
@@ -145,7 +154,8 @@ def test_backup_of_a_live_ledger_restores(tmp_path: Path) -> None:
         restore = tmp_path / "restore"
         tar.extractall(restore, filter="tar")
     assert sorted(members) == sorted(
-        f"{ARCHIVE_ROOT}/{n}" for n in ("MANIFEST.json", "config/config.toml", "keys/identity_key", "keys/eth_key", "data/ledger.sqlite3")
+        f"{ARCHIVE_ROOT}/{n}"
+        for n in ("MANIFEST.json", "config/config.toml", "keys/identity_key", "keys/eth_key", "data/ledger.sqlite3")
     )
     assert all(m.isfile() for m in members.values())
     root = restore / ARCHIVE_ROOT
@@ -246,7 +256,12 @@ def test_backup_force_replaces_and_tightens_an_existing_file(tmp_path: Path) -> 
 def test_clean_cache_removes_exactly_the_old_disk_entries(tmp_path: Path) -> None:
     config = write_node(tmp_path)
     now = time.time()
-    ages = {"eight days": 8 * DAY, "seven days and a minute": 7 * DAY + 60, "a minute short of seven days": 7 * DAY - 60, "fresh": 1.0}
+    ages = {
+        "eight days": 8 * DAY,
+        "seven days and a minute": 7 * DAY + 60,
+        "a minute short of seven days": 7 * DAY - 60,
+        "fresh": 1.0,
+    }
     keys = {}
 
     async def fill() -> None:

@@ -7,6 +7,7 @@ its push API (PUT/POST /metrics/job/<job>/<label>/<value>...). NVML is an
 external library: without a GPU it is either missing (the default here) or a
 stand-in module that answers like it.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -22,10 +23,24 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import Counter, Gauge, Histogram, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from lloom_executor.metrics import DURATION_BUCKETS, Metrics, MetricsServer, NvmlGpus, PushLoop, nearest_rank, wei_to_eth
-
+from lloom_executor.metrics import (
+    DURATION_BUCKETS,
+    Metrics,
+    MetricsServer,
+    NvmlGpus,
+    PushLoop,
+    nearest_rank,
+    register_counter,
+    register_gauge,
+    register_histogram,
+    unregister_metric,
+    wei_to_eth,
+)
+from lloom_executor.outcome import RefusalCode
 from service_rig import samples
 
 MODEL = "llama-2-13b"
@@ -88,8 +103,6 @@ def value(text: str, name: str, **labels: str) -> float:
 
 
 def scrape(metrics: Metrics) -> str:
-    from prometheus_client import generate_latest
-
     return generate_latest(metrics.registry).decode()
 
 
@@ -155,8 +168,8 @@ def test_manual_names_and_labels_over_http(served) -> None:
     assert value(text, "lloom_executor_cache_requests_total", result="hit") == 1
     assert value(text, "lloom_executor_cache_requests_total", result="miss") == 2
     # the exact lines as the manual prints them
-    assert re.search(r'^lloom_executor_requests_total\{model="llama-2-13b",status="success"\} 100\.0$', text, re.M)
-    assert re.search(r'^lloom_executor_revenue_total\{currency="ETH"\} 0\.1$', text, re.M)
+    assert re.search(r'^lloom_executor_requests_total\{model="llama-2-13b",status="success"\} 100\.0$', text, re.MULTILINE)
+    assert re.search(r'^lloom_executor_revenue_total\{currency="ETH"\} 0\.1$', text, re.MULTILINE)
 
     assert httpx.get(url.replace("/metrics", "/other"), trust_env=False).status_code == 404
     assert httpx.post(url, trust_env=False).status_code == 405
@@ -173,12 +186,16 @@ def test_throttled_requests_gauge() -> None:
     metrics.set_throttled({"a": 3, "b": 1})
     text = scrape(metrics)
     assert "# TYPE lloom_executor_throttled_requests gauge" in text
-    assert (value(text, "lloom_executor_throttled_requests", model="a"),
-            value(text, "lloom_executor_throttled_requests", model="b")) == (3, 1)
+    assert (
+        value(text, "lloom_executor_throttled_requests", model="a"),
+        value(text, "lloom_executor_throttled_requests", model="b"),
+    ) == (3, 1)
     metrics.set_throttled({"b": 2, "c": 5})  # a has none now; c is over max_models
     text = scrape(metrics)
-    assert (value(text, "lloom_executor_throttled_requests", model="a"),
-            value(text, "lloom_executor_throttled_requests", model="b")) == (0, 2)
+    assert (
+        value(text, "lloom_executor_throttled_requests", model="a"),
+        value(text, "lloom_executor_throttled_requests", model="b"),
+    ) == (0, 2)
     assert 'model="c"' not in text
 
 
@@ -239,7 +256,10 @@ def test_quantile_window_by_count() -> None:
     metrics = Metrics(max_samples=3, gpus=NoGpus())
     for d in (100.0, 1.0, 2.0):  # exactly max_samples: the 100 s one counts
         metrics.request_finished(MODEL, "success", d)
-    p99 = lambda: value(scrape(metrics), "lloom_executor_request_duration_seconds", model=MODEL, quantile="0.99")  # noqa: E731
+
+    def p99() -> float:
+        return value(scrape(metrics), "lloom_executor_request_duration_seconds", model=MODEL, quantile="0.99")
+
     assert p99() == 100.0
     metrics.request_finished(MODEL, "success", 3.0)  # one over: the oldest goes
     assert p99() == 3.0
@@ -249,7 +269,10 @@ def test_tokens_per_second_window() -> None:
     clock = Clock()
     metrics = Metrics(clock=clock, rate_window_secs=60, gpus=NoGpus())
     metrics.request_finished(MODEL, "success", 1.0, inbound_tokens=500, outbound_tokens=120)
-    tps = lambda: value(scrape(metrics), "lloom_executor_tokens_per_second", model=MODEL)  # noqa: E731
+
+    def tps() -> float:
+        return value(scrape(metrics), "lloom_executor_tokens_per_second", model=MODEL)
+
     assert tps() == 2.0  # outbound only: 120 tokens / 60 s
     clock.now += 59.999
     assert tps() == 2.0
@@ -287,6 +310,22 @@ def test_invalid_input_refused() -> None:
 # -- money ------------------------------------------------------------------------------
 
 
+def test_status_label_is_the_refusal_codes_plain_string() -> None:
+    """The pipeline passes RefusalCode members (a StrEnum); the label must be the bare value, and
+    the same series as the string's."""
+    metrics = Metrics(gpus=NoGpus())
+    metrics.request_finished(MODEL, RefusalCode.RATE_LIMITED, 0.0)
+    metrics.request_finished(MODEL, "rate_limited", 0.0)
+    metrics.request_finished(MODEL, RefusalCode.SUCCESS, 1.0, cost_wei=10**18)
+    for family in metrics.collect():
+        for sample in family.samples:
+            assert all(type(v) is str for v in sample.labels.values()), sample
+    text = scrape(metrics)
+    assert re.search(r'^lloom_executor_requests_total\{model="llama-2-13b",status="rate_limited"\} 2\.0$', text, re.MULTILINE)
+    assert re.search(r'^lloom_executor_requests_total\{model="llama-2-13b",status="success"\} 1\.0$', text, re.MULTILINE)
+    assert value(text, "lloom_executor_revenue_per_request", model=MODEL) == 1.0  # SUCCESS counts as a success
+
+
 def test_revenue_is_exact_wei_rounded_once() -> None:
     metrics = Metrics(gpus=NoGpus())
     tenth = 10**17
@@ -297,7 +336,7 @@ def test_revenue_is_exact_wei_rounded_once() -> None:
     assert float_counter != 1.0  # what a float counter would expose: 0.9999999999999999
     assert metrics.revenue_wei == 10**18
     text = scrape(metrics)
-    assert re.search(r'^lloom_executor_revenue_total\{currency="ETH"\} 1\.0$', text, re.M)
+    assert re.search(r'^lloom_executor_revenue_total\{currency="ETH"\} 1\.0$', text, re.MULTILINE)
     assert value(text, "lloom_executor_revenue_per_request", model=MODEL) == 0.1
 
 
@@ -321,7 +360,7 @@ def test_wei_to_eth_strings() -> None:
     assert wei_to_eth(10**18) == "1.0"
     assert wei_to_eth(10**18 + 1) == "1.000000000000000001"
     assert wei_to_eth(534 * 10**15) == "0.534"
-    assert wei_to_eth(-10**17) == "-0.1"
+    assert wei_to_eth(-(10**17)) == "-0.1"
 
 
 # -- GPU --------------------------------------------------------------------------------
@@ -333,7 +372,9 @@ def test_no_gpu_metric_without_nvml(caplog) -> None:
         metrics = Metrics()  # the real NvmlGpus: pynvml cannot be imported
         text = scrape(metrics) + scrape(metrics)
     assert "gpu_utilization_percent" not in text
-    assert [r.message for r in caplog.records].count("gpu metrics off: NVML unavailable (ModuleNotFoundError: No module named 'pynvml')") == 1
+    assert [r.message for r in caplog.records].count(
+        "gpu metrics off: NVML unavailable (ModuleNotFoundError: No module named 'pynvml')"
+    ) == 1
 
 
 def test_no_gpu_metric_when_nvml_fails_or_sees_no_device(caplog) -> None:
@@ -342,7 +383,10 @@ def test_no_gpu_metric_when_nvml_fails_or_sees_no_device(caplog) -> None:
             metrics = Metrics(gpus=gpus)
             assert "gpu_utilization_percent" not in scrape(metrics) + scrape(metrics)
     messages = [r.message for r in caplog.records]
-    assert messages == ["gpu metrics off: NVML unavailable (NVMLError: NVML Shared Library Not Found)", "gpu metrics off: NVML sees no GPU"]
+    assert messages == [
+        "gpu metrics off: NVML unavailable (NVMLError: NVML Shared Library Not Found)",
+        "gpu metrics off: NVML sees no GPU",
+    ]
 
 
 def test_gpu_metric_per_device() -> None:
@@ -456,3 +500,51 @@ def test_push_to_nothing_listening(caplog) -> None:
 def test_push_interval_must_be_positive() -> None:
     with pytest.raises(ValueError):
         PushLoop(Metrics(gpus=NoGpus()), "http://127.0.0.1:1", 0)
+
+
+# -- custom metrics are prometheus_client's types ----------------------------------------------
+
+
+def test_custom_metrics_are_prometheus_client_types_exposed_as_before() -> None:
+    counter = register_counter("test_types_total", "Typed", labels=("kind",))
+    gauge = register_gauge("test_types_level", "Level")
+    histogram = register_histogram("test_types_seconds", "Timed", labels=("op",), buckets=(0.5, 1.0))
+    try:
+        assert isinstance(counter, Counter) and isinstance(gauge, Gauge) and isinstance(histogram, Histogram)
+        assert isinstance(counter.labels(kind="a"), Counter)
+        counter.labels(kind="a").inc()
+        with pytest.raises(ZeroDivisionError), counter.labels("exc").count_exceptions():
+            1 / 0  # noqa: B018 - the exception is what is counted
+        with histogram.labels(op="timed").time():
+            pass
+        histogram.labels(op="x").observe(0.75)
+        gauge.set(7)
+        gauge.dec(2)
+        for bad in (-1.0, math.inf, math.nan):
+            with pytest.raises(ValueError, match="counter only goes up"):
+                counter.labels(kind="a").inc(bad)
+        with pytest.raises(ValueError, match="NaN"):
+            histogram.labels(op="x").observe(math.nan)
+        with pytest.raises(ValueError, match="use .labels"):
+            histogram.observe(1.0)
+
+        metrics = Metrics(gpus=NoGpus())
+        text = generate_latest(metrics.registry).decode()
+        assert "_created" not in text and "_created" not in generate_openmetrics(metrics.registry).decode()
+        assert value(text, "lloom_executor_test_types_total", kind="a") == 1
+        assert value(text, "lloom_executor_test_types_total", kind="exc") == 1
+        assert value(text, "lloom_executor_test_types_level") == 5
+        assert value(text, "lloom_executor_test_types_seconds_count", op="timed") == 1
+        series = [line for line in text.splitlines() if line.startswith("lloom_executor_test_types_seconds") and 'op="x"' in line]
+        assert series == [  # the lines and their order as the executor wrote them before, and its own histogram does
+            'lloom_executor_test_types_seconds_bucket{le="0.5",op="x"} 0.0',
+            'lloom_executor_test_types_seconds_bucket{le="1.0",op="x"} 1.0',
+            'lloom_executor_test_types_seconds_bucket{le="+Inf",op="x"} 1.0',
+            'lloom_executor_test_types_seconds_sum{op="x"} 0.75',
+            'lloom_executor_test_types_seconds_count{op="x"} 1.0',
+        ]
+        assert text.index("# TYPE lloom_executor_p2p_peers gauge") < text.index("# TYPE lloom_executor_test_types_total counter")
+    finally:
+        for metric in (counter, gauge, histogram):
+            unregister_metric(metric)
+    assert "test_types" not in generate_latest(Metrics(gpus=NoGpus()).registry).decode()

@@ -1,6 +1,7 @@
 """`[model_discovery]` (model_discovery.py) end to end: a real ExecutorService on loopback with the
 LM Studio backend pointed at the OpenAI wire test server, discovery every 0.2 s, real signed
 requests from `LloomClient`, and gossip `Update`s seen by the client's own network view."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from lloom_executor import _native
-from lloom_executor.backends.base import BackendUnavailable, LlmBackend, ModelInfo
+from lloom_executor.backends.base import BackendUnavailable, Completion, CompletionRequest, LlmBackend, ModelInfo
 from lloom_executor.client import LloomClient
 from lloom_executor.config import (
     ApiConfig,
@@ -27,7 +28,6 @@ from lloom_executor.config.schema import ModelDiscoveryConfig
 from lloom_executor.identity import Identity
 from lloom_executor.model_discovery import CONNECTED, DISCONNECTED, ModelDiscovery
 from lloom_executor.service import ExecutorService
-
 from openai_server import DEFAULT_MODELS, OpenAIServer, refused_url
 from service_rig import until
 
@@ -36,15 +36,24 @@ PRICE_IN, PRICE_OUT = 10**12, 2 * 10**12
 
 
 def llm(model_id: str, state: str = "loaded", type_: str = "llm") -> dict[str, Any]:
-    return {"id": model_id, "object": "model", "type": type_, "publisher": "lloom", "arch": "llama",
-            "state": state, "max_context_length": 4096}
+    return {
+        "id": model_id,
+        "object": "model",
+        "type": type_,
+        "publisher": "lloom",
+        "arch": "llama",
+        "state": state,
+        "max_context_length": 4096,
+    }
 
 
 def make_config(base_url: str, models: list[str], *, advertise: bool = True) -> Config:
     return Config(
         network=NetworkConfig(
             listen_address=("/ip4/127.0.0.1/tcp/0",),
-            protocols=ProtocolsConfig(enable_mdns=False, enable_kad=False, enable_gossipsub=True, enable_autonat=False, enable_relay=False),
+            protocols=ProtocolsConfig(
+                enable_mdns=False, enable_kad=False, enable_gossipsub=True, enable_autonat=False, enable_relay=False
+            ),
         ),
         llm_client=LlmClientConfig(backend="lmstudio", base_url=base_url, max_retries=0, timeout_secs=5),
         models=tuple(ModelConfig(m, inbound_price_wei=PRICE_IN, outbound_price_wei=PRICE_OUT) for m in models),
@@ -87,7 +96,13 @@ async def running(config: Config):
 
 async def ask(client: LloomClient, service: ExecutorService, model: str, prompt: str = "hello there"):
     return await client.request(
-        service.identity.peer_id, model, prompt, max_tokens=16, inbound_price=str(PRICE_IN), outbound_price=str(PRICE_OUT), timeout=10
+        service.identity.peer_id,
+        model,
+        prompt,
+        max_tokens=16,
+        inbound_price=str(PRICE_IN),
+        outbound_price=str(PRICE_OUT),
+        timeout=10,
     )
 
 
@@ -112,7 +127,7 @@ def test_models_appear_and_disappear_with_the_backend_listing(caplog: pytest.Log
                 await until(lambda: discovery.changes >= 1, "the first discovered set")
                 assert discovery.backend_status == CONNECTED and discovery.last_error is None
                 assert [m.name for m in discovery.served] == ["test-model"]
-                assert set(service.handler.models) == {"test-model"}
+                assert set(service.registry.models) == {"test-model"}
                 assert [m["model_id"] for m in service.catalog.models] == ["test-model"]
                 updates = (await published(service)).get("Update", 0)
                 assert updates >= 1
@@ -129,7 +144,7 @@ def test_models_appear_and_disappear_with_the_backend_listing(caplog: pytest.Log
                     # The backend loads slow-model and gains absent-model: both served and announced.
                     server.models = [llm("test-model"), llm("slow-model"), llm("absent-model"), llm("extra-model")]
                     await until(lambda: len(discovery.served) == 3, "three models served")
-                    assert set(service.handler.models) == {"test-model", "slow-model", "absent-model"}
+                    assert set(service.registry.models) == {"test-model", "slow-model", "absent-model"}
                     assert (await published(service)).get("Update", 0) == updates + 1
                     assert (await ask(client, service, "slow-model")).content == "echo: hello there"
                     want = ("absent-model", "slow-model", "test-model")
@@ -140,7 +155,7 @@ def test_models_appear_and_disappear_with_the_backend_listing(caplog: pytest.Log
 
                     # test-model disappears from the backend: refused, announced without it.
                     server.models = [llm("slow-model"), llm("absent-model"), llm("extra-model")]
-                    await until(lambda: "test-model" not in service.handler.models, "test-model withdrawn")
+                    await until(lambda: "test-model" not in service.registry.models, "test-model withdrawn")
                     gone = await ask(client, service, "test-model")
                     assert gone.error == "model 'test-model' is not served here; available: ['absent-model', 'slow-model']"
                     assert (await published(service)).get("Update", 0) == updates + 2
@@ -174,7 +189,7 @@ def test_backend_down_at_start_then_models_announced_when_it_comes_up() -> None:
             discovery = service.discovery
             await until(lambda: discovery.backend_status == DISCONNECTED, "disconnected")
             assert "BackendUnavailable" in discovery.last_error
-            await until(lambda: service.handler.models == {}, "nothing served while the backend is down")
+            await until(lambda: service.registry.models == {}, "nothing served while the backend is down")
             # The handler's set is replaced first, then the gossip catalog across the bridge.
             await until(lambda: service.catalog.models == [], "nothing announced while the backend is down")
             async with LloomClient(bootstrap=[addr], enable_kad=False, enable_gossip=True, request_timeout=10) as client:
@@ -187,7 +202,7 @@ def test_backend_down_at_start_then_models_announced_when_it_comes_up() -> None:
 
                 with OpenAIServer(models=DEFAULT_MODELS, port=port):
                     await until(lambda: discovery.backend_status == CONNECTED, "connected once the server is up")
-                    await until(lambda: "test-model" in service.handler.models, "test-model served")
+                    await until(lambda: "test-model" in service.registry.models, "test-model served")
                     assert discovery.last_error is None
                     assert [m["model_id"] for m in service.catalog.models] == ["test-model"]
                     assert (await published(service)).get("Update", 0) == updates + 1
@@ -200,8 +215,8 @@ def test_backend_down_at_start_then_models_announced_when_it_comes_up() -> None:
 
                 # The server goes away again: disconnected, kept for withdraw_after_failures polls, then withdrawn.
                 await until(lambda: discovery.backend_status == DISCONNECTED, "disconnected again")
-                assert "test-model" in service.handler.models or discovery.failures >= 3
-                await until(lambda: service.handler.models == {}, "withdrawn after three failed polls")
+                assert "test-model" in service.registry.models or discovery.failures >= 3
+                await until(lambda: service.registry.models == {}, "withdrawn after three failed polls")
                 assert discovery.failures >= 3
 
     asyncio.run(scenario())
@@ -215,7 +230,7 @@ def test_advertise_models_false_changes_serving_but_not_the_catalog() -> None:
             async with running(config) as (service, _):
                 discovery = service.discovery
                 await until(lambda: discovery.changes >= 1, "first change")
-                assert set(service.handler.models) == {"test-model"}
+                assert set(service.registry.models) == {"test-model"}
                 assert [m["model_id"] for m in service.catalog.models] == ["absent-model", "test-model"]
                 assert (await published(service)).get("Update", 0) == 0
                 await service.announce_models()  # what a price change does: still the configured catalog
@@ -232,7 +247,7 @@ class Listing(LlmBackend):
         self.details = details
         self.down = False
 
-    async def complete(self, *args, **kwargs):  # pragma: no cover - not used
+    async def complete(self, request: CompletionRequest) -> Completion:  # pragma: no cover - not used
         raise NotImplementedError
 
     async def list_models(self) -> list[str]:
@@ -245,7 +260,13 @@ class Listing(LlmBackend):
 
 
 def test_default_price_policy_serves_unconfigured_models_and_openai_listing_without_load_state() -> None:
-    backend = Listing([ModelInfo("gpt-4o"), ModelInfo("gpt-4o-mini", context_length=128000), ModelInfo("text-embedding-3-small", type="embeddings")])
+    backend = Listing(
+        [
+            ModelInfo("gpt-4o"),
+            ModelInfo("gpt-4o-mini", context_length=128000),
+            ModelInfo("text-embedding-3-small", type="embeddings"),
+        ]
+    )
     changes: list[list[str]] = []
 
     async def on_change(models: list[ModelConfig]) -> None:
@@ -253,7 +274,9 @@ def test_default_price_policy_serves_unconfigured_models_and_openai_listing_with
 
     default = ModelConfig("", inbound_price_wei=5, outbound_price_wei=7, context_length=8192)
     configured = [ModelConfig("gpt-4o", inbound_price_wei=1, outbound_price_wei=2), ModelConfig("off", enabled=False)]
-    d = ModelDiscovery(backend, ModelDiscoveryConfig(enabled=True), on_change, models=configured, default_model=default, interval=0.05)
+    d = ModelDiscovery(
+        backend, ModelDiscoveryConfig(enabled=True), on_change, models=configured, default_model=default, interval=0.05
+    )
 
     async def go() -> None:
         assert await d.poll_once() is True
@@ -282,7 +305,9 @@ def test_a_failing_on_change_is_retried_at_the_next_poll() -> None:
         if calls == 1:
             raise RuntimeError("node not ready")
 
-    d = ModelDiscovery(backend, ModelDiscoveryConfig(enabled=True), on_change, models=[ModelConfig("m")], initial=[], interval=0.05)
+    d = ModelDiscovery(
+        backend, ModelDiscoveryConfig(enabled=True), on_change, models=[ModelConfig("m")], initial=[], interval=0.05
+    )
 
     async def go() -> None:
         assert await d.poll_once() is False and d.served == []

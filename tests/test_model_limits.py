@@ -2,12 +2,13 @@
 request path: the scheduler's per-model batch cap, the governor's token rate and GPU/core
 budgets, the dispatcher's throttled line, and the configured service over libp2p.
 
-Unit scenarios run real signed frames through BasicRequestHandler with an injected clock
+Unit scenarios run real signed frames through RequestHandler with an injected clock
 (then `Dispatcher.pump()`), as tests/test_dispatch.py does. GPUs are a stand-in for the
 few pynvml calls the code makes, in pynvml's units (bytes), since this machine has none;
 everything else is real (the OpenAI-wire test server as backend, libp2p, the ledger).
 Timed assertions are lower bounds that the throttle itself guarantees, with slack.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,8 +22,7 @@ from typing import Any
 
 import pytest
 
-from lloom_executor import _native
-from lloom_executor.backends.base import Completion, LlmBackend
+from lloom_executor.backends.base import Completion, CompletionRequest, LlmBackend
 from lloom_executor.config import Config, ConfigError, ModelConfig
 from lloom_executor.config.features import inactive_features
 from lloom_executor.config.schema import ResourcesConfig
@@ -38,8 +38,9 @@ from lloom_executor.pipeline.resources import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_server import OpenAIServer  # noqa: E402
 from dispatch_rig import CTX, Clock, Recording, answer, build, frame, models, until  # noqa: E402
+from openai_server import OpenAIServer  # noqa: E402
+from service_rig import echo_service_config  # noqa: E402
 
 
 class Tokens(LlmBackend):
@@ -52,7 +53,8 @@ class Tokens(LlmBackend):
         self.gate = asyncio.Event() if gated else None
         self.running = 0
 
-    async def complete(self, model, prompt, system_prompt=None, temperature=None, max_tokens=None) -> Completion:
+    async def complete(self, request: CompletionRequest) -> Completion:
+        model, prompt = request.model, request.prompt
         self.calls.append((model, prompt, self.clock()))
         self.running += 1
         try:
@@ -78,10 +80,15 @@ class FakeNvml:
         self.total = [int(size * GIB) for size in sizes_gib]
 
     def nvmlInit(self) -> None: ...
-    def nvmlDeviceGetCount(self) -> int: return len(self.total)
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> int: return i
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.total)
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+        return i
+
     def nvmlDeviceGetMemoryInfo(self, handle: int) -> SimpleNamespace:
         return SimpleNamespace(total=self.total[handle], free=self.total[handle], used=0)
+
     def nvmlDeviceGetUtilizationRates(self, handle: int) -> SimpleNamespace:
         return SimpleNamespace(gpu=0, memory=0)
 
@@ -111,7 +118,9 @@ def throttled_gauge(h) -> dict[str, float]:
     """lloom_executor_throttled_requests by model, as the handler's metrics export it."""
     return {
         s.labels["model"]: s.value
-        for m in h.stages.metrics.collect() if m.name == "lloom_executor_throttled_requests" for s in m.samples
+        for m in h.answers.observers.metrics.collect()
+        if m.name == "lloom_executor_throttled_requests"
+        for s in m.samples
     }
 
 
@@ -136,11 +145,11 @@ def test_throttled_model_starts_when_its_debt_is_paid() -> None:
         backend = Tokens(clock)
         served = models("a", max_tokens_per_second=8)
         h = build(backend, served=served, clock=clock, resources=gov(served, clock=clock))
-        d = h.stages.dispatcher
+        d = h.execution.dispatcher
         first = answer(await h(frame("a", "first:24"), CTX))  # starts on a full bucket (8), leaves it at -16
         second = asyncio.create_task(h(frame("a", "second:1"), CTX))
         await until(lambda: d.throttled == 1, "the second request throttled")
-        reason = h.stages.resources.wait_reason("a")
+        reason = h.execution.dispatcher.resources.wait_reason("a")
         clock.now += 1.875  # 0.125 s short of paying back 16 tokens at 8/s
         d.pump()
         await asyncio.sleep(0)
@@ -167,12 +176,12 @@ def test_a_throttled_model_does_not_hold_up_other_models() -> None:
         backend = Tokens(clock)
         served = models("a", max_tokens_per_second=1) + models("b")
         h = build(backend, served=served, max_concurrent=1, clock=clock, resources=gov(served, clock=clock))
-        d = h.stages.dispatcher
+        d = h.execution.dispatcher
         assert answer(await h(frame("a", "a1:100"), CTX)).error is None
         waiting = [asyncio.create_task(h(frame("a", f"a{i}:0"), CTX)) for i in (2, 3, 4)]
         await until(lambda: d.throttled == 3, "three throttled")
         b = answer(await h(frame("b", "b:5"), CTX))
-        during = (backend.prompts(), d.throttled, d.held, d.throttled_by_model(), h.stages.resources.throttled())
+        during = (backend.prompts(), d.throttled, d.held, d.throttled_by_model(), h.execution.dispatcher.resources.throttled())
         gauge_during = throttled_gauge(h)
         clock.now += 99  # a's debt is paid
         d.pump()
@@ -196,7 +205,7 @@ def test_throttled_requests_leave_in_priority_order() -> None:
         backend = Tokens(clock)
         served = models("a", max_tokens_per_second=8)
         h = build(backend, served=served, max_concurrent=1, clock=clock, resources=gov(served, clock=clock))
-        d = h.stages.dispatcher
+        d = h.execution.dispatcher
         await h(frame("a", "first:24"), CTX)
         normal = asyncio.create_task(h(frame("a", "normal:0"), CTX))
         await until(lambda: d.throttled == 1)
@@ -216,7 +225,7 @@ def test_throttled_request_expires_with_the_reason() -> None:
         backend = Tokens(clock)
         served = models("a", max_tokens_per_second=1)
         h = build(backend, served=served, clock=clock, resources=gov(served, clock=clock))
-        d = h.stages.dispatcher
+        d = h.execution.dispatcher
         await h(frame("a", "a1:100"), CTX)
         late = asyncio.create_task(h(frame("a", "late:1", deadline_in=5), CTX))
         await until(lambda: d.throttled == 1)
@@ -255,7 +264,7 @@ def test_throttled_requests_count_against_the_queue_size(waiting: int, refused: 
         backend = Tokens(clock)
         served = models("a", max_tokens_per_second=1) + models("b")
         h = build(backend, served=served, clock=clock, queue_sizes={"normal": 2}, resources=gov(served, clock=clock))
-        d = h.stages.dispatcher
+        d = h.execution.dispatcher
         await h(frame("a", "a1:100"), CTX)
         tasks = [asyncio.create_task(h(frame("a", f"w{i}:0"), CTX)) for i in range(waiting)]
         await until(lambda: d.throttled == waiting)
@@ -268,9 +277,7 @@ def test_throttled_requests_count_against_the_queue_size(waiting: int, refused: 
 
     r = asyncio.run(scenario())
     if refused:
-        assert r["extra"].error == (
-            "normal queue full (2/2: 2 waiting for their model's max_tokens_per_second); try again later"
-        )
+        assert r["extra"].error == ("normal queue full (2/2: 2 waiting for their model's max_tokens_per_second); try again later")
     else:
         assert r["extra"].error is None
     assert all(a.error is None for a in r["rest"])
@@ -285,7 +292,7 @@ def test_a_throttled_request_past_its_deadline_makes_room() -> None:
         backend = Tokens(clock)
         served = models("a", max_tokens_per_second=1) + models("b")
         h = build(backend, served=served, clock=clock, queue_sizes={"normal": 1}, resources=gov(served, clock=clock))
-        d = h.stages.dispatcher
+        d = h.execution.dispatcher
         await h(frame("a", "a1:100"), CTX)
         late = asyncio.create_task(h(frame("a", "late:1", deadline_in=5), CTX))
         await until(lambda: d.throttled == 1)
@@ -296,27 +303,6 @@ def test_a_throttled_request_past_its_deadline_makes_room() -> None:
     r = asyncio.run(scenario())
     assert r["b"].error is None and r["left"] == (0, 0)
     assert r["late"].error.startswith("expired while queued: the request's deadline passed after 6.0 s in the queue ")
-
-
-def test_throttled_without_a_queue_is_refused() -> None:
-    async def scenario() -> dict[str, Any]:
-        clock = Clock()
-        served = models("a", max_tokens_per_second=1)
-        h = build(Tokens(clock), served=served, queued=False, clock=clock, resources=gov(served, clock=clock))
-        first = answer(await h(frame("a", "a1:3"), CTX))
-        second = answer(await h(frame("a", "a2:1"), CTX))
-        clock.now += 2
-        third = answer(await h(frame("a", "a3:1"), CTX))
-        metrics = "".join(str(s) for m in h.stages.metrics.collect() if m.name.endswith("requests") for s in m.samples)
-        return locals()
-
-    r = asyncio.run(scenario())
-    assert r["first"].error is None
-    assert r["second"].error == (
-        "model 'a' is over its max_tokens_per_second (1 tokens/s): it may start again in 2.0 s; try again later"
-    )
-    assert r["third"].error is None  # the debt (3 - 1 = 2 tokens) is paid after 2 s
-    assert "'status': 'throttled'" in r["metrics"]
 
 
 def test_cache_hits_and_failed_calls_are_not_charged() -> None:
@@ -356,14 +342,14 @@ def test_gpu_memory_waits_while_others_hold_it() -> None:
         backend = Recording(gated=True)
         served = gpu_models()
         h = build(backend, served=served, resources=gov(served, nvml=FakeNvml(24, 24), gpu_memory_reserved_gb=2))
-        d = h.stages.dispatcher
+        d = h.execution.dispatcher
         a = asyncio.create_task(h(frame("a", "a holds 30"), CTX))
         await until(lambda: backend.running == 1)
         b = asyncio.create_task(h(frame("b", "b fits: 44 of 44"), CTX))  # at the budget: starts
         await until(lambda: backend.running == 2)
         c = asyncio.create_task(h(frame("c", "c waits: 44.5 of 44"), CTX))  # above: held
         await until(lambda: d.held == 1)
-        reason = h.stages.resources.wait_reason("c")
+        reason = h.execution.dispatcher.resources.wait_reason("c")
         calls_while_busy = [p for _, p, _ in backend.calls]
         huge = answer(await h(frame("huge"), CTX))  # can never fit: refused, not queued
         backend.gate.set()
@@ -419,7 +405,7 @@ def test_cpu_cores_wait_while_others_hold_them() -> None:
         backend = Recording(gated=True)
         served = core_models()
         h = build(backend, served=served, resources=gov(served, cpu_total=4))
-        d = h.stages.dispatcher
+        d = h.execution.dispatcher
         a = asyncio.create_task(h(frame("a", "a holds 3"), CTX))
         await until(lambda: backend.running == 1)
         c = asyncio.create_task(h(frame("c", "c fits: 4 of 4"), CTX))
@@ -428,7 +414,7 @@ def test_cpu_cores_wait_while_others_hold_them() -> None:
         await until(lambda: d.held == 1)
         a2 = asyncio.create_task(h(frame("a", "a again: a holds its cores once"), CTX))
         await until(lambda: backend.running == 3)
-        reason = h.stages.resources.wait_reason("b")
+        reason = h.execution.dispatcher.resources.wait_reason("b")
         d_refused = answer(await h(frame("d"), CTX))
         backend.gate.set()
         answers = [answer(raw) for raw in await asyncio.gather(a, c, b, a2)]
@@ -443,33 +429,17 @@ def test_cpu_cores_wait_while_others_hold_them() -> None:
     assert [p for _, p, _ in r["backend"].calls][-1] == "b waits: 6 of 4"
 
 
-def test_cpu_cores_without_a_queue_are_refused_for_now() -> None:
-    async def scenario() -> str | None:
-        backend = Recording(gated=True)
-        served = core_models()
-        h = build(backend, served=served, queued=False, resources=gov(served, cpu_total=4))
-        a = asyncio.create_task(h(frame("a", "a holds 3"), CTX))
-        await until(lambda: backend.running == 1)
-        refused = error_of(await h(frame("b"), CTX))
-        backend.gate.set()
-        await a
-        return refused
-
-    assert asyncio.run(scenario()) == (
-        "not enough CPU cores for model 'b': it needs 2 (cpu_cores) and 3 of the 4 this executor may use "
-        "are in use by a; try again later"
-    )
-
-
 # ================================================================ max_batch_size and config wiring
 
 
 def batching_config(group_by_model: bool = True, **extra: Any) -> Config:
-    return Config.from_dict({
-        "models": [{"name": "capped", "max_batch_size": 2}, {"name": "solo", "max_batch_size": 1}, {"name": "free"}],
-        "batching": {"enabled": True, "max_batch_size": 4, "batch_timeout_ms": 50, "group_by_model": group_by_model},
-        **extra,
-    })
+    return Config.from_dict(
+        {
+            "models": [{"name": "capped", "max_batch_size": 2}, {"name": "solo", "max_batch_size": 1}, {"name": "free"}],
+            "batching": {"enabled": True, "max_batch_size": 4, "batch_timeout_ms": 50, "group_by_model": group_by_model},
+            **extra,
+        }
+    )
 
 
 def test_model_max_batch_size_defaults_to_the_batching_size() -> None:
@@ -489,7 +459,7 @@ def test_model_batches_are_capped_in_the_request_path() -> None:
         served = models("capped", "solo", "free")
         dispatcher = Dispatcher(scheduler_from_config(config, clock=clock), 10, clock=clock)
         h = build(backend, served=served, clock=clock)
-        h.stages.dispatcher = dispatcher
+        h.execution.dispatcher = dispatcher
         tasks = [asyncio.create_task(h(frame(m, f"{m}{i}"), CTX)) for m in ("capped", "solo", "free") for i in range(4)]
         await until(lambda: len(backend.calls) == 12, "every batch")
         assert all(answer(raw).error is None for raw in await asyncio.gather(*tasks))
@@ -506,39 +476,35 @@ def test_model_batch_size_without_group_by_model_is_said_and_the_global_size_app
 
 
 def test_wiring_and_no_not_enforced_notes() -> None:
-    config = Config.from_dict({
-        "models": [{"name": "m", "max_tokens_per_second": 50, "gpu_memory_gb": 40, "cpu_cores": 1, "max_batch_size": 2}],
-    })
+    config = Config.from_dict(
+        {
+            "models": [{"name": "m", "max_tokens_per_second": 50, "gpu_memory_gb": 40, "cpu_cores": 1, "max_batch_size": 2}],
+        }
+    )
     assert not inactive_features(config)
     assert resources_configured(config.resources, config.models) and not resources_configured(config.resources)
     governor = governor_from_config(config)
     assert governor is not None and governor.metered("m") and governor.cpu_cores("m") == 1
     assert governor_from_config(Config.from_dict({"models": [{"name": "m", "max_batch_size": 2}]})) is None
-    assert dispatcher_from_config(config) is None  # no [priority]/[batching]: the direct path
+    assert dispatcher_from_config(config).scheduler.max_batch_size == 1  # no [priority]/[batching]: the direct path
 
 
 # ================================================================ the configured service, over libp2p
 
 
 def service_config(tmp_path: Path, backend_url: str, served: list[dict], **sections: Any) -> Config:
-    key = _native.PrivateKey.generate()
-    for name in ("identity_key", "eth_key"):
-        (tmp_path / name).write_text(key.to_hex())
-        (tmp_path / name).chmod(0o600)
-    return Config.from_dict({
-        "network": {
-            "listen_address": "/ip4/127.0.0.1/tcp/0",
-            "protocols": {"enable_mdns": False, "enable_autonat": False, "enable_relay": False},
+    """A configured service on an OpenAI-wire backend, with a queue: requests wait instead of being refused."""
+    return echo_service_config(
+        tmp_path,
+        **{
+            "llm_client": {"backend": "openai", "base_url": backend_url, "max_retries": 0},
+            "models": served,
+            "metrics": {"enabled": False},
+            "api": {"enabled": True, "listen_address": "127.0.0.1:0"},
+            "priority": {"enabled": True},
+            **sections,
         },
-        "identity": {"private_key_path": str(tmp_path / "identity_key"), "ethereum_private_key_path": str(tmp_path / "eth_key")},
-        "llm_client": {"backend": "openai", "base_url": backend_url, "max_retries": 0},
-        "models": served,
-        "metrics": {"enabled": False},
-        "api": {"enabled": True, "listen_address": "127.0.0.1:0"},
-        "storage": {"data_dir": str(tmp_path / "data")},
-        "priority": {"enabled": True},  # a queue: requests wait instead of being refused
-        **sections,
-    })
+    )
 
 
 async def serve_requests(config: Config, requests: list[tuple[str, str]]) -> dict[str, Any]:
@@ -559,7 +525,7 @@ async def serve_requests(config: Config, requests: list[tuple[str, str]]) -> dic
             health = (await http.get(service.api.url + "/health/detailed")).json()
     finally:
         await service.stop()
-    return {"answers": dict(zip((p for _, p in requests), answers)), "health": health, "service": service}
+    return {"answers": dict(zip((p for _, p in requests), answers, strict=True)), "health": health, "service": service}
 
 
 def test_service_paces_a_model_at_its_max_tokens_per_second(tmp_path: Path) -> None:
@@ -568,9 +534,13 @@ def test_service_paces_a_model_at_its_max_tokens_per_second(tmp_path: Path) -> N
     the bucket are paid back, i.e. (50 (k-1) - 100) / 100 s after the first."""
     words = " ".join(f"w{i}" for i in range(48))
     with OpenAIServer(strict_models=False) as srv:
-        config = service_config(tmp_path, srv.base_url, [
-            {"name": "m", "max_tokens_per_second": 100, "max_concurrent_requests": 1},
-        ])
+        config = service_config(
+            tmp_path,
+            srv.base_url,
+            [
+                {"name": "m", "max_tokens_per_second": 100, "max_concurrent_requests": 1},
+            ],
+        )
         r = asyncio.run(serve_requests(config, [("m", f"r{i} {words}") for i in range(5)]))
         starts = sorted(req.time for req in srv.chat_requests)
         usage = [req.json for req in srv.chat_requests]
@@ -584,7 +554,10 @@ def test_service_paces_a_model_at_its_max_tokens_per_second(tmp_path: Path) -> N
     assert set(health) <= {"m"} and all(v["resume_in_seconds"] <= 0.51 and v["waiting_requests"] == 0 for v in health.values())
 
 
-def test_service_throttle_without_a_queue_refuses_with_a_signed_sentence(tmp_path: Path) -> None:
+def test_service_throttle_on_the_direct_path_waits_and_says_why(tmp_path: Path) -> None:
+    """Without [priority]/[batching] the direct path is the dispatcher: a request of a model in
+    token debt waits its turn; one whose request_timeout_secs ends first gets a signed error
+    that names the throttle."""
     from lloom_executor.client import LloomClient
     from lloom_executor.identity import load_identity
     from lloom_executor.service import ExecutorService
@@ -604,13 +577,20 @@ def test_service_throttle_without_a_queue_refuses_with_a_signed_sentence(tmp_pat
         return {"first": first, "second": second}
 
     with OpenAIServer(strict_models=False) as srv:
-        config = service_config(tmp_path, srv.base_url, [{"name": "m", "max_tokens_per_second": 1}], priority={"enabled": False})
+        config = service_config(
+            tmp_path,
+            srv.base_url,
+            [{"name": "m", "max_tokens_per_second": 1}],
+            priority={"enabled": False},
+            request_handling={"request_timeout_secs": 1},
+        )
         r = asyncio.run(scenario(config))
         calls = len(srv.chat_requests)
     assert r["first"].error is None and r["first"].signature_valid and r["first"].outbound_tokens == 11
     assert r["second"].signature_valid and r["second"].error.startswith(
-        "model 'm' is over its max_tokens_per_second (1 tokens/s): it may start again in "
-    ) and r["second"].error.endswith(" s; try again later")
+        "expired while queued: no backend slot within request_timeout_secs (1 s) "
+        "(model 'm' is over its max_tokens_per_second (1 tokens/s)"
+    )
     assert calls == 1
 
 
@@ -622,11 +602,15 @@ def models_never_together(srv: OpenAIServer, one: str, other: str) -> list:
 def test_service_keeps_models_whose_cores_do_not_fit_apart(tmp_path: Path) -> None:
     total = usable_cores()
     with OpenAIServer(strict_models=False, latency=0.15) as srv:
-        config = service_config(tmp_path, srv.base_url, [
-            {"name": "a", "cpu_cores": total},
-            {"name": "b", "cpu_cores": 1},
-            {"name": "toolarge", "cpu_cores": total + 1},
-        ])
+        config = service_config(
+            tmp_path,
+            srv.base_url,
+            [
+                {"name": "a", "cpu_cores": total},
+                {"name": "b", "cpu_cores": 1},
+                {"name": "toolarge", "cpu_cores": total + 1},
+            ],
+        )
         requests = [(m, f"{m}{i}") for i in range(3) for m in ("a", "b")] + [("toolarge", "never")]
         r = asyncio.run(serve_requests(config, requests))
         overlaps = models_never_together(srv, "a", "b")
@@ -645,16 +629,21 @@ def test_service_keeps_models_whose_gpu_memory_does_not_fit_apart(tmp_path: Path
     executor imports it; 2 GB reserved leaves 22 GB: 16 + 8 do not fit together."""
     monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(24))
     with OpenAIServer(strict_models=False, latency=0.15) as srv:
-        config = service_config(tmp_path, srv.base_url, [
-            {"name": "a", "gpu_memory_gb": 16},
-            {"name": "b", "gpu_memory_gb": 8},
-            {"name": "toolarge", "gpu_memory_gb": 23},
-        ], resources={"gpu_memory_reserved_gb": 2})
+        config = service_config(
+            tmp_path,
+            srv.base_url,
+            [
+                {"name": "a", "gpu_memory_gb": 16},
+                {"name": "b", "gpu_memory_gb": 8},
+                {"name": "toolarge", "gpu_memory_gb": 23},
+            ],
+            resources={"gpu_memory_reserved_gb": 2},
+        )
         requests = [(m, f"{m}{i}") for i in range(3) for m in ("a", "b")] + [("toolarge", "never")]
         r = asyncio.run(serve_requests(config, requests))
         overlaps = models_never_together(srv, "a", "b")
         called = sorted(p for p, _ in srv.in_flight_at_starts())
-    assert r["service"].stages.resources.gpu_budget_gb == 22.0
+    assert r["service"].resources.gpu_budget_gb == 22.0
     assert overlaps == []
     assert called == ["a0", "a1", "a2", "b0", "b1", "b2"]
     assert all(r["answers"][p].error is None for p in called)
@@ -676,4 +665,4 @@ def test_service_start_warns_about_gpu_memory_without_a_gpu(tmp_path: Path, monk
     assert [r.getMessage() for r in caplog.records if "gpu_memory_gb" in r.getMessage()] == [
         "gpu_memory_gb = 40 for X: no GPU visible, not enforced"
     ]
-    assert service.stages.resources.gpu_budget_gb is None
+    assert service.resources.gpu_budget_gb is None

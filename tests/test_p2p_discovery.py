@@ -1,10 +1,11 @@
 """Discovery subsystems, py to py on loopback: bootstrap, Kademlia, gossipsub, announcements, mDNS,
 AutoNAT, ping latency, circuit relay, and that each `enable_*` switch really removes its subsystem.
 
-Two of our executors (P2PNode + default_services + BasicRequestHandler +
+Two of our executors (P2PNode + default_services + RequestHandler +
 EchoBackend) and plain py-libp2p hosts as clients/relays, all real
 connections; timings are shortened through `default_services` keywords only.
 """
+
 from __future__ import annotations
 
 import threading
@@ -21,6 +22,7 @@ from conftest import INBOUND_PRICE_WEI, MODEL, OUTBOUND_PRICE_WEI
 from interop import wait_until
 
 EXECUTOR_KEY = b"lloom/executor"
+MODEL_TOPIC = "lloom/model-announcements"
 HEARTBEAT_SECS = 2.0
 
 
@@ -43,7 +45,7 @@ def services_factory(*, fingerprint: str | None = None, **kw: Any) -> Callable[.
     from lloom_executor.p2p.services import default_services
 
     def make(net, handler) -> list:
-        catalog = ModelCatalog(list(handler.models.values()), backend_type="echo")
+        catalog = ModelCatalog(list(handler.registry.models.values()), backend_type="echo")
         return default_services(
             net,
             catalog,
@@ -80,6 +82,14 @@ def handlers_of(node: interop.ExecutorNode) -> set[str]:
     return node.call(get)
 
 
+def in_mesh(pubsub: Any, topic: str, peer_id: str) -> bool:
+    """Whether a py-libp2p gossipsub client has `peer_id` in its mesh for `topic` (a read-only
+    peek at the router's sets from the test thread), i.e. whether its next publish reaches that peer."""
+    from libp2p.peer.id import ID
+
+    return ID.from_base58(peer_id) in pubsub.router.mesh.get(topic, set())
+
+
 def poll(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     assert wait_until(predicate, timeout, interval=0.1), f"timed out after {timeout}s waiting for: {what}"
 
@@ -112,11 +122,11 @@ async def _connect(host, addr: str) -> str:
 
 # -- bootstrap + Kademlia ---------------------------------------------------------------------
 def test_bootstrap_and_kad_discovery_through_bootstrap_node(pair, client) -> None:
+    import multiaddr
     from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
     from libp2p.peer.id import ID
     from libp2p.peer.peerinfo import info_from_p2p_addr
     from libp2p.tools.anyio_service import background_trio_service
-    import multiaddr
 
     a, b = pair
     kad_a, kad_b = service(a, "kad"), service(b, "kad")
@@ -156,6 +166,7 @@ async def _pubsub_client(host, state: dict[str, Any]) -> None:
     from libp2p.pubsub.gossipsub import GossipSub
     from libp2p.pubsub.pubsub import Pubsub
     from libp2p.tools.anyio_service import background_trio_service
+
     from lloom_executor.p2p.gossip import MESHSUB_PROTOCOLS, rust_msg_id
 
     router = GossipSub(protocols=MESHSUB_PROTOCOLS, degree=6, degree_low=4, degree_high=12, heartbeat_interval=1)
@@ -228,24 +239,29 @@ def test_model_announcements_initial_update_removal(pair, client) -> None:
     forged = ModelCatalog([ModelConfig("evil", inbound_price_wei=1)]).announcement(other, "Initial")
     forged["executor_peer_id"] = b.peer_id  # claims to be B, signed (validly) by someone else
 
-    async def spam(host) -> None:
-        ps = state["pubsub"]
+    async def join(host: Any) -> None:
         await _connect(host, a.addr)
-        await ps.subscribe("lloom/model-announcements")
-        await trio.sleep(1.5)  # mesh
-        await ps.publish("lloom/model-announcements", b"{not json")
-        await ps.publish(
-            "lloom/model-announcements",
-            bytes(_native.encode_model_announcement_json(other, forged, int(time.time()))),
-        )
+        await state["pubsub"].subscribe(MODEL_TOPIC)
 
+    async def spam(host: Any) -> None:
+        ps = state["pubsub"]
+        await ps.publish(MODEL_TOPIC, b"{not json")
+        await ps.publish(MODEL_TOPIC, bytes(_native.encode_model_announcement_json(other, forged, int(time.time()))))
+
+    client.run(join)
+    # a publish goes to the mesh peers of the topic: A must be in the client's mesh first
+    poll(lambda: in_mesh(state["pubsub"], MODEL_TOPIC, a.peer_id), 10, "A in the client's mesh for the topic")
     client.run(spam)
     poll(lambda: gossip_a.view.invalid >= 2, 5, "two invalid announcements counted")
     assert view_of_b()["prices"] == {MODEL: (7, 9)}
 
     # Removal at shutdown.
     b.stop()
-    poll(lambda: view_of_b() is None, 5, f"B removed from A's view {gossip_a.view.received} {gossip_a.view.invalid} {gossip_b.published}")
+    poll(
+        lambda: view_of_b() is None,
+        5,
+        f"B removed from A's view {gossip_a.view.received} {gossip_a.view.invalid} {gossip_b.published}",
+    )
     assert gossip_a.view.received["Removal"] >= 1 and gossip_a.view.removed >= 1
 
 
@@ -274,8 +290,7 @@ def _threads_started_since(before: set[int]) -> list[str]:
     """Threads alive now that were not before, less the worker pools that
     outlive a node by design: trio's thread cache (idle workers end after 10 s)
     and the test loop's default executor (`uvloop_N`, lives as long as the loop)."""
-    return [t.name for t in threading.enumerate()
-            if t.ident not in before and not t.name.startswith(("Trio thread", "uvloop_"))]
+    return [t.name for t in threading.enumerate() if t.ident not in before and not t.name.startswith(("Trio thread", "uvloop_"))]
 
 
 def test_stopped_node_leaves_no_threads(executor_node, loop_thread) -> None:
@@ -305,7 +320,7 @@ def test_each_switch_removes_its_subsystem(executor_node) -> None:
         network=network(enable_mdns=True, enable_autonat=True, enable_relay=True),
         services_factory=services_factory(fingerprint=uuid.uuid4().hex[:8]),
     )
-    names_on = set((on.call(_service_names)))
+    names_on = set(on.call(_service_names))
     assert {"bootstrap", "kad", "gossip", "mdns", "autonat", "relay", "ping"} <= names_on
     assert {KAD, MESHSUB, AUTONAT, RELAY_STOP} <= handlers_of(on)
 
@@ -369,8 +384,18 @@ def test_relay_reservation_and_request_through_relay(executor_node) -> None:
         now = int(time.time())
         frame = bytes(
             _native.encode_signed_request(
-                dialer.key, MODEL, "through the relay", None, None, None, e.peer_id,
-                str(INBOUND_PRICE_WEI), str(OUTBOUND_PRICE_WEI), 1, now + 300, now,
+                dialer.key,
+                MODEL,
+                "through the relay",
+                None,
+                None,
+                None,
+                e.peer_id,
+                str(INBOUND_PRICE_WEI),
+                str(OUTBOUND_PRICE_WEI),
+                1,
+                now + 300,
+                now,
             )
         )
         answer = dialer.run(_request_via_circuit, circuit, e.peer_id, frame)
@@ -393,12 +418,13 @@ async def _advertised(rt) -> list[str]:
 
 async def _request_via_circuit(host, circuit: str, peer_id: str, frame: bytes) -> bytes:
     import multiaddr
+    from libp2p.network.stream.exceptions import StreamEOF
     from libp2p.peer.id import ID
     from libp2p.relay.circuit_v2.config import RelayConfig
     from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
     from libp2p.relay.circuit_v2.transport import CircuitV2Transport
+
     from lloom_executor.p2p.llm_protocol import LLM_PROTOCOL
-    from libp2p.network.stream.exceptions import StreamEOF
 
     transport = CircuitV2Transport(host, CircuitV2Protocol(host, allow_hop=False), RelayConfig())
     with trio.fail_after(20):

@@ -7,12 +7,14 @@ each, the node's in-flight counter, its trio task count (a walk of the task
 tree from the root task, inside the node's thread) and the open streams per
 connection must be back where they were.
 """
+
 from __future__ import annotations
 
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import trio
@@ -36,6 +38,7 @@ async def connect(host, addr: str) -> str:
 
 async def open_llm_stream(host, peer_id: str):
     from libp2p.peer.id import ID
+
     from lloom_executor.p2p.llm_protocol import LLM_PROTOCOL
 
     with trio.fail_after(10):
@@ -71,13 +74,10 @@ async def send_frame(host, peer_id: str, frame: bytes) -> bytes | None:
         return None
 
 
-async def half_frame_then_disconnect(host, peer_id: str, frame: bytes) -> None:
-    from libp2p.peer.id import ID
-
+async def write_half_frame(host: Any, peer_id: str, frame: bytes) -> None:
+    """Open a request stream and write half of `frame`; the stream stays open, never finished."""
     stream = await open_llm_stream(host, peer_id)
     await stream.write(frame[: len(frame) // 2])
-    await trio.sleep(0.05)  # let the node start reading
-    await host.disconnect(ID.from_base58(peer_id))
 
 
 async def stalled_streams(host, peer_id: str, count: int, outcome: dict[str, int]) -> None:
@@ -113,8 +113,18 @@ class GoodClient:
 
         now = int(time.time())
         return _native.encode_signed_request(
-            self.client.key, MODEL, f"still served {self.ok}", None, None, None, self.node.peer_id,
-            str(INBOUND_PRICE_WEI), str(OUTBOUND_PRICE_WEI), 1, now + 300, now,
+            self.client.key,
+            MODEL,
+            f"still served {self.ok}",
+            None,
+            None,
+            None,
+            self.node.peer_id,
+            str(INBOUND_PRICE_WEI),
+            str(OUTBOUND_PRICE_WEI),
+            1,
+            now + 300,
+            now,
         )
 
     def ask(self) -> None:
@@ -163,8 +173,10 @@ def settle(node: interop.ExecutorNode, base: Baseline, peers: list[str]) -> Base
 
     ok = interop.wait_until(back, SETTLE_SECS, interval=0.1)
     now = last[0] if last else snapshot(node)
-    assert ok, f"not back to baseline: inflight={node.stats.inflight} tasks {base.tasks}->{now.tasks} " \
-               f"streams {base.streams}->{now.streams}; task changes {_diff(base.names, now.names)}"
+    assert ok, (
+        f"not back to baseline: inflight={node.stats.inflight} tasks {base.tasks}->{now.tasks} "
+        f"streams {base.streams}->{now.streams}; task changes {_diff(base.names, now.names)}"
+    )
     return now
 
 
@@ -252,7 +264,11 @@ def test_disconnect_mid_request(scene: Scene) -> None:
         scene.bad.key, MODEL, "x" * 2000, None, None, None, scene.node.peer_id, "1", "1", 1, now + 300, now
     )
     for _ in range(3):
-        scene.bad.run(half_frame_then_disconnect, scene.node.peer_id, frame)
+        assert interop.wait_until(lambda: scene.node.stats.inflight == 0, SETTLE_SECS), scene.node.stats
+        scene.bad.run(write_half_frame, scene.node.peer_id, frame)
+        # the only stream in flight is the half frame: the node is reading it when the connection drops
+        assert interop.wait_until(lambda: scene.node.stats.inflight == 1, 5), scene.node.stats
+        scene.bad.run(_disconnect, scene.node.peer_id)
         scene.good.ask()
         scene.bad.run(connect, scene.node.addr)
     assert scene.node.stats.served == scene.good.ok  # the half frames were never answered
@@ -296,10 +312,9 @@ def test_stream_flood_beyond_max_inflight(scene: Scene) -> None:
     scene.bad.spawn(stalled_streams, scene.node.peer_id, flood, outcome)
     assert interop.wait_until(lambda: outcome["reset"] + outcome["open_failed"] == flood, READ_TIMEOUT_SECS * 10), outcome
     stats = scene.node.stats
-    assert stats.refused_busy - refused_before >= flood - MAX_INFLIGHT, stats
-    assert stats.read_timeouts >= 1, stats
+    assert stats.refused_busy - refused_before >= flood - MAX_INFLIGHT, f"flood of {flood} streams: {outcome}; {stats}"
+    assert stats.read_timeouts >= 1, f"flood of {flood} streams: {outcome}; {stats}"
     scene.check_recovered()
-    print(f"flood of {flood} streams: {outcome}; node stats {stats}")
 
 
 def test_one_peer_cannot_take_every_slot(scene: Scene) -> None:

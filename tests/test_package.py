@@ -1,4 +1,5 @@
 """The installed package: entry points, version, and the loud failure when a build is missing."""
+
 from __future__ import annotations
 
 import shutil

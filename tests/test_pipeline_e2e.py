@@ -1,5 +1,6 @@
 """The whole request path of a configured executor (ExecutorService) over real libp2p:
 rate limits, replay, price, content filter, cache, receipts, ledger and metrics together."""
+
 from __future__ import annotations
 
 import asyncio
@@ -139,13 +140,13 @@ def test_market_pricing_follows_the_network_and_is_reannounced(tmp_path: Path) -
                 if seen_by_b is not None and tuple(seen_by_b) == EXPECTED:
                     break
                 await asyncio.sleep(0.2)
-            current = a.stages.pricing.prices()["m"]
+            current = a.registry.prices()["m"]
             async with LloomClient(bootstrap=[a_addr], enable_kad=False, enable_gossip=False) as client:
                 cheap = await client.request(a_peer, "m", "hi", inbound_price=str(PRICE_IN), outbound_price=str(PRICE_OUT))
         finally:
             await a.stop()
             await b.stop()
-        return {"seen_by_b": seen_by_b, "current": current, "cheap": cheap, "a_view": a.stages.market}
+        return {"seen_by_b": seen_by_b, "current": current, "cheap": cheap, "a_view": a.registry.pricing.market_view}
 
     r = asyncio.run(scenario())
     assert r["current"] == EXPECTED, r

@@ -1,4 +1,4 @@
-"""`[[plugins]]` (plugins.py) and custom metrics (metrics.register_*): real plugin files on disk.
+"""`[[plugins]]` (plugins/) and custom metrics (metrics.register_*): real plugin files on disk.
 
 The plugins are a `.py` file, a package directory and a Cython extension module compiled
 here (skipped, saying why, only where Cython or a C compiler is missing). They run in a
@@ -7,6 +7,7 @@ libp2p; the refusals come back as signed errors, the custom metrics from the rea
 /metrics endpoint and a real push. Waits are bounded polls; the time bounds under test
 are short but nothing asserts how long anything took.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,8 +45,19 @@ from service_rig import CHAIN_ID, CONTRACT, echo_service_config, samples, until
 
 PRICE_IN, PRICE_OUT = 10**12, 2 * 10**12
 WEBHOOK_KEYS_COMPLETED = {
-    "model", "requested_model", "client", "peer_id", "inbound_tokens", "outbound_tokens", "total_cost_wei",
-    "latency_ms", "queued_ms", "backend_ms", "cached", "request_digest", "receipt_digest",
+    "model",
+    "requested_model",
+    "client",
+    "peer_id",
+    "inbound_tokens",
+    "outbound_tokens",
+    "total_cost_wei",
+    "latency_ms",
+    "queued_ms",
+    "backend_ms",
+    "cached",
+    "request_digest",
+    "receipt_digest",
 }
 WEBHOOK_KEYS_ERROR = {"model", "requested_model", "client", "peer_id", "code", "reason", "request_digest"}
 
@@ -100,7 +112,7 @@ def create_plugin(config, context):
     return Recorder(config["deny"], context)
 '''
 
-WATCHER_RECORDER = '''
+WATCHER_RECORDER = """
 import asyncio
 
 
@@ -127,7 +139,7 @@ class Recorder:
 
     async def on_stop(self):
         self.stopped = True
-'''
+"""
 
 CYTHON_FILTER = '''
 # cython: language_level=3
@@ -149,7 +161,7 @@ class CyFilter:
         return None
 '''
 
-RAISER = '''
+RAISER = """
 def create_plugin(config, context):
     return Raiser()
 
@@ -164,9 +176,9 @@ class Raiser:
 
     def on_request_finished(self, event):
         raise ValueError("observer bug")
-'''
+"""
 
-HANGER = '''
+HANGER = """
 import asyncio
 import threading
 
@@ -191,7 +203,7 @@ class Hanger:
 
     def on_stop(self):
         self.release.set()
-'''
+"""
 
 
 def write(path: Path, text: str) -> Path:
@@ -223,7 +235,9 @@ def service_for(config: Config, **plugin_options: Any) -> ExecutorService:
 
 
 def client_for(addr: str) -> LloomClient:
-    return LloomClient(bootstrap=[addr], enable_kad=False, enable_gossip=False, eip712_domain=_native.Eip712Domain(CHAIN_ID, CONTRACT))
+    return LloomClient(
+        bootstrap=[addr], enable_kad=False, enable_gossip=False, eip712_domain=_native.Eip712Domain(CHAIN_ID, CONTRACT)
+    )
 
 
 def ask(client: LloomClient, peer: str, prompt: str, model: str = "m", **kw: Any):
@@ -276,8 +290,10 @@ def test_plugins_filter_observe_and_export_metrics(tmp_path: Path) -> None:
         tmp_path,
         [
             {
-                "name": "keyword-filter", "path": str(keyword_filter(tmp_path)),
-                "config": {"words": ["forbidden"], "threshold": 2}, "timeout_secs": 10,  # generous: a slow CI must not fail closed
+                "name": "keyword-filter",
+                "path": str(keyword_filter(tmp_path)),
+                "config": {"words": ["forbidden"], "threshold": 2},
+                "timeout_secs": 10,  # generous: a slow CI must not fail closed
             },
             {"name": "watcher", "path": str(watcher(tmp_path)), "config": {"deny": "classified"}, "timeout_secs": 10},
         ],
@@ -304,9 +320,16 @@ def test_plugins_filter_observe_and_export_metrics(tmp_path: Path) -> None:
         finally:
             await service.stop()
         return {
-            "served": served, "refused": refused, "withheld": withheld, "client": client_address, "scraped": scraped,
-            "events": list(watcher_plugin.events), "watcher": watcher_plugin, "keyword": keyword,
-            "executor": service.identity.address.lower(), "peer": service.identity.peer_id,
+            "served": served,
+            "refused": refused,
+            "withheld": withheld,
+            "client": client_address,
+            "scraped": scraped,
+            "events": list(watcher_plugin.events),
+            "watcher": watcher_plugin,
+            "keyword": keyword,
+            "executor": service.identity.address.lower(),
+            "peer": service.identity.peer_id,
         }
 
     try:
@@ -343,7 +366,10 @@ def test_plugins_filter_observe_and_export_metrics(tmp_path: Path) -> None:
     completed, refused_event, withheld_event = (e["data"] for e in events)
     assert set(completed) == WEBHOOK_KEYS_COMPLETED and set(refused_event) == WEBHOOK_KEYS_ERROR
     assert completed["model"] == "m" and completed["requested_model"] == "alias" and completed["client"] == r["client"]
-    assert completed["total_cost_wei"] == served.total_cost and completed["receipt_digest"] == "0x" + bytes(served.receipt.digest).hex()
+    assert (
+        completed["total_cost_wei"] == served.total_cost
+        and completed["receipt_digest"] == "0x" + bytes(served.receipt.digest).hex()
+    )
     assert (refused_event["code"], refused_event["reason"]) == ("plugin_refused", refused.error)
     assert (withheld_event["code"], withheld_event["reason"]) == ("plugin_refused", withheld.error)
     assert all(abs(e["timestamp"] - time.time()) < 600 for e in events)
@@ -432,7 +458,9 @@ def test_compiled_extension_plugin(tmp_path: Path, compiled_plugin: Path) -> Non
 # -- failures: fail closed, keep serving -------------------------------------------------------------------
 
 
-def test_raising_and_hanging_hooks_fail_closed_and_the_node_keeps_serving(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_raising_and_hanging_hooks_fail_closed_and_the_node_keeps_serving(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level("INFO", logger="lloom_executor.plugins")
     config = config_for(
         tmp_path,
@@ -490,7 +518,7 @@ def test_raising_and_hanging_hooks_fail_closed_and_the_node_keeps_serving(tmp_pa
     ]
 
 
-STARTS_FINE = '''
+STARTS_FINE = """
 from pathlib import Path
 
 
@@ -504,16 +532,22 @@ class Marker:
 
     def on_stop(self):
         self.marker.write_text("stopped")
-'''
+"""
 
 
 @pytest.mark.parametrize(
     "source, problem",
     [
-        ("import a_module_that_does_not_exist_anywhere\n", "failed to load: ModuleNotFoundError: No module named 'a_module_that_does_not_exist_anywhere'"),
+        (
+            "import a_module_that_does_not_exist_anywhere\n",
+            "failed to load: ModuleNotFoundError: No module named 'a_module_that_does_not_exist_anywhere'",
+        ),
         ("def create_plugin(config, context)\n    pass\n", "failed to load: SyntaxError"),
         ("factory = None\n", "the module defines no create_plugin(config, context) function"),
-        ("def create_plugin(config, context):\n    raise ValueError('needs a licence key')\n", "create_plugin failed: ValueError: needs a licence key"),
+        (
+            "def create_plugin(config, context):\n    raise ValueError('needs a licence key')\n",
+            "create_plugin failed: ValueError: needs a licence key",
+        ),
         (
             (
                 "class P:\n    async def on_start(self):\n        raise OSError('database unreachable')\n\n"
@@ -554,7 +588,10 @@ def test_start_command_names_the_plugin_that_fails_to_load(tmp_path: Path) -> No
     path = config_toml(tmp_path, [{"name": "broken", "path": str(broken)}], identity=True)
     out = subprocess.run(
         [sys.executable, "-m", "lloom_executor", "start", "--config", str(path)],
-        capture_output=True, text=True, timeout=90, check=False,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
     )
     assert out.returncode == 1, out.stdout + out.stderr
     assert f"Error: plugins[0] 'broken' ({broken}): failed to load: RuntimeError: not today" in out.stderr
@@ -572,12 +609,23 @@ def config_toml(tmp_path: Path, plugins: list[dict[str, Any]], identity: bool = 
             (tmp_path / name).write_text(key)
             (tmp_path / name).chmod(0o600)
         lines += [
-            "[network]", 'listen_address = "/ip4/127.0.0.1/tcp/0"',
-            "[network.protocols]", "enable_mdns = false", "enable_autonat = false", "enable_relay = false",
-            "[identity]", f'private_key_path = "{tmp_path / "identity_key"}"', f'ethereum_private_key_path = "{tmp_path / "eth_key"}"',
-            "[llm_client]", 'backend = "echo"',
-            "[metrics]", "enabled = false", "[api]", "enabled = false",
-            "[storage]", f'data_dir = "{tmp_path / "data"}"',
+            "[network]",
+            'listen_address = "/ip4/127.0.0.1/tcp/0"',
+            "[network.protocols]",
+            "enable_mdns = false",
+            "enable_autonat = false",
+            "enable_relay = false",
+            "[identity]",
+            f'private_key_path = "{tmp_path / "identity_key"}"',
+            f'ethereum_private_key_path = "{tmp_path / "eth_key"}"',
+            "[llm_client]",
+            'backend = "echo"',
+            "[metrics]",
+            "enabled = false",
+            "[api]",
+            "enabled = false",
+            "[storage]",
+            f'data_dir = "{tmp_path / "data"}"',
         ]
     for plugin in plugins:
         lines.append("[[plugins]]")
@@ -637,11 +685,16 @@ def test_config_validate_checks_plugin_entries(tmp_path: Path) -> None:
     assert has("plugins[1].name", "duplicate plugin name 'dup', also plugins[0]"), problems
     assert has("plugins[2].path", f"not found: {tmp_path / 'nowhere.py'}"), problems
     suffixes = ", ".join(importlib.machinery.EXTENSION_SUFFIXES)
-    assert has("plugins[3].path", f"expected a .py file, a package directory or a compiled extension module ({suffixes}), got 'notes.txt'"), problems
+    assert has(
+        "plugins[3].path",
+        f"expected a .py file, a package directory or a compiled extension module ({suffixes}), got 'notes.txt'",
+    ), problems
     assert has("plugins[4].path", "is a directory without __init__.py (a plugin package needs one)"), problems
     assert has("plugins[5].path", "rebuild the plugin for this interpreter"), problems
     assert has("plugins[7].name", "duplicate plugin name 'a_b', also plugins[6] ('a-b' and 'a_b' name the same module)"), problems
-    assert has("plugins[8].name", "must start with a letter and hold only letters, digits, '-' and '_' (at most 64), got 'bad name!'"), problems
+    assert has(
+        "plugins[8].name", "must start with a letter and hold only letters, digits, '-' and '_' (at most 64), got 'bad name!'"
+    ), problems
     assert has("plugins[9].name", "required"), problems
     assert has("plugins[10].path", "required"), problems
     assert has("plugins[11].timeout_secs", "must be >= 0.001, got 0.0"), problems
@@ -667,7 +720,10 @@ def test_custom_metrics_names_types_and_clashes() -> None:
         assert register_counter("test_api_events", "Events", labels=("kind",)) is counter  # same definition: same metric
         with pytest.raises(ValueError, match="already registered as a counter"):
             register_counter("test_api_events_total", "Other help", labels=("kind",))
-        with pytest.raises(ValueError, match="metric lloom_executor_requests collides with the executor.s built-in metric lloom_executor_requests"):
+        with pytest.raises(
+            ValueError,
+            match="metric lloom_executor_requests collides with the executor.s built-in metric lloom_executor_requests",
+        ):
             register_counter("requests_total", "Mine")
         with pytest.raises(ValueError, match="built-in metric lloom_executor_request_duration_seconds_count"):
             register_gauge("request_duration_seconds_count", "Mine")
@@ -715,7 +771,10 @@ def test_custom_metrics_names_types_and_clashes() -> None:
         assert value(text, "lloom_executor_test_api_latency_seconds_bucket", le="+Inf") == 8002
         assert value(text, "lloom_executor_test_api_latency_seconds_count") == 8002
         assert value(text, "lloom_executor_test_api_latency_seconds_sum") == pytest.approx(4000 + 5.05)
-        assert "# TYPE lloom_executor_test_api_events counter" in text or "# TYPE lloom_executor_test_api_events_total counter" in text
+        assert (
+            "# TYPE lloom_executor_test_api_events counter" in text
+            or "# TYPE lloom_executor_test_api_events_total counter" in text
+        )
     finally:
         for metric in (counter, gauge, histogram):
             unregister_metric(metric)
@@ -724,7 +783,7 @@ def test_custom_metrics_names_types_and_clashes() -> None:
 
 
 def test_custom_metric_label_sets_are_bounded(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(metrics_module, "MAX_CUSTOM_SERIES", 3)
+    monkeypatch.setattr(metrics_module.custom, "MAX_CUSTOM_SERIES", 3)  # read where the bound is applied
     counter = register_counter("test_bounded_total", "Bounded", labels=("peer",))
     try:
         for i in range(5):

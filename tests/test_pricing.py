@@ -4,6 +4,7 @@ Expected values are written out by hand (or with plain integer arithmetic in
 the test), never computed by the module's helpers. Market input is the real
 shape: a `NetworkView` fed announcement payloads and read with `snapshot()`.
 """
+
 from __future__ import annotations
 
 import tomllib

@@ -4,6 +4,7 @@ The oracle is an independent reference token bucket written here with exact
 rational arithmetic (fractions.Fraction), so float rounding in the
 implementation cannot hide in the expected values.
 """
+
 from __future__ import annotations
 
 import gc
@@ -78,6 +79,7 @@ def assert_wait(got: float, expected) -> None:
 
 # ------------------------------------------------------------------ refill
 
+
 @SETTINGS
 @given(
     rpm=st.integers(1, 6000),
@@ -122,6 +124,7 @@ def test_token_refill_matches_min_capacity_rate_times_t(tpm: int, ticks: int) ->
 
 
 # ------------------------------------------------------------------ edges
+
 
 @pytest.mark.parametrize("rpm,burst", [(60, 20), (60, None), (1, 1), (600, 5), (30, 45)])
 def test_burst_edge_exactly_burst_then_wait_one_interval(rpm: int, burst: int | None) -> None:
@@ -204,7 +207,7 @@ def test_retry_after_large_monotonic_values() -> None:
     # the limiter must still accept the retry at exactly now + wait.
     lim = RateLimiter(7, tokens_per_minute=99_991, burst=3)
     now = 987_654.321
-    for i in range(200):
+    for _ in range(200):
         w = lim.try_acquire("p", requests=1, tokens=3_333, now=now)
         if w:
             assert w != math.inf
@@ -214,9 +217,10 @@ def test_retry_after_large_monotonic_values() -> None:
 
 # ------------------------------------------------------------- memory bound
 
+
 def test_flood_of_distinct_keys_keeps_len_bounded() -> None:
     lim = RateLimiter(60, tokens_per_minute=1000, burst=5, max_keys=1000)
-    for i in range(5):
+    for _ in range(5):
         lim.try_acquire("victim", now=0.0)
     assert lim.try_acquire("victim", now=0.0) > 0.0
     for i in range(100_000):
@@ -321,6 +325,7 @@ def test_reset_and_clear() -> None:
 
 
 # ------------------------------------------------------------- clock, config
+
 
 def test_injected_clock_is_used() -> None:
     t = [50.0]
@@ -533,7 +538,7 @@ def test_keys_with_equal_hashes_stay_apart() -> None:
         assert lim.try_acquire(k, requests=2, now=0.0) == 0.0
     for i in range(0, 40, 3):
         assert lim.reset(keys[i]) is True  # holes in the middle of the run
-    for i, k in enumerate(keys):
+    for i in range(len(keys)):
         fresh = Colliding(f"c{i}")
         assert (fresh in lim) == (i % 3 != 0)
         assert lim.try_acquire(fresh, now=0.0) == (0.0 if i % 3 == 0 else pytest.approx(1.0))
@@ -716,11 +721,10 @@ def test_matches_model_with_evictions(rpm, tpm, burst, max_keys, ops) -> None:
             if key in model.meta:  # refilled up to now, without touching the state
                 r, t, last = ref.state[key]
                 dt_s = max(now - last, Fraction(0))
-                held = (min(ref.rcap, r + dt_s * ref.rpm / 60),
-                        min(ref.tcap, t + dt_s * ref.tpm / 60))
+                held = (min(ref.rcap, r + dt_s * ref.rpm / 60), min(ref.tcap, t + dt_s * ref.tpm / 60))
             assert lim.available(key, float(now)) == pytest.approx(
-                (float(held[0]) if ref.rpm else math.inf, float(held[1]) if ref.tpm else math.inf),
-                rel=1e-9, abs=1e-6)
+                (float(held[0]) if ref.rpm else math.inf, float(held[1]) if ref.tpm else math.inf), rel=1e-9, abs=1e-6
+            )
             assert got >= 0.0
         else:
             hopeless = (req > ref.rcap) or (bool(ref.tpm) and tok > ref.tcap)

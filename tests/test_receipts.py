@@ -8,6 +8,7 @@
 - the client verifies it over the wire; the Rust reference-style peer (serde
   structs without the field) still verifies our answers that carry one.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,12 +23,14 @@ import pytest
 
 import interop
 from lloom_executor import _native
-from lloom_executor.backends import EchoBackend
+from lloom_executor.backends import Completion, CompletionRequest, EchoBackend
+from lloom_executor.backends.base import BackendServerError
 from lloom_executor.client import LloomClient
 from lloom_executor.client.receipts import check_receipt, envelope_receipt, wire_temperature
 from lloom_executor.config import ModelConfig, NetworkConfig, RequestHandlingConfig
 from lloom_executor.p2p.llm_protocol import RequestContext
-from lloom_executor.serving import BasicRequestHandler
+from lloom_executor.service import build_request_handler
+from lloom_executor.serving import RequestHandler
 
 MODEL = "gpt-3.5-turbo"
 DOMAIN = _native.Eip712Domain(31337, "0x" + "5f" * 20)
@@ -36,8 +39,14 @@ RUST_CLIENT_KEY = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362
 
 
 def sample_receipt(**over: Any) -> dict[str, Any]:
-    r = {"request_hash": b"\x01" * 32, "client": b"\x02" * 20, "timestamp": 1_700_000_000, "success": True,
-         "digest": b"\x03" * 32, "signature": b"\x04" * 65}
+    r = {
+        "request_hash": b"\x01" * 32,
+        "client": b"\x02" * 20,
+        "timestamp": 1_700_000_000,
+        "success": True,
+        "digest": b"\x03" * 32,
+        "signature": b"\x04" * 65,
+    }
     r.update(over)
     return r
 
@@ -102,10 +111,24 @@ def test_malformed_receipt_kept_raw_and_other_unknown_keys_ignored() -> None:
     assert _native.decode_response(_reencode_with_envelope(frame, receipt=None)).receipt is None
     typed = _native.decode_response(_reencode_with_envelope(frame, receipt=sample_receipt(extra=1), other=2))
     assert typed.receipt == sample_receipt()  # extra keys inside the receipt ignored too
-    assert check_receipt(d.receipt, DOMAIN, executor_address=key.address, client_address="0x" + "02" * 20,
-                         model=MODEL, prompt="p", system_prompt=None, max_tokens=None, temperature=None,
-                         inbound_price="0", outbound_price="0", nonce=1, deadline=2, content="hi",
-                         inbound_tokens=1, outbound_tokens=2).problem.startswith("malformed receipt")
+    assert check_receipt(
+        d.receipt,
+        DOMAIN,
+        executor_address=key.address,
+        client_address="0x" + "02" * 20,
+        model=MODEL,
+        prompt="p",
+        system_prompt=None,
+        max_tokens=None,
+        temperature=None,
+        inbound_price="0",
+        outbound_price="0",
+        nonce=1,
+        deadline=2,
+        content="hi",
+        inbound_tokens=1,
+        outbound_tokens=2,
+    ).problem.startswith("malformed receipt")
 
 
 def test_wire_temperature_is_the_f32() -> None:
@@ -115,32 +138,62 @@ def test_wire_temperature_is_the_f32() -> None:
 
 # -- serving ------------------------------------------------------------------------------------
 class FailingEcho(EchoBackend):
-    async def complete(self, model: str, prompt: str, *args: Any, **kwargs: Any):
-        if prompt == "fail":
-            raise RuntimeError("backend exploded")
-        return await super().complete(model, prompt, *args, **kwargs)
+    async def complete(self, request: CompletionRequest) -> Completion:
+        if request.prompt == "fail":
+            raise BackendServerError("backend exploded at http://10.0.0.7:8000", status=500)
+        return await super().complete(request)
 
 
-def _handler(executor: _native.PrivateKey, domain: Any = DOMAIN, **kw: Any) -> BasicRequestHandler:
-    return BasicRequestHandler(executor, [ModelConfig(MODEL, inbound_price_wei=1, outbound_price_wei=2)],
-                               FailingEcho([MODEL]), receipt_domain=domain, **kw)
+def _handler(executor: _native.PrivateKey, domain: Any = DOMAIN, **kw: Any) -> RequestHandler:
+    return build_request_handler(
+        executor,
+        [ModelConfig(MODEL, inbound_price_wei=1, outbound_price_wei=2)],
+        FailingEcho([MODEL]),
+        receipt_domain=domain,
+        **kw,
+    )
 
 
-def _request(client: _native.PrivateKey, executor: _native.PrivateKey, prompt: str, *, system: str | None = "sys",
-             temperature: float | None = 0.7, max_tokens: int | None = 64, model: str = MODEL) -> tuple[bytes, dict]:
+def _request(
+    client: _native.PrivateKey,
+    executor: _native.PrivateKey,
+    prompt: str,
+    *,
+    system: str | None = "sys",
+    temperature: float | None = 0.7,
+    max_tokens: int | None = 64,
+    model: str = MODEL,
+) -> tuple[bytes, dict]:
     now = int(time.time())
-    req = dict(model=model, prompt=prompt, system_prompt=system, temperature=temperature, max_tokens=max_tokens,
-               executor_address=executor.peer_id, inbound_price="3000000000000000000000",
-               outbound_price="7", nonce=424242, deadline=now + 300)
+    req = dict(
+        model=model,
+        prompt=prompt,
+        system_prompt=system,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        executor_address=executor.peer_id,
+        inbound_price="3000000000000000000000",
+        outbound_price="7",
+        nonce=424242,
+        deadline=now + 300,
+    )
     return bytes(_native.encode_signed_request(client, *req.values(), now)), req
 
 
-def _check(answer: _native.DecodedResponse, req: dict, executor: _native.PrivateKey,
-           client: _native.PrivateKey, domain: Any = DOMAIN) -> Any:
+def _check(
+    answer: _native.DecodedResponse, req: dict, executor: _native.PrivateKey, client: _native.PrivateKey, domain: Any = DOMAIN
+) -> Any:
     args = {k: v for k, v in req.items() if k != "executor_address"}
-    return check_receipt(answer.receipt, domain, executor_address=executor.address, client_address=client.address,
-                         content=answer.content, inbound_tokens=answer.inbound_tokens,
-                         outbound_tokens=answer.outbound_tokens, **args)
+    return check_receipt(
+        answer.receipt,
+        domain,
+        executor_address=executor.address,
+        client_address=client.address,
+        content=answer.content,
+        inbound_tokens=answer.inbound_tokens,
+        outbound_tokens=answer.outbound_tokens,
+        **args,
+    )
 
 
 @pytest.mark.parametrize("temperature,max_tokens,system", [(0.7, 64, "sys"), (None, None, None), (1.23456, 5, "")])
@@ -155,18 +208,34 @@ def test_served_answer_carries_a_valid_receipt(temperature, max_tokens, system) 
     assert checked.valid, checked.problem
     # the digest is exactly the commitment an independent computation gives
     temp = struct.unpack("<f", struct.pack("<f", temperature))[0] if temperature is not None else 0.0
-    request_hash = DOMAIN.request_commitment_digest(executor.address, MODEL, "hello", system, max_tokens or 0, temp,
-                                                    req["inbound_price"], "7", 424242, req["deadline"])
+    request_hash = DOMAIN.request_commitment_digest(
+        executor.address, MODEL, "hello", system, max_tokens or 0, temp, req["inbound_price"], "7", 424242, req["deadline"]
+    )
     assert r["request_hash"] == request_hash
     assert r["digest"] == DOMAIN.response_commitment_digest(
-        request_hash, client.address, MODEL, answer.content, answer.inbound_tokens, answer.outbound_tokens,
-        req["inbound_price"], "7", answer.timestamp, True)
+        request_hash,
+        client.address,
+        MODEL,
+        answer.content,
+        answer.inbound_tokens,
+        answer.outbound_tokens,
+        req["inbound_price"],
+        "7",
+        answer.timestamp,
+        True,
+    )
     assert _native.recover_address(r["digest"], r["signature"]) == executor.address_bytes
     # it verifies for this answer only
-    assert not check_receipt(r, DOMAIN, executor_address=executor.address, client_address=client.address,
-                             content="other", inbound_tokens=answer.inbound_tokens,
-                             outbound_tokens=answer.outbound_tokens,
-                             **{k: v for k, v in req.items() if k != "executor_address"}).valid
+    assert not check_receipt(
+        r,
+        DOMAIN,
+        executor_address=executor.address,
+        client_address=client.address,
+        content="other",
+        inbound_tokens=answer.inbound_tokens,
+        outbound_tokens=answer.outbound_tokens,
+        **{k: v for k, v in req.items() if k != "executor_address"},
+    ).valid
     other_domain = _native.Eip712Domain(1, "0x" + "5f" * 20)
     assert not _check(answer, req, executor, client, other_domain).valid
     assert not _check(answer, req, executor, _native.PrivateKey.generate()).valid  # names another client
@@ -176,7 +245,7 @@ def test_error_after_admission_carries_a_failure_receipt() -> None:
     executor, client = _native.PrivateKey.generate(), _native.PrivateKey.generate()
     frame, req = _request(client, executor, "fail")
     answer = _native.decode_response(run(_handler(executor)(frame, CTX)))
-    assert answer.error.startswith("backend error") and answer.content == "" and answer.total_cost == "0"
+    assert answer.error == "the backend failed on this request" and answer.content == "" and answer.total_cost == "0"
     assert answer.receipt["success"] is False
     checked = _check(answer, req, executor, client)
     assert checked.valid and checked.success is False, checked.problem
@@ -199,8 +268,9 @@ def test_uncommittable_price_answers_without_receipt() -> None:
     """A price of 2**256 wei or more has no uint256 commitment: the answer goes out, without a receipt."""
     executor, client = _native.PrivateKey.generate(), _native.PrivateKey.generate()
     now = int(time.time())
-    frame = _native.encode_signed_request(client, MODEL, "hello", None, None, 8, executor.peer_id,
-                                          str(2**256), "2", 1, now + 60, now)
+    frame = _native.encode_signed_request(
+        client, MODEL, "hello", None, None, 8, executor.peer_id, str(2**256), "2", 1, now + 60, now
+    )
     answer = _native.decode_response(run(_handler(executor)(frame, CTX)))
     assert answer.error is None and answer.receipt is None
 
@@ -209,7 +279,7 @@ def test_uncommittable_price_answers_without_receipt() -> None:
 class Capturing:
     """Wraps a handler and keeps every (request frame, answer frame)."""
 
-    def __init__(self, inner: BasicRequestHandler) -> None:
+    def __init__(self, inner: RequestHandler) -> None:
         self.inner = inner
         self.exchanges: list[tuple[bytes, bytes]] = []
 
@@ -229,8 +299,9 @@ def receipt_executor(loop_thread: interop.LoopThread):
 
     key = _native.PrivateKey.generate()
     handler = Capturing(_handler(key))
-    node = P2PNode(key, NetworkConfig(listen_address=("/ip4/127.0.0.1/tcp/0",)), RequestHandlingConfig(), handler,
-                   [BootstrapService()])
+    node = P2PNode(
+        key, NetworkConfig(listen_address=("/ip4/127.0.0.1/tcp/0",)), RequestHandlingConfig(), handler, [BootstrapService()]
+    )
     addrs = loop_thread.run(node.start(), timeout=40)
     running = interop.ExecutorNode(node, handler, loop_thread, addrs)
     try:
@@ -247,9 +318,16 @@ def test_client_verifies_receipt_over_the_wire(loop_thread: interop.LoopThread) 
             c = LloomClient(key, enable_gossip=False, enable_kad=False, eip712_domain=domain)
             await c.start()
             try:
-                return await c.request(node.addr, MODEL, "hello receipts", system_prompt="be brief",
-                                       temperature=temperature, max_tokens=32, inbound_price="11",
-                                       outbound_price="13")
+                return await c.request(
+                    node.addr,
+                    MODEL,
+                    "hello receipts",
+                    system_prompt="be brief",
+                    temperature=temperature,
+                    max_tokens=32,
+                    inbound_price="11",
+                    outbound_price="13",
+                )
             finally:
                 await c.stop()
 
@@ -275,9 +353,19 @@ def test_rust_reference_peer_verifies_answers_with_receipts(loop_thread: interop
     peer = _interop_binary()
     client = _native.PrivateKey.from_hex(RUST_CLIENT_KEY)
     with receipt_executor(loop_thread) as node:
-        args = interop.client_args(node.addr, "--inbound-price", "500000000000000", "--outbound-price",
-                                   "1000000000000000", "--prompt", "receipt please", "--temperature", "0.7",
-                                   "--max-tokens", "40")
+        args = interop.client_args(
+            node.addr,
+            "--inbound-price",
+            "500000000000000",
+            "--outbound-price",
+            "1000000000000000",
+            "--prompt",
+            "receipt please",
+            "--temperature",
+            "0.7",
+            "--max-tokens",
+            "40",
+        )
         result = interop.run_peer(peer, args, timeout=45, env={"LLOOM_PRIVATE_KEY": RUST_CLIENT_KEY})
         line = result.one("response")
         assert result.returncode == 0, result.describe()
@@ -286,13 +374,24 @@ def test_rust_reference_peer_verifies_answers_with_receipts(loop_thread: interop
         assert line["signer"].lower() == node.evm_address.lower(), result.describe()
         assert line["content"] == "echo: receipt please" and line["error"] is None, result.describe()
         # what the peer received did carry a receipt, and it commits to the peer's request
-        (request_frame, answer_frame), = node.handler.exchanges
+        ((request_frame, answer_frame),) = node.handler.exchanges
         answer = _native.decode_response(answer_frame)
         assert answer.receipt is not None and answer.receipt["client"] == client.address_bytes
         request = _native.decode_request(request_frame).request
-        req = {name: getattr(request, name) for name in ("model", "prompt", "system_prompt", "temperature",
-                                                        "max_tokens", "inbound_price", "outbound_price",
-                                                        "nonce", "deadline")}
+        req = {
+            name: getattr(request, name)
+            for name in (
+                "model",
+                "prompt",
+                "system_prompt",
+                "temperature",
+                "max_tokens",
+                "inbound_price",
+                "outbound_price",
+                "nonce",
+                "deadline",
+            )
+        }
         assert req["temperature"] == pytest.approx(0.7) and req["max_tokens"] == 40
         checked = _check(answer, req, node.node.key, client)
         assert checked.valid, checked.problem

@@ -9,6 +9,7 @@ whose oldest entry is oldest, FIFO, topped up from lower priorities of the
 same model.  Times are multiples of 1/64 s and timeouts multiples of 1/64 s
 so float arithmetic is exact on both sides.
 """
+
 from __future__ import annotations
 
 import random
@@ -247,8 +248,9 @@ def test_matches_reference_model_random_walk(seed) -> None:
     max_batch = rng.randint(1, 5)
     by_model = rng.random() < 0.5
     model_caps = None if rng.random() < 0.5 else {m: rng.randint(1, 6) for m in ("m0", "m1", "m2") if rng.random() < 0.6}
-    sched, ref = make_pair(max_batch, rng.randint(0, 16), by_model,
-                           tuple(rng.randint(0, 10) for _ in range(3)), rng.random() < 0.5, model_caps)
+    sched, ref = make_pair(
+        max_batch, rng.randint(0, 16), by_model, tuple(rng.randint(0, 10) for _ in range(3)), rng.random() < 0.5, model_caps
+    )
     pairs = []
     tick = 64 * 500
     for i in range(rng.randint(50, 300)):
@@ -278,14 +280,14 @@ def test_matches_reference_model_random_walk(seed) -> None:
 
 # ---------------------------------------------------------------- ordering
 
+
 @settings(max_examples=60, deadline=None)
 @given(
     prios=st.lists(st.sampled_from([LOW, NORMAL, HIGH]), min_size=1, max_size=60),
     max_batch=st.integers(1, 7),
 )
 def test_priority_then_fifo_order_single_model(prios, max_batch) -> None:
-    sched = Scheduler(max_batch_size=max_batch, batch_timeout_ms=0,
-                      queue_sizes={"low": 100, "normal": 100, "high": 100})
+    sched = Scheduler(max_batch_size=max_batch, batch_timeout_ms=0, queue_sizes={"low": 100, "normal": 100, "high": 100})
     for i, p in enumerate(prios):
         sched.push((p, i), "m", p, now=0.0)
     out = []
@@ -301,8 +303,8 @@ def test_oldest_ready_group_first_across_models() -> None:
     sched.push("b1", "B", now=0.0)
     sched.push("c1", "C", now=0.5)
     sched.push("a1", "A", now=1.0)
-    sched.push("a2", "A", now=1.0)   # A is full; B and C are older but not ready
-    sched.push("c2", "C", now=2.0)   # C full now, and its head is older than A's
+    sched.push("a2", "A", now=1.0)  # A is full; B and C are older but not ready
+    sched.push("c2", "C", now=2.0)  # C full now, and its head is older than A's
     assert sched.pop_batch(now=2.0) == ("C", ["c1", "c2"])
     assert sched.pop_batch(now=2.0) == ("A", ["a1", "a2"])
     assert sched.pop_batch(now=9.99) is None
@@ -320,13 +322,13 @@ def test_timed_out_older_group_beats_younger_full_group() -> None:
 
 def test_cancelled_head_does_not_keep_its_group_age() -> None:
     sched = Scheduler(max_batch_size=2, batch_timeout_ms=60_000)
-    sched.push("o1", "O", now=0.0)          # oldest, never ready in this test
+    sched.push("o1", "O", now=0.0)  # oldest, never ready in this test
     e1 = sched.push("g1", "G", now=1.0)
     sched.push("h1", "H", now=2.0)
-    sched.push("h2", "H", now=2.0)          # H full, head at 2.0
+    sched.push("h2", "H", now=2.0)  # H full, head at 2.0
     sched.push("g2", "G", now=3.0)
-    sched.push("g3", "G", now=3.0)          # G full, head at 1.0
-    assert sched.remove(e1)                 # G still full, but its head is now 3.0
+    sched.push("g3", "G", now=3.0)  # G full, head at 1.0
+    assert sched.remove(e1)  # G still full, but its head is now 3.0
     assert sched.pop_batch(now=4.0) == ("H", ["h1", "h2"])
     assert sched.pop_batch(now=4.0) == ("G", ["g2", "g3"])
     assert sched.pop_batch(now=4.0) is None
@@ -342,6 +344,7 @@ def test_higher_priority_not_ready_does_not_block_lower_ready() -> None:
 
 
 # ------------------------------------------------------------ capacities
+
 
 @pytest.mark.parametrize("prio,cap", [("low", 3), ("normal", 5), ("high", 2), ("high", 0)])
 def test_capacity_edges(prio, cap) -> None:
@@ -417,6 +420,7 @@ def test_capacity_is_freed_by_dispatch_cancel_and_expiry() -> None:
 
 # ------------------------------------------------------------ batching
 
+
 def test_batch_by_size() -> None:
     sched = Scheduler(max_batch_size=3, batch_timeout_ms=1000)
     sched.push(1, "m", now=0.0)
@@ -484,6 +488,7 @@ def test_fill_from_lower_priorities_same_model_only() -> None:
 
 # ------------------------------------------------- per-model batch sizes ([[models]] max_batch_size)
 
+
 def test_model_batch_size_1_never_batches_that_model() -> None:
     sched = Scheduler(max_batch_size=4, batch_timeout_ms=60_000, model_batch_sizes={"solo": 1})
     sched.push("s1", "solo", now=0.0)  # a full batch of one at once: no waiting for the timeout
@@ -540,6 +545,7 @@ def test_invalid_model_batch_sizes(bad) -> None:
 
 # ------------------------------------------------------------ deadlines
 
+
 def test_expired_entries_are_reported_not_dispatched() -> None:
     sched = Scheduler(max_batch_size=2, batch_timeout_ms=100)
     sched.push("late", "m", deadline=0.05, now=0.0)
@@ -573,6 +579,7 @@ def test_expired_handle_state_and_remove() -> None:
 
 
 # ------------------------------------------------------------ cancellation
+
 
 def test_cancellation() -> None:
     sched = Scheduler(max_batch_size=3, batch_timeout_ms=0)
@@ -613,6 +620,7 @@ def test_mass_cancellation_and_compaction_keep_order() -> None:
 
 
 # ------------------------------------------------------------ misc API
+
 
 def test_priority_parsing_and_constants() -> None:
     sched = Scheduler()

@@ -1,4 +1,5 @@
 """The asyncio-side request path at its edges, with real signed frames and the native codec."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,21 +8,31 @@ import time
 import pytest
 
 from lloom_executor import _native
-from lloom_executor.backends.base import Completion, LlmBackend
+from lloom_executor.backends.base import Completion, CompletionRequest, LlmBackend
 from lloom_executor.backends.echo import EchoBackend
 from lloom_executor.config import ModelConfig, RequestHandlingConfig
+from lloom_executor.outcome import Refusal, RefusalCode
 from lloom_executor.p2p.llm_protocol import RequestContext
-from lloom_executor.plugins import Verdict
-from lloom_executor.serving import BasicRequestHandler, PipelineStages
+from lloom_executor.service import build_request_handler
+from lloom_executor.serving import RequestHandler
 
 EXECUTOR = _native.PrivateKey.generate()
 CLIENT = _native.PrivateKey.generate()
 CTX = RequestContext("16Uiu2HAmTestPeer", "127.0.0.1", 0, 0.0)
 
 
-def frame(model: str = "m", *, max_tokens: int | None = None, price: str = "3", prompt: str = "hello world") -> bytes:
+def frame(
+    model: str = "m",
+    *,
+    max_tokens: int | None = None,
+    price: str = "3",
+    prompt: str = "hello world",
+    client: _native.PrivateKey = CLIENT,
+) -> bytes:
     now = int(time.time())
-    return _native.encode_signed_request(CLIENT, model, prompt, None, None, max_tokens, EXECUTOR.peer_id, price, "5", 1, now + 300, now)
+    return _native.encode_signed_request(
+        client, model, prompt, None, None, max_tokens, EXECUTOR.peer_id, price, "5", 1, now + 300, now
+    )
 
 
 def answer(raw: bytes) -> _native.DecodedResponse:
@@ -30,9 +41,9 @@ def answer(raw: bytes) -> _native.DecodedResponse:
     return decoded
 
 
-def handler(backend: LlmBackend | None = None, **kwargs) -> BasicRequestHandler:
+def handler(backend: LlmBackend | None = None, **kwargs) -> RequestHandler:
     models = [ModelConfig("m"), ModelConfig("off", enabled=False)]
-    return BasicRequestHandler(EXECUTOR, models, backend or EchoBackend(["m"]), **kwargs)
+    return build_request_handler(EXECUTOR, models, backend or EchoBackend(["m"]), **kwargs)
 
 
 def test_alias_resolves_and_answer_names_the_model() -> None:
@@ -74,14 +85,14 @@ class SlowBackend(LlmBackend):
         self.running = 0
         self.peak = 0
 
-    async def complete(self, model, prompt, system_prompt=None, temperature=None, max_tokens=None) -> Completion:
+    async def complete(self, request: CompletionRequest) -> Completion:
         self.running += 1
         self.peak = max(self.peak, self.running)
         try:
             await asyncio.sleep(self.delay)
         finally:
             self.running -= 1
-        return Completion(content="done", model=model)
+        return Completion(content="done", model=request.model)
 
     async def list_models(self) -> list[str]:
         return ["m"]
@@ -117,7 +128,7 @@ def test_context_length_edge(max_tokens: int | None, refused: bool) -> None:
     prompt = "one two three four five six seven"
     prompt_tokens = _native.count_tokens(prompt, "cl100k_base")
     models = [ModelConfig("m", context_length=prompt_tokens + 5)]
-    h = BasicRequestHandler(EXECUTOR, models, EchoBackend(["m"]))
+    h = build_request_handler(EXECUTOR, models, EchoBackend(["m"]))
     decoded = answer(asyncio.run(h(frame(prompt=prompt, max_tokens=max_tokens), CTX)))
     if refused:
         assert decoded.error == (
@@ -130,7 +141,7 @@ def test_context_length_edge(max_tokens: int | None, refused: bool) -> None:
 def test_per_model_max_concurrent_requests() -> None:
     backend = SlowBackend(0.05)
     models = [ModelConfig("m", max_concurrent_requests=2)]
-    h = BasicRequestHandler(EXECUTOR, models, backend, handling=RequestHandlingConfig(max_concurrent_requests=10))
+    h = build_request_handler(EXECUTOR, models, backend, handling=RequestHandlingConfig(max_concurrent_requests=10))
 
     async def many() -> list[_native.DecodedResponse]:
         return [answer(raw) for raw in await asyncio.gather(*(h(frame(prompt=f"p{i}"), CTX) for i in range(8)))]
@@ -179,9 +190,9 @@ class NoUsageBackend(LlmBackend):
     def __init__(self) -> None:
         self.calls = 0
 
-    async def complete(self, model, prompt, system_prompt=None, temperature=None, max_tokens=None) -> Completion:
+    async def complete(self, request: CompletionRequest) -> Completion:
         self.calls += 1
-        return Completion("the answer, uncounted", model)
+        return Completion("the answer, uncounted", request.model)
 
     async def list_models(self) -> list[str]:
         return ["m"]
@@ -191,8 +202,8 @@ def test_malformed_frames_are_reported_at_most_once_per_interval() -> None:
     """A junk flood is answered frame by frame, but reported as one `malformed` event per
     interval carrying the number held back, so it cannot push real events out of the queues."""
     sink, plugins = EventSink(), FakePlugins()
-    h = handler(stages=PipelineStages(webhooks=sink, plugins=plugins))
-    h.malformed_report_interval_secs = 0.3
+    h = handler(webhooks=sink, plugins=plugins)
+    h.answers.malformed_report_interval_secs = 0.3
 
     async def scenario() -> list[str | None]:
         errors = [answer(await h(b"junk %d" % i, CTX)).error for i in range(5)]
@@ -205,26 +216,28 @@ def test_malformed_frames_are_reported_at_most_once_per_interval() -> None:
     assert all(e and e.startswith("malformed request") for e in errors[:6]) and errors[6] is None
     for events in (sink.events, plugins.events):
         assert [(e, d["code"] if e == "error" else None) for e, d in events] == [
-            ("error", "malformed"), ("error", "malformed"), ("request_completed", None)
+            ("error", "malformed"),
+            ("error", "malformed"),
+            ("request_completed", None),
         ]
         assert [d["suppressed"] for _, d in events[:2]] == [0, 4]
         assert events[0][1]["peer_id"] == CTX.peer_id and events[0][1]["reason"].startswith("malformed request")
 
 
 def test_the_request_event_is_built_only_for_a_receiver(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lloom_executor import serving
+    from lloom_executor.serving import answer as answer_module
 
     built: list[str] = []
-    real = serving.request_event
+    real = answer_module.request_event
 
     def counting(*args, **kwargs):
         event, data = real(*args, **kwargs)
         built.append(event)
         return event, data
 
-    monkeypatch.setattr(serving, "request_event", counting)
+    monkeypatch.setattr(answer_module, "request_event", counting)
     sink = EventSink(wanted=("error",))
-    h = handler(stages=PipelineStages(webhooks=sink))
+    h = handler(webhooks=sink)
     assert answer(asyncio.run(h(frame(), CTX))).error is None  # nobody wants request_completed: not built
     assert built == [] and sink.events == []
     assert answer(asyncio.run(h(frame("nope"), CTX))).error  # an error: built once, sent
@@ -234,11 +247,11 @@ def test_the_request_event_is_built_only_for_a_receiver(monkeypatch: pytest.Monk
 
 def test_plugins_view_and_event_share_client_and_digest() -> None:
     sink, plugins = EventSink(), FakePlugins()
-    h = handler(stages=PipelineStages(webhooks=sink, plugins=plugins))
+    h = handler(webhooks=sink, plugins=plugins)
     raw = frame()
     decoded = _native.decode_request(raw)
     assert answer(asyncio.run(h(raw, CTX))).error is None
-    (event, data), = sink.events
+    ((event, data),) = sink.events
     assert event == "request_completed" and data == plugins.events[0][1]
     assert data["client"] == CLIENT.address and data["request_digest"] == "0x" + bytes(decoded.digest).hex()
 
@@ -260,11 +273,11 @@ def test_response_checks_run_once_and_only_passed_fresh_answers_are_cached(monke
     plugins = FakePlugins()
     backend = NoUsageBackend()
     cache = MemoryCache(1 << 20, 3600, deterministic_only=False)
-    h = handler(backend, stages=PipelineStages(plugins=plugins, cache=cache, content_filter=ContentFilter(ContentFilterConfig())))
+    h = handler(backend, plugins=plugins, cache=cache, content_filter=ContentFilter(ContentFilterConfig()))
 
     async def scenario() -> tuple[_native.DecodedResponse, _native.DecodedResponse]:
         fresh = answer(await h(frame(), CTX))
-        cached = answer(await h(frame(), CTX))  # the same prompt: same key, a cache hit
+        cached = answer(await h(frame(client=_native.PrivateKey.generate()), CTX))  # another client, same prompt: a cache hit
         return fresh, cached
 
     fresh, cached = asyncio.run(scenario())
@@ -278,11 +291,11 @@ def test_response_checks_run_once_and_only_passed_fresh_answers_are_cached(monke
     async def refused() -> str | None:
         async def no(view, content):
             plugins.checked.append(content)
-            return Verdict("not this", "plugin_refused")
+            return Refusal("not this", RefusalCode.PLUGIN_REFUSED)
 
         plugins.check_response = no
         cache2 = MemoryCache(1 << 20, 3600, deterministic_only=False)
-        h.stages.cache = cache2
+        h.execution.cache = cache2
         error = answer(await h(frame(prompt="other"), CTX)).error
         assert cache2.stats().entries == 0  # refused: not cached
         return error
@@ -293,29 +306,42 @@ def test_response_checks_run_once_and_only_passed_fresh_answers_are_cached(monke
 def test_output_tokens_are_counted_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """A metered model (max_tokens_per_second) whose backend reports no usage: the answer is
     tokenized once, for the token-rate charge, and that count is what is priced."""
-    from lloom_executor import serving
-
     produced: list[int] = []
 
     class Governor:
-        def refusal(self, model): return None
-        def wait_reason(self, model): return None
-        def cpu_busy(self): return None
-        def ready_in(self, model): return 0.0
-        def metered(self, model): return True
-        def produced(self, model, tokens): produced.append(tokens)
-        def started(self, model): pass
-        def finished(self, model): pass
+        def refusal(self, model):
+            return None
+
+        def wait_reason(self, model):
+            return None
+
+        def cpu_busy(self):
+            return None
+
+        def ready_in(self, model):
+            return 0.0
+
+        def metered(self, model):
+            return True
+
+        def produced(self, model, tokens):
+            produced.append(tokens)
+
+        def started(self, model):
+            pass
+
+        def finished(self, model):
+            pass
 
     counted: list[str] = []
-    real = serving._native.count_tokens
+    real = _native.count_tokens
 
     def counting(text: str, encoding: str) -> int:
         counted.append(text)
         return real(text, encoding)
 
-    monkeypatch.setattr(serving._native, "count_tokens", counting)
-    h = handler(NoUsageBackend(), stages=PipelineStages(resources=Governor()))
+    monkeypatch.setattr(_native, "count_tokens", counting)
+    h = handler(NoUsageBackend(), resources=Governor())
     decoded = answer(asyncio.run(h(frame(), CTX)))
     assert decoded.error is None and counted.count("the answer, uncounted") == 1
     assert produced == [decoded.outbound_tokens] and decoded.outbound_tokens == real("the answer, uncounted", "cl100k_base")

@@ -11,6 +11,7 @@ Oracles:
   Skipped only when the crate source is not on this machine.
 - Token ids published on the web for two sentences check the oracles.
 """
+
 from __future__ import annotations
 
 import glob
@@ -95,12 +96,7 @@ tricky_alphabet = st.sampled_from(
 tricky_text = st.lists(tricky_alphabet, max_size=120).map("".join)
 # Python strs may hold surrogates (not UTF-8); tiktoken repairs them first.
 with_surrogates = st.text(st.characters(categories=["Cs", "Ll", "Lu", "Lo", "So", "Zs", "Nd"]), max_size=100)
-random_text = (
-    st.text(max_size=400)
-    | tricky_text
-    | st.text(alphabet=st.characters(codec="utf-8"), max_size=200)
-    | with_surrogates
-)
+random_text = st.text(max_size=400) | tricky_text | st.text(alphabet=st.characters(codec="utf-8"), max_size=200) | with_surrogates
 
 
 @pytest.mark.parametrize("text", CORPUS)

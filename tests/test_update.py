@@ -5,10 +5,13 @@ The index is an HTTP server on 127.0.0.1 speaking the simple repository API
 PyPI. The wheels are tiny `lloom-executor` distributions written here per the
 wheel spec: 0.0.1 and 0.0.2 work, 0.0.3 fails at import, 0.0.4 needs a
 dependency that is not installed. Everything that installs runs in a throwaway
-venv (one per module) whose interpreter runs our real update.py (copied next
-to a small runner, with click and packaging on its path), so pip replaces the
-fake distribution there and never touches this environment.
+venv (one per module) whose interpreter runs our real update package (copied
+next to a small runner as `updatecmd`, with click and packaging on its path), so
+pip replaces the fake distribution there and never touches this environment.
+There, an import of any other lloom_executor module would fail: the package
+must keep running while `apply` replaces lloom_executor's files.
 """
+
 from __future__ import annotations
 
 import base64
@@ -25,15 +28,16 @@ import subprocess
 import sys
 import threading
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-UPDATE_PY = REPO / "python" / "lloom_executor" / "update.py"
+UPDATE_PACKAGE = REPO / "python" / "lloom_executor" / "update"
 
-MAIN_PY = '''\
+MAIN_PY = """\
 import sys
 import tomllib
 
@@ -61,10 +65,10 @@ def main(argv=None):
 
 if __name__ == "__main__":
     sys.exit(main())
-'''
+"""
 
 RUNNER_PY = '''\
-"""Runs the real update commands (updatecmd.py is a copy of lloom_executor/update.py) in this venv."""
+"""Runs the real update commands (updatecmd/ is a copy of the lloom_executor/update package) in this venv."""
 import sys
 import tomllib
 from pathlib import Path
@@ -89,7 +93,9 @@ def _record_hash(data: bytes) -> str:
     return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def write_wheel(directory: Path, version: str, *, broken: bool = False, requires: tuple[str, ...] = (), tag: str = "py3-none-any") -> Path:
+def write_wheel(
+    directory: Path, version: str, *, broken: bool = False, requires: tuple[str, ...] = (), tag: str = "py3-none-any"
+) -> Path:
     """A wheel of a tiny lloom-executor, written per the binary distribution format spec."""
     info = f"lloom_executor-{version}.dist-info"
     init = f'__version__ = "{version}"\n'
@@ -164,6 +170,7 @@ class LocalIndex:
         self.files[filename] = Published(data, hashlib.sha256(data).hexdigest())
 
     def file_url(self, filename: str) -> str:
+        assert self.server is not None
         return f"http://127.0.0.1:{self.server.server_address[1]}/files/{filename}"
 
     def json_page(self) -> bytes:
@@ -204,7 +211,7 @@ class LocalIndex:
         index = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
+            def log_message(self, format: str, *args: object) -> None:  # quiet: one line per request would flood the test output
                 pass
 
             def send(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
@@ -238,8 +245,8 @@ class LocalIndex:
                         self.send(200, index.json_page(), "application/vnd.pypi.simple.v1+json")
                     else:
                         self.send(200, index.html_page(), "text/html; charset=utf-8")
-                elif self.path.startswith("/files/") and self.path[len("/files/"):] in index.files:
-                    self.send(200, index.files[self.path[len("/files/"):]].served, "application/octet-stream")
+                elif self.path.startswith("/files/") and self.path[len("/files/") :] in index.files:
+                    self.send(200, index.files[self.path[len("/files/") :]].served, "application/octet-stream")
                 else:
                     self.send(404, b"not found")
 
@@ -271,30 +278,45 @@ class World:
         return self.venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") and k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("PIP_") and k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
+        }
         env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_CACHE_DIR="1")
         env.update(extra)
         return env
 
     def update(self, *args: str, index: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        """`lloom-executor update ARGS` in the venv (our real update.py), with --config and the local index."""
+        """`lloom-executor update ARGS` in the venv (our real update package), with --config and the local index."""
         command, *rest = args
         extra = ["--config", str(self.config)]
         if index and command in ("check", "download"):
             extra += ["--index-url", self.index.url]
         return subprocess.run(
             [str(self.python), str(self.runner), command, *extra, *rest],
-            check=False, capture_output=True, text=True, timeout=300, env=env or self.env(), cwd=self.base,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env or self.env(),
+            cwd=self.base,
         )
 
     def installed_version(self) -> str | None:
         infos = sorted(self.site_packages.glob("lloom_executor-*.dist-info"))
         assert len(infos) <= 1, infos
-        return infos[0].name[len("lloom_executor-"): -len(".dist-info")] if infos else None
+        return infos[0].name[len("lloom_executor-") : -len(".dist-info")] if infos else None
 
     def runs_as(self) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(self.python), "-m", "lloom_executor", "--version"], check=False, capture_output=True, text=True, timeout=60, env=self.env(), cwd=self.base
+            [str(self.python), "-m", "lloom_executor", "--version"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=self.env(),
+            cwd=self.base,
         )
 
     def install(self, version: str) -> None:
@@ -303,7 +325,11 @@ class World:
             return
         out = subprocess.run(
             [str(self.python), "-m", "pip", "install", "--no-deps", "--force-reinstall", "--no-index", str(self.wheels[version])],
-            check=False, capture_output=True, text=True, timeout=300, env=self.env(),
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=self.env(),
         )
         assert out.returncode == 0, out.stdout + out.stderr
 
@@ -319,7 +345,7 @@ def _closed_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory):
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     base = tmp_path_factory.mktemp("update")
     wheel_dir = base / "wheels"
     wheel_dir.mkdir()
@@ -327,7 +353,11 @@ def world(tmp_path_factory: pytest.TempPathFactory):
         "0.0.1": write_wheel(wheel_dir, "0.0.1"),
         "0.0.2": write_wheel(wheel_dir, "0.0.2"),
         "0.0.3": write_wheel(wheel_dir, "0.0.3", broken=True),
-        "0.0.4": write_wheel(wheel_dir, "0.0.4", requires=("lloom-test-absent-dependency>=1.0", "pip>=999", 'never-on-this-os; sys_platform == "win32x"')),
+        "0.0.4": write_wheel(
+            wheel_dir,
+            "0.0.4",
+            requires=("lloom-test-absent-dependency>=1.0", "pip>=999", 'never-on-this-os; sys_platform == "win32x"'),
+        ),
         "0.0.5rc1": write_wheel(wheel_dir, "0.0.5rc1"),
         "0.1.0-other": write_wheel(wheel_dir, "0.1.0", tag="cp27-cp27mu-linux_armv7l"),
     }
@@ -340,11 +370,12 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     import packaging
 
     for module in (click, packaging):
+        assert module.__file__ is not None
         src = Path(module.__file__).parent
         shutil.copytree(src, deps / src.name, ignore=shutil.ignore_patterns("__pycache__"))
     runner_dir = base / "runner"
     runner_dir.mkdir()
-    shutil.copy(UPDATE_PY, runner_dir / "updatecmd.py")
+    shutil.copytree(UPDATE_PACKAGE, runner_dir / "updatecmd", ignore=shutil.ignore_patterns("__pycache__"))
     (runner_dir / "run_update.py").write_text(RUNNER_PY, encoding="utf-8")
     node = base / "node"
     data_dir = node / "data"
@@ -467,12 +498,12 @@ def test_download_keeps_index_credentials_off_pips_command_line(world: World, in
 
 
 def test_pip_download_gets_the_index_in_its_environment_not_its_arguments(tmp_path: Path) -> None:
-    from lloom_executor import update
+    from lloom_executor.update.download import pip_download_args, pip_download_env
 
     url = "https://user:s3cret@index.test/simple"
-    args = update._pip_download_args(60.0, tmp_path / "wheel", tmp_path / "requirement.txt")
+    args = pip_download_args(60.0, tmp_path / "wheel", tmp_path / "requirement.txt")
     assert "--index-url" not in args and "-i" not in args and not any("s3cret" in a for a in args)
-    env = update._pip_download_env(url)
+    env = pip_download_env(url)
     assert env["PIP_INDEX_URL"] == url
     assert (env["PIP_FIND_LINKS"], env["PIP_EXTRA_INDEX_URL"], "PIP_NO_INDEX" in env) == ("", "", False)
 
@@ -501,7 +532,14 @@ def test_apply_with_backup_updates_then_rolls_back_a_broken_release(world: World
     assert "rolled back: lloom-executor 0.0.2 is installed again and verified" in out.stderr
     assert world.installed_version() == "0.0.2"
     assert world.runs_as().stdout.strip() == "lloom-executor, version 0.0.2"
-    script = subprocess.run([str(world.venv / "bin" / "lloom-executor"), "--version"], check=False, capture_output=True, text=True, timeout=60, env=world.env())
+    script = subprocess.run(
+        [str(world.venv / "bin" / "lloom-executor"), "--version"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=world.env(),
+    )
     assert script.stdout.strip() == "lloom-executor, version 0.0.2", script.stderr  # pip rewrote the console script
     for path, data in secrets.items():
         assert path.read_bytes() == data
@@ -538,7 +576,7 @@ def test_index_pages_and_release_selection() -> None:
     from lloom_executor import update
 
     page = (
-        b'<html><body>'
+        b"<html><body>"
         b'<a href="../../files/lloom_executor-0.2.0-py3-none-any.whl#sha256=aa" data-requires-python="&gt;=3.8">x</a>'
         b'<a href="../../files/lloom_executor-0.3.0-py3-none-any.whl#sha256=bb" data-yanked="broken">x</a>'
         b'<a href="../../files/lloom_executor-0.4.0-py3-none-any.whl#sha256=cc" data-requires-python="&lt;3">x</a>'
@@ -566,6 +604,7 @@ def test_index_pages_and_release_selection() -> None:
 
 def test_cli_has_the_update_commands() -> None:
     from click.testing import CliRunner
+
     from lloom_executor.cli import main
 
     runner = CliRunner()
@@ -574,3 +613,12 @@ def test_cli_has_the_update_commands() -> None:
     out = runner.invoke(main, ["update", "check", "--index-url", f"http://127.0.0.1:{_closed_port()}/simple"])
     assert out.exit_code == 3, out.output
     assert "cannot reach the package index" in out.output
+
+
+def test_importing_the_package_loads_all_of_it() -> None:
+    """`apply` replaces lloom_executor's files while it runs, so no update module may be imported after it
+    starts: importing the package must load every one of them (in a fresh interpreter, as the CLI does)."""
+    modules = sorted(f"lloom_executor.update.{p.stem}" for p in UPDATE_PACKAGE.glob("*.py") if p.stem != "__init__")
+    probe = "import sys, lloom_executor.update; print(' '.join(sorted(m for m in sys.modules if m.startswith('lloom_executor.update.'))))"
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.stdout.split() == modules

@@ -1,4 +1,4 @@
-"""`[webhooks]` (webhooks.py): signed JSON events POSTed to a real HTTP receiver on 127.0.0.1.
+"""`[webhooks]` (webhooks/): signed JSON events POSTed to a real HTTP receiver on 127.0.0.1.
 
 The receiver is the OpenAI test server's HTTP machinery (`openai_server.py`), answering
 200 to every POST unless told to fail N times, answer 429 with Retry-After, hang or drop
@@ -6,6 +6,7 @@ the connection. Signatures are checked with eth-account, independently of our co
 Waits are bounded polls; timing assertions are a lower bound (Retry-After honoured) and one
 generous upper bound (stop gives up at its flush timeout, not at a 60 s attempt timeout).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,7 +33,6 @@ from lloom_executor.identity import load_identity
 from lloom_executor.metrics import Metrics
 from lloom_executor.service import ExecutorService
 from lloom_executor.webhooks import EVENTS, Webhooks, verify_signature
-
 from openai_server import OpenAIServer, RecordedRequest, refused_url
 from service_rig import echo_service_config, until
 
@@ -159,7 +159,9 @@ def test_running_executor_reports_requests_models_and_lifecycle(tmp_path: Path, 
             try:
                 peer = service.identity.peer_id
                 domain = _native.Eip712Domain(8453, "0x" + "42" * 20)
-                async with LloomClient(bootstrap=[addrs[0]], enable_kad=False, enable_gossip=False, eip712_domain=domain) as client:
+                async with LloomClient(
+                    bootstrap=[addrs[0]], enable_kad=False, enable_gossip=False, eip712_domain=domain
+                ) as client:
                     served = await client.request(
                         peer, "m", "the secret prompt", inbound_price=str(PRICE_IN), outbound_price=str(PRICE_OUT)
                     )
@@ -171,8 +173,14 @@ def test_running_executor_reports_requests_models_and_lifecycle(tmp_path: Path, 
                 metrics = counted(service.metrics, "0", "request_completed", "delivered")
             finally:
                 await service.stop()
-            return {"served": served, "cheap": cheap, "client": client_address, "metrics": metrics,
-                    "executor": service.identity.address, "peer": peer}
+            return {
+                "served": served,
+                "cheap": cheap,
+                "client": client_address,
+                "metrics": metrics,
+                "executor": service.identity.address,
+                "peer": peer,
+            }
 
         r = asyncio.run(scenario())
 
@@ -183,8 +191,11 @@ def test_running_executor_reports_requests_models_and_lifecycle(tmp_path: Path, 
     started, loaded, completed, error, stopped = events
     assert started["data"]["models"] == ["m"] and started["data"]["listen_addresses"]
     assert loaded["data"] == {
-        "model": "m", "source": "config", "context_length": 4096,
-        "inbound_price_wei": str(PRICE_IN), "outbound_price_wei": str(PRICE_OUT),
+        "model": "m",
+        "source": "config",
+        "context_length": 4096,
+        "inbound_price_wei": str(PRICE_IN),
+        "outbound_price_wei": str(PRICE_OUT),
     }
     data = completed["data"]
     assert data["model"] == "m" and data["requested_model"] == "m"
@@ -231,8 +242,10 @@ def test_discovery_changes_and_backend_outage_are_reported(tmp_path: Path) -> No
 
             async def scenario() -> None:
                 service = ExecutorService(
-                    config, load_identity(config.identity, environ={}),
-                    discovery_options={"interval": 0.2, "poll_timeout": 5}, webhook_options=FAST,
+                    config,
+                    load_identity(config.identity, environ={}),
+                    discovery_options={"interval": 0.2, "poll_timeout": 5},
+                    webhook_options=FAST,
                 )
                 await service.start()
                 try:
@@ -370,13 +383,13 @@ def test_an_invalid_header_is_not_retried_and_never_logged(caplog: pytest.LogCap
 
 
 def test_a_header_httpx_refuses_is_a_fixed_text_not_a_transport_error(caplog: pytest.LogCaptureFixture) -> None:
-    """The backstop in `_post`: httpx's LocalProtocolError (a TransportError whose text quotes
+    """The backstop in `Delivery.post`: httpx's LocalProtocolError (a TransportError whose text quotes
     the header) is "invalid request header", not retried, and its text is not passed on."""
     caplog.set_level(logging.DEBUG, logger="lloom_executor")
     with HookReceiver() as receiver:
 
         async def body(hooks: Webhooks) -> Any:
-            return await hooks._post(receiver.url(), b"{}", {"Authorization": "Bearer s3cr3t-token "})
+            return await hooks.delivery.post(receiver.url(), b"{}", {"Authorization": "Bearer s3cr3t-token "})
 
         result, _ = run_hooks(receiver, body, endpoint(receiver.url()))
         assert result == ("invalid request header", False, None)
@@ -470,9 +483,15 @@ def test_stop_gives_up_after_the_flush_timeout(caplog: pytest.LogCaptureFixture)
 @pytest.mark.parametrize(
     "endpoints, problem",
     [
-        ('url = "ftp://example.com/hook"', "webhooks.endpoints[0].url (line 4): expected an http:// or https:// URL, got 'ftp://example.com/hook'"),
+        (
+            'url = "ftp://example.com/hook"',
+            "webhooks.endpoints[0].url (line 4): expected an http:// or https:// URL, got 'ftp://example.com/hook'",
+        ),
         ('events = ["error"]', "webhooks.endpoints[0].url (line 3): required"),
-        ('url = "https://example.com:70000/hook"', "webhooks.endpoints[0].url (line 4): not a valid URL (Port out of range 0-65535): 'https://example.com:70000/hook'"),
+        (
+            'url = "https://example.com:70000/hook"',
+            "webhooks.endpoints[0].url (line 4): not a valid URL (Port out of range 0-65535): 'https://example.com:70000/hook'",
+        ),
     ],
 )
 def test_endpoint_urls_must_be_http(tmp_path: Path, endpoints: str, problem: str) -> None:
@@ -496,7 +515,9 @@ def test_config_warnings(tmp_path: Path) -> None:
     warnings = [str(w) for w in load_config(path, environ={}).warnings]
     assert any("auth_header" in w and "clear text to hooks.example.com" in w for w in warnings)
     assert any("events" in w and "receives no events" in w for w in warnings)
-    path.write_text('[webhooks]\nenabled = true\n[[webhooks.endpoints]]\nurl = "http://127.0.0.1:9/x"\nauth_header = "Bearer t"\n')
+    path.write_text(
+        '[webhooks]\nenabled = true\n[[webhooks.endpoints]]\nurl = "http://127.0.0.1:9/x"\nauth_header = "Bearer t"\n'
+    )
     assert load_config(path, environ={}).warnings == []
 
 
@@ -513,11 +534,15 @@ def test_config_warnings(tmp_path: Path) -> None:
 )
 def test_auth_header_must_be_a_clean_header_value(tmp_path: Path, value: str, problem: str) -> None:
     path = tmp_path / "config.toml"
-    path.write_text('[webhooks]\nenabled = true\n[[webhooks.endpoints]]\nurl = "https://example.com/hook"\nauth_header = "${TOKEN}"\n')
+    path.write_text(
+        '[webhooks]\nenabled = true\n[[webhooks.endpoints]]\nurl = "https://example.com/hook"\nauth_header = "${TOKEN}"\n'
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path, environ={"TOKEN": value})
     found = [p for p in info.value.problems if "auth_header" in p]
     assert len(found) == 1 and problem in found[0], info.value.problems
     assert "s3cr3t" not in str(info.value) and "s3cr3t" not in " ".join(info.value.problems)
-    path.write_text('[webhooks]\nenabled = true\n[[webhooks.endpoints]]\nurl = "https://example.com/hook"\nauth_header = "${TOKEN}"\n')
+    path.write_text(
+        '[webhooks]\nenabled = true\n[[webhooks.endpoints]]\nurl = "https://example.com/hook"\nauth_header = "${TOKEN}"\n'
+    )
     assert load_config(path, environ={"TOKEN": "Bearer s3cr3t-token"}).warnings == []

@@ -4,11 +4,12 @@
 //! a hash releases the GIL.
 
 use alloy_primitives::{keccak256 as alloy_keccak, Address};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use secp256k1::ecdsa::{RecoverableSignature, RecoveryId};
 use secp256k1::{Message, PublicKey, SecretKey, SECP256K1};
+
+use crate::error::{CodecError, KeyError, SignatureError};
 
 /// Inputs at least this long are hashed with the GIL released; below it the
 /// release costs more than the hash.
@@ -47,34 +48,31 @@ pub fn peer_id_of(public: &PublicKey) -> String {
     bs58::encode(buf).into_string()
 }
 
-pub fn parse_secret(bytes: &[u8]) -> Result<SecretKey, String> {
-    let raw: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| format!("private key must be 32 bytes, got {}", bytes.len()))?;
-    SecretKey::from_byte_array(raw)
-        .map_err(|_| "private key is zero or not below the secp256k1 curve order".to_string())
+pub fn parse_secret(bytes: &[u8]) -> Result<SecretKey, KeyError> {
+    let raw: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Length(bytes.len()))?;
+    SecretKey::from_byte_array(raw).map_err(|_| KeyError::Scalar)
 }
 
-pub fn parse_secret_hex(text: &str) -> Result<SecretKey, String> {
+pub fn parse_secret_hex(text: &str) -> Result<SecretKey, KeyError> {
     let trimmed = text.trim();
     let body = trimmed
         .strip_prefix("0x")
         .or_else(|| trimmed.strip_prefix("0X"))
         .unwrap_or(trimmed);
     if body.len() != 64 {
-        return Err(format!(
-            "private key hex must be 64 hex digits (optionally 0x-prefixed), got {} characters",
-            body.len()
-        ));
+        return Err(KeyError::HexLength(body.len()));
     }
-    let bytes = hex::decode(body).map_err(|_| "private key hex contains a non-hex character".to_string())?;
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(body, &mut bytes).map_err(|_| KeyError::HexDigit)?;
     parse_secret(&bytes)
 }
 
-pub fn digest32(digest: &[u8]) -> Result<[u8; 32], String> {
-    digest
-        .try_into()
-        .map_err(|_| format!("digest must be 32 bytes, got {}", digest.len()))
+pub fn digest32(digest: &[u8]) -> Result<[u8; 32], CodecError> {
+    digest.try_into().map_err(|_| CodecError::Length {
+        what: "digest",
+        expected: 32,
+        got: digest.len(),
+    })
 }
 
 /// r‖s‖v with v ∈ {0, 1}; libsecp256k1 signs deterministically (RFC 6979) and low-s.
@@ -89,32 +87,26 @@ pub fn sign(secret: &SecretKey, digest: &[u8; 32]) -> [u8; 65] {
 }
 
 /// Recover the signer's public key; v may be 0/1 or 27/28, high-s is refused.
-pub fn recover(digest: &[u8; 32], signature: &[u8]) -> Result<PublicKey, String> {
+pub fn recover(digest: &[u8; 32], signature: &[u8]) -> Result<PublicKey, SignatureError> {
     if signature.len() != 65 {
-        return Err(format!("signature must be 65 bytes (r||s||v), got {}", signature.len()));
+        return Err(SignatureError::Length(signature.len()));
     }
-    let v = match signature[64] {
-        v @ (0 | 1) => v,
-        v @ (27 | 28) => v - 27,
-        other => return Err(format!("signature recovery id v must be 0, 1, 27 or 28, got {other}")),
+    let recid = match signature[64] {
+        0 | 27 => RecoveryId::Zero,
+        1 | 28 => RecoveryId::One,
+        other => return Err(SignatureError::RecoveryId(other)),
     };
     if signature[32..64] > HALF_ORDER[..] {
-        return Err("signature s value is in the upper half of the curve order (malleable)".into());
+        return Err(SignatureError::HighS);
     }
-    let recid = RecoveryId::try_from(v as i32).map_err(|_| "invalid recovery id".to_string())?;
-    let sig = RecoverableSignature::from_compact(&signature[..64], recid)
-        .map_err(|_| "signature r or s is zero or not below the curve order".to_string())?;
+    let sig = RecoverableSignature::from_compact(&signature[..64], recid).map_err(|_| SignatureError::Scalar)?;
     SECP256K1
         .recover_ecdsa(Message::from_digest(*digest), &sig)
-        .map_err(|_| "signature does not recover to any public key".to_string())
+        .map_err(|_| SignatureError::NoKey)
 }
 
-pub fn recover_signer(digest: &[u8; 32], signature: &[u8]) -> Result<[u8; 20], String> {
+pub fn recover_signer(digest: &[u8; 32], signature: &[u8]) -> Result<[u8; 20], SignatureError> {
     recover(digest, signature).map(|pk| address_of(&pk))
-}
-
-fn value_error(msg: String) -> PyErr {
-    PyValueError::new_err(msg)
 }
 
 /// A secp256k1 private key: the node's Ethereum key and libp2p identity in one.
@@ -141,8 +133,7 @@ impl PrivateKey {
     fn generate() -> PyResult<Self> {
         loop {
             let mut bytes = [0u8; 32];
-            getrandom::getrandom(&mut bytes)
-                .map_err(|e| value_error(format!("OS random source failed: {e}")))?;
+            getrandom::getrandom(&mut bytes).map_err(|e| CodecError::Key(KeyError::Random(e.to_string())))?;
             if let Ok(secret) = SecretKey::from_byte_array(bytes) {
                 return Ok(PrivateKey::new(secret));
             }
@@ -151,12 +142,12 @@ impl PrivateKey {
 
     #[staticmethod]
     fn from_bytes(data: &[u8]) -> PyResult<Self> {
-        parse_secret(data).map(PrivateKey::new).map_err(value_error)
+        Ok(PrivateKey::new(parse_secret(data).map_err(CodecError::Key)?))
     }
 
     #[staticmethod]
     fn from_hex(text: &str) -> PyResult<Self> {
-        parse_secret_hex(text).map(PrivateKey::new).map_err(value_error)
+        Ok(PrivateKey::new(parse_secret_hex(text).map_err(CodecError::Key)?))
     }
 
     /// The 32 secret bytes. Handle with care: never log them.
@@ -199,7 +190,7 @@ impl PrivateKey {
     }
 
     fn sign_digest<'py>(&self, py: Python<'py>, digest: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
-        let d = digest32(digest).map_err(value_error)?;
+        let d = digest32(digest)?;
         let sig = py.allow_threads(|| sign(&self.secret, &d));
         Ok(PyBytes::new(py, &sig))
     }
@@ -229,25 +220,26 @@ fn sign_digest<'py>(py: Python<'py>, key: &PrivateKey, digest: &[u8]) -> PyResul
 /// The 20-byte address that signed `digest`; v may be 0, 1, 27 or 28.
 #[pyfunction]
 fn recover_address<'py>(py: Python<'py>, digest: &[u8], signature: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
-    let d = digest32(digest).map_err(value_error)?;
-    let address = py.allow_threads(|| recover_signer(&d, signature)).map_err(value_error)?;
+    let d = digest32(digest)?;
+    let address = py.allow_threads(|| recover_signer(&d, signature)).map_err(CodecError::Signature)?;
     Ok(PyBytes::new(py, &address))
 }
 
 /// EIP-55 checksummed text of a 20-byte address.
 #[pyfunction]
 fn checksum_address(address: &[u8]) -> PyResult<String> {
-    let raw: [u8; 20] = address
-        .try_into()
-        .map_err(|_| value_error(format!("address must be 20 bytes, got {}", address.len())))?;
+    let raw: [u8; 20] = address.try_into().map_err(|_| CodecError::Length {
+        what: "address",
+        expected: 20,
+        got: address.len(),
+    })?;
     Ok(checksum(&raw))
 }
 
 /// PeerId text of a compressed (33-byte) or uncompressed (65-byte) public key.
 #[pyfunction]
 fn peer_id_from_public_key(public_key: &[u8]) -> PyResult<String> {
-    let pk = PublicKey::from_slice(public_key)
-        .map_err(|_| value_error("not a valid secp256k1 public key".into()))?;
+    let pk = PublicKey::from_slice(public_key).map_err(|_| CodecError::Key(KeyError::PublicKey))?;
     Ok(peer_id_of(&pk))
 }
 
@@ -260,3 +252,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(peer_id_from_public_key, m)?)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

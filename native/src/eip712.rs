@@ -11,11 +11,12 @@ use std::cell::RefCell;
 use std::sync::LazyLock;
 
 use alloy_primitives::U256;
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyInt, PyString, PyTuple};
 
 use crate::crypto::{checksum, keccak, sign, PrivateKey};
+use crate::error::{AddressError, CodecError, TemperatureUse};
 
 pub const DOMAIN_TYPE: &str =
     "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)";
@@ -181,102 +182,104 @@ impl ResponseCommitment {
 
 /// Wire temperature: `round(t × 10000)` (half away from zero, as Rust's
 /// `f64::round` in the reference client), refused unless it fits a uint32.
-pub fn temperature_to_u32(t: f64) -> Result<u32, String> {
+pub fn temperature_to_u32(t: f64) -> Result<u32, CodecError> {
     if !t.is_finite() {
-        return Err(format!("temperature must be a finite number, got {t}"));
+        return Err(CodecError::TemperatureNotFinite { value: t, context: TemperatureUse::Commitment });
     }
     let scaled = (t * 10000.0).round();
     if !(0.0..=u32::MAX as f64).contains(&scaled) {
-        return Err(format!("temperature {t} gives round(t*10000) = {scaled}, outside uint32"));
+        return Err(CodecError::TemperatureRange { value: t, scaled: Some(scaled) });
     }
     Ok(scaled as u32)
 }
 
 /// A wei amount from its decimal text: digits only (no sign, no `_`, no
 /// exponent), below 2**256.
-pub fn parse_wei(text: &str) -> Result<U256, String> {
+pub fn parse_wei(text: &str) -> Result<U256, CodecError> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("must be a non-negative decimal integer string of wei, got {text:?}"));
+        return Err(CodecError::NotWei(text.to_owned()));
     }
     if text.len() <= 19 {
         // Fits a u64 (19 digits < 2**64): the common case, without the bignum parser.
         return Ok(U256::from(text.bytes().fold(0u64, |acc, b| acc * 10 + u64::from(b - b'0'))));
     }
-    U256::from_str_radix(text, 10).map_err(|_| format!("{text} does not fit in uint256"))
+    U256::from_str_radix(text, 10).map_err(|_| CodecError::DoesNotFit {
+        value: Some(text.to_owned()),
+        target: "uint256",
+    })
 }
 
 /// 20 address bytes from `0x`-prefixed (or bare) hex; mixed-case text must
 /// carry a valid EIP-55 checksum, which catches typos in hand-written configs.
-pub fn parse_address(text: &str) -> Result<[u8; 20], String> {
+pub fn parse_address(text: &str) -> Result<[u8; 20], AddressError> {
     let body = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")).unwrap_or(text);
     if body.len() != 40 {
-        return Err(format!("address must be 40 hex digits, got {text:?}"));
+        return Err(AddressError::Length(text.to_owned()));
     }
     let mut out = [0u8; 20];
-    hex::decode_to_slice(body, &mut out).map_err(|_| format!("address {text:?} is not hex"))?;
+    hex::decode_to_slice(body, &mut out).map_err(|_| AddressError::NotHex(text.to_owned()))?;
     let has_upper = body.bytes().any(|b| b.is_ascii_uppercase());
     let has_lower = body.bytes().any(|b| b.is_ascii_lowercase());
     if has_upper && has_lower && checksum(&out)[2..] != *body {
-        return Err(format!("address {text:?} has a wrong EIP-55 checksum"));
+        return Err(AddressError::Checksum(text.to_owned()));
     }
     Ok(out)
 }
 
-fn value_error(what: &str, msg: impl std::fmt::Display) -> PyErr {
-    PyValueError::new_err(format!("{what}: {msg}"))
-}
-
-fn address_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<[u8; 20]> {
+fn address_arg(obj: &Bound<'_, PyAny>, what: &'static str) -> PyResult<[u8; 20]> {
     if let Ok(b) = obj.downcast::<PyBytes>() {
         let raw = b.as_bytes();
-        return raw
-            .try_into()
-            .map_err(|_| value_error(what, format!("address must be 20 bytes, got {}", raw.len())));
+        return raw.try_into().map_err(|_| {
+            CodecError::Length { what: "address", expected: 20, got: raw.len() }
+                .in_field(what)
+                .into()
+        });
     }
     if let Ok(s) = obj.downcast::<PyString>() {
-        return parse_address(s.to_str()?).map_err(|e| value_error(what, e));
+        return parse_address(s.to_str()?).map_err(|e| CodecError::from(e).in_field(what).into());
     }
     Err(PyTypeError::new_err(format!("{what}: address must be 20 bytes or 0x-hex str")))
 }
 
-fn bytes32_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<[u8; 32]> {
+fn bytes32_arg(obj: &Bound<'_, PyAny>, what: &'static str) -> PyResult<[u8; 32]> {
     let b = obj
         .downcast::<PyBytes>()
         .map_err(|_| PyTypeError::new_err(format!("{what}: expected 32 bytes")))?;
     let raw = b.as_bytes();
     raw.try_into()
-        .map_err(|_| value_error(what, format!("must be 32 bytes, got {}", raw.len())))
+        .map_err(|_| CodecError::ByteCount { expected: 32, got: raw.len() }.in_field(what).into())
 }
 
 /// A uint256 from a decimal string of wei or a Python int.
-fn u256_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<U256> {
+fn u256_arg(obj: &Bound<'_, PyAny>, what: &'static str) -> PyResult<U256> {
     if let Ok(s) = obj.downcast::<PyString>() {
-        return parse_wei(s.to_str()?).map_err(|e| value_error(what, e));
+        return parse_wei(s.to_str()?).map_err(|e| e.in_field(what).into());
     }
     if obj.is_instance_of::<PyInt>() && !obj.is_instance_of::<PyBool>() {
         if let Ok(v) = obj.extract::<u128>() {
             return Ok(U256::from(v));
         }
         if obj.lt(0)? {
-            return Err(value_error(what, "must not be negative"));
+            return Err(CodecError::Negative.in_field(what).into());
         }
         let raw = obj
             .call_method1("to_bytes", (32, "big"))
-            .map_err(|_| value_error(what, "does not fit in uint256"))?;
+            .map_err(|_| CodecError::DoesNotFit { value: None, target: "uint256" }.in_field(what))?;
         return Ok(U256::from_be_slice(raw.downcast::<PyBytes>()?.as_bytes()));
     }
     Err(PyTypeError::new_err(format!("{what}: expected a decimal str of wei or an int")))
 }
 
-/// An unsigned int of `bits` bits; out of range is a ValueError (not pyo3's
-/// OverflowError) so callers catch one exception type for bad input.
-fn uint_arg(obj: &Bound<'_, PyAny>, what: &str, bits: u32) -> PyResult<u64> {
+/// An unsigned int of `bits` bits; out of range is a CodecError (a
+/// ValueError, not pyo3's OverflowError) so callers catch one exception type
+/// for bad input.
+fn uint_arg(obj: &Bound<'_, PyAny>, what: &'static str, bits: u32) -> PyResult<u64> {
     if !obj.is_instance_of::<PyInt>() {
         return Err(PyTypeError::new_err(format!("{what}: expected an int")));
     }
     match obj.extract::<u64>() {
         Ok(v) if bits == 64 || v >> bits == 0 => Ok(v),
-        _ => Err(value_error(what, format!("must be an integer in 0..=2**{bits}-1"))),
+        _ => Err(CodecError::UintRange { bits }.in_field(what).into()),
     }
 }
 
@@ -304,7 +307,7 @@ impl Text<'_> {
     }
 }
 
-fn text_arg<'a>(obj: &'a Bound<'_, PyAny>, what: &str, optional: bool) -> PyResult<Text<'a>> {
+fn text_arg<'a>(obj: &'a Bound<'_, PyAny>, what: &'static str, optional: bool) -> PyResult<Text<'a>> {
     if let Ok(s) = obj.downcast::<PyString>() {
         return Ok(Text::Str(s.to_str()?));
     }
@@ -502,7 +505,7 @@ impl Eip712Domain {
             prompt: text_arg(prompt, "prompt", false)?,
             system_prompt: text_arg(system_prompt, "system_prompt", true)?,
             max_tokens: uint_arg(max_tokens, "max_tokens", 32)? as u32,
-            temperature: temperature_to_u32(temperature).map_err(|e| value_error("temperature", e))?,
+            temperature: temperature_to_u32(temperature).map_err(|e| e.in_field("temperature"))?,
             inbound_price: u256_arg(inbound_price, "inbound_price")?,
             outbound_price: u256_arg(outbound_price, "outbound_price")?,
             nonce: uint_arg(nonce, "nonce", 64)?,
@@ -587,3 +590,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("EIP712_DOMAIN_VERSION", DOMAIN_VERSION)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -9,11 +9,13 @@
 
 use std::borrow::Cow;
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
 use rayon::prelude::*;
 use tiktoken_rs::{cl100k_base_singleton, o200k_base_singleton, CoreBPE};
+
+use crate::error::CodecError;
 
 pub const ENCODINGS: [&str; 2] = ["cl100k_base", "o200k_base"];
 
@@ -29,11 +31,11 @@ pub enum Encoding {
 }
 
 impl Encoding {
-    pub fn from_name(name: &str) -> Result<Self, String> {
+    pub fn from_name(name: &str) -> Result<Self, CodecError> {
         match name {
             "cl100k_base" => Ok(Encoding::Cl100kBase),
             "o200k_base" => Ok(Encoding::O200kBase),
-            other => Err(format!("unknown encoding {other:?}; known encodings: {}", ENCODINGS.join(", "))),
+            other => Err(CodecError::UnknownEncoding { name: other.to_owned(), known: &ENCODINGS }),
         }
     }
 
@@ -54,7 +56,7 @@ impl Encoding {
 }
 
 fn encoding_arg(name: &str) -> PyResult<Encoding> {
-    Encoding::from_name(name).map_err(PyValueError::new_err)
+    Ok(Encoding::from_name(name)?)
 }
 
 /// The UTF-8 text of a str, borrowed. A str with surrogates (not UTF-8) is

@@ -3,6 +3,7 @@
 The compiled parts (``_native`` in Rust, ``_fast`` in Cython) are required:
 there is no pure-Python fallback, so a missing build fails here, loudly.
 """
+
 from __future__ import annotations
 
 __version__ = "0.1.0"

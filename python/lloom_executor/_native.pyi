@@ -1,8 +1,19 @@
 """Type stubs of the Rust extension (native/src). Every function is one native call."""
+
 from collections.abc import Iterable
 from typing import Any
 
 __version__: str
+
+# -- error.rs ------------------------------------------------------------------
+class CodecError(ValueError):
+    """Input the native core refuses: malformed CBOR or JSON, a wrong shape or length, a value
+    out of range, bad hex, an unusable key or signature, a field EIP-712 cannot encode.
+
+    Raised by every function below where the *value* is wrong (a wrong *type* stays TypeError).
+    A ValueError subclass, so `except ValueError` keeps catching it; the message names the
+    problem and, where known, the field and byte offset.
+    """
 
 # -- crypto.rs -----------------------------------------------------------------
 class PrivateKey:
@@ -54,19 +65,44 @@ class Eip712Domain:
     @property
     def verifying_contract(self) -> str: ...
     def request_commitment_digest(
-        self, executor: _Address, model: str, prompt: _TextOrHash, system_prompt: _TextOrHash | None,
-        max_tokens: int, temperature: float, inbound_price: _Wei, outbound_price: _Wei,
-        nonce: int, deadline: int,
+        self,
+        executor: _Address,
+        model: str,
+        prompt: _TextOrHash,
+        system_prompt: _TextOrHash | None,
+        max_tokens: int,
+        temperature: float,
+        inbound_price: _Wei,
+        outbound_price: _Wei,
+        nonce: int,
+        deadline: int,
     ) -> bytes: ...
     def response_commitment_digest(
-        self, request_hash: bytes, client: _Address, model: str, content: _TextOrHash,
-        inbound_tokens: int, outbound_tokens: int, inbound_price: _Wei, outbound_price: _Wei,
-        timestamp: int, success: bool,
+        self,
+        request_hash: bytes,
+        client: _Address,
+        model: str,
+        content: _TextOrHash,
+        inbound_tokens: int,
+        outbound_tokens: int,
+        inbound_price: _Wei,
+        outbound_price: _Wei,
+        timestamp: int,
+        success: bool,
     ) -> bytes: ...
     def sign_response_receipt(
-        self, key: PrivateKey, request_hash: bytes, client: _Address, model: str, content: _TextOrHash,
-        inbound_tokens: int, outbound_tokens: int, inbound_price: _Wei, outbound_price: _Wei,
-        timestamp: int, success: bool,
+        self,
+        key: PrivateKey,
+        request_hash: bytes,
+        client: _Address,
+        model: str,
+        content: _TextOrHash,
+        inbound_tokens: int,
+        outbound_tokens: int,
+        inbound_price: _Wei,
+        outbound_price: _Wei,
+        timestamp: int,
+        success: bool,
     ) -> tuple[bytes, bytes]: ...
 
 # -- tokens.rs -----------------------------------------------------------------
@@ -83,83 +119,157 @@ MAX_CBOR_DEPTH: int
 _Frame = bytes | bytearray | memoryview
 
 class LlmRequest:
-    model: str
-    prompt: str
-    system_prompt: str | None
-    temperature: float | None
-    max_tokens: int | None
-    executor_address: str
-    inbound_price: str
-    outbound_price: str
-    nonce: int
-    deadline: int
+    """A decoded request payload (read-only); `temperature` is the wire f32, widened."""
+    @property
+    def model(self) -> str: ...
+    @property
+    def prompt(self) -> str: ...
+    @property
+    def system_prompt(self) -> str | None: ...
+    @property
+    def temperature(self) -> float | None: ...
+    @property
+    def max_tokens(self) -> int | None: ...
+    @property
+    def executor_address(self) -> str: ...
+    @property
+    def inbound_price(self) -> str: ...
+    @property
+    def outbound_price(self) -> str: ...
+    @property
+    def nonce(self) -> int: ...
+    @property
+    def deadline(self) -> int: ...
 
 class LlmResponse:
-    content: str
-    inbound_tokens: int
-    outbound_tokens: int
-    total_cost: str
-    model_used: str
-    error: str | None
+    """A decoded response payload (read-only)."""
+    @property
+    def content(self) -> str: ...
+    @property
+    def inbound_tokens(self) -> int: ...
+    @property
+    def outbound_tokens(self) -> int: ...
+    @property
+    def total_cost(self) -> str: ...
+    @property
+    def model_used(self) -> str: ...
+    @property
+    def error(self) -> str | None: ...
 
 class Decoded:
     """A decoded message; `digest` is keccak256 of the payload's serde_json bytes."""
-    variant: str
-    payload_json: bytes
-    payload: dict[str, Any]
-    is_signed: bool
-    signer: bytes | None
-    signature: bytes | None
-    timestamp: int | None
-    nonce: int | None
-    digest: bytes
-    signature_valid: bool
-    recovered: bytes | None
+    @property
+    def variant(self) -> str: ...
+    @property
+    def payload_json(self) -> bytes: ...
+    @property
+    def payload(self) -> dict[str, Any]: ...
+    @property
+    def is_signed(self) -> bool: ...
+    @property
+    def signer(self) -> bytes | None: ...
+    @property
+    def signature(self) -> bytes | None: ...
+    @property
+    def timestamp(self) -> int | None: ...
+    @property
+    def nonce(self) -> int | None: ...
+    @property
+    def digest(self) -> bytes: ...
+    @property
+    def signature_valid(self) -> bool: ...
+    @property
+    def recovered(self) -> bytes | None: ...
 
 class DecodedRequest(Decoded):
-    request: LlmRequest | None
+    @property
+    def request(self) -> LlmRequest | None: ...
 
 class DecodedResponse(Decoded):
-    response: LlmResponse | None
-    content: str | None
-    inbound_tokens: int | None
-    outbound_tokens: int | None
-    total_cost: str | None
-    model_used: str | None
-    error: str | None
+    @property
+    def response(self) -> LlmResponse | None: ...
+    @property
+    def content(self) -> str | None: ...
+    @property
+    def inbound_tokens(self) -> int | None: ...
+    @property
+    def outbound_tokens(self) -> int | None: ...
+    @property
+    def total_cost(self) -> str | None: ...
+    @property
+    def model_used(self) -> str | None: ...
+    @property
+    def error(self) -> str | None: ...
     # envelope `receipt`: {request_hash: bytes, client: bytes, timestamp: int, success: bool,
     # digest: bytes, signature: bytes} when well-formed; a malformed one as received; None when absent
-    receipt: Any  # dict[str, Any] | None, or a malformed value as received
+    @property
+    def receipt(self) -> Any: ...  # dict[str, Any] | None, or a malformed value as received
 
 class DecodedAnnouncement(Decoded):
-    announcement: dict[str, Any]
+    @property
+    def announcement(self) -> dict[str, Any]: ...
 
 def decode_request(frame: _Frame) -> DecodedRequest: ...
 def decode_response(frame: _Frame) -> DecodedResponse: ...
 def encode_signed_request(
-    key: PrivateKey, model: str, prompt: str, system_prompt: str | None, temperature: float | None,
-    max_tokens: int | None, executor_address: str, inbound_price: str, outbound_price: str,
-    nonce: int, deadline: int, timestamp: int, envelope_nonce: int | None = None,
+    key: PrivateKey,
+    model: str,
+    prompt: str,
+    system_prompt: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    executor_address: str,
+    inbound_price: str,
+    outbound_price: str,
+    nonce: int,
+    deadline: int,
+    timestamp: int,
+    envelope_nonce: int | None = None,
 ) -> bytes: ...
 def encode_unsigned_request(
-    model: str, prompt: str, system_prompt: str | None, temperature: float | None,
-    max_tokens: int | None, executor_address: str, inbound_price: str, outbound_price: str,
-    nonce: int, deadline: int,
+    model: str,
+    prompt: str,
+    system_prompt: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    executor_address: str,
+    inbound_price: str,
+    outbound_price: str,
+    nonce: int,
+    deadline: int,
 ) -> bytes: ...
 def encode_signed_response(
-    key: PrivateKey, content: str, inbound_tokens: int, outbound_tokens: int, total_cost: str,
-    model_used: str, error: str | None, timestamp: int, nonce: int | None = None,
+    key: PrivateKey,
+    content: str,
+    inbound_tokens: int,
+    outbound_tokens: int,
+    total_cost: str,
+    model_used: str,
+    error: str | None,
+    timestamp: int,
+    nonce: int | None = None,
     receipt: dict[str, Any] | None = None,
 ) -> bytes: ...
 def encode_unsigned_response(
-    content: str, inbound_tokens: int, outbound_tokens: int, total_cost: str, model_used: str,
+    content: str,
+    inbound_tokens: int,
+    outbound_tokens: int,
+    total_cost: str,
+    model_used: str,
     error: str | None = None,
 ) -> bytes: ...
 def encode_signed_ack(
-    key: PrivateKey, request_id: str, success: bool, message: str | None, timestamp: int,
+    key: PrivateKey,
+    request_id: str,
+    success: bool,
+    message: str | None,
+    timestamp: int,
     nonce: int | None = None,
 ) -> bytes: ...
 def encode_model_announcement_json(
-    key: PrivateKey, announcement: dict[str, Any], timestamp: int, nonce: int | None = None,
+    key: PrivateKey,
+    announcement: dict[str, Any],
+    timestamp: int,
+    nonce: int | None = None,
 ) -> bytes: ...
 def decode_model_announcement_json(data: _Frame) -> DecodedAnnouncement: ...

@@ -29,6 +29,7 @@ The backend is never contacted per HTTP request: `BackendProbe` lists its
 models every `probe_interval_secs` (and once before the API starts), and every
 endpoint reads that cached result.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,20 +39,19 @@ import hmac
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .backends.base import BackendError, BackendTimeout, LlmBackend, ModelInfo
+from .config import ApiConfig, Config
 from .diagnostics import model_rows
 from .httpserve import EmbeddedHttpServer, split_host_port
-from .p2p.services import network_view
-
-if TYPE_CHECKING:
-    from .service import ExecutorService
+from .p2p.llm_protocol import StreamStats
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +127,11 @@ class BackendProbe:
 class BearerAuth:
     """ASGI middleware: 401 for every path outside OPEN_PATHS without the right bearer token."""
 
-    def __init__(self, app, token: str | None) -> None:
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
         self.expected = f"Bearer {token}".encode() if token else None
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.expected is not None and scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
@@ -142,62 +142,64 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
-def _node_running(service: ExecutorService) -> bool:
-    thread = getattr(service.node, "_thread", None)
-    return service.started_at is not None and thread is not None and thread.is_alive()
+class NodeView(Protocol):
+    """What the admin API may read of a running node (`ExecutorService` implements it)."""
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+    def uptime_seconds(self) -> int: ...
+
+    def stream_stats(self) -> StreamStats | None: ...
+
+    async def peers(self) -> list[dict[str, Any]]: ...
+
+    async def network(self) -> dict[str, Any]: ...
+
+    def served_models(self) -> list[str]: ...
+
+    def prices(self) -> dict[str, tuple[int, int]]: ...
+
+    def throttled_models(self) -> dict[str, dict[str, Any]]: ...
 
 
 class ApiState:
-    """What the endpoints read: the service and the cached backend probe."""
+    """What the endpoints read: the node's view, the config and the cached backend probe."""
 
-    def __init__(self, service: ExecutorService, probe: BackendProbe) -> None:
-        self.service = service
+    def __init__(self, node: NodeView, config: Config, probe: BackendProbe) -> None:
+        self.node = node
+        self.config = config
         self.probe = probe
 
     def status(self) -> str:
-        service = self.service
-        if not _node_running(service) or service.handler.draining:
+        if not self.node.running or self.node.draining:
             return "unhealthy"
-        if not self.probe.connected or not any(m.enabled for m in service.config.models):
+        if not self.probe.connected or not self.node.served_models():
             return "degraded"
         return "healthy"
 
     async def peers(self) -> list[dict[str, Any]]:
-        if not _node_running(self.service):
-            return []
-        return await self.service.node.call(_peer_snapshot)
+        return await self.node.peers()
 
     async def detailed(self) -> dict[str, Any]:
-        service = self.service
-        stats = service.node.stream_handler.stats if service.node.stream_handler else None
-        started = service.started_at
+        stats = self.node.stream_stats()
         return {
             "status": self.status(),
-            "uptime_seconds": int(time.monotonic() - started) if started is not None else 0,
-            "models_loaded": [m.name for m in service.config.models if m.enabled],
+            "uptime_seconds": self.node.uptime_seconds(),
+            "models_loaded": self.node.served_models(),
             "active_requests": stats.inflight if stats else 0,
             "total_requests": stats.served if stats else 0,
             "backend_status": self.probe.status,
-            "p2p_peers": len(await self.peers()),
-            "throttled_models": self.throttled_models(),
-        }
-
-    def throttled_models(self) -> dict[str, dict[str, Any]]:
-        stages = self.service.stages
-        over = stages.resources.throttled() if stages.resources is not None else {}
-        waiting = stages.dispatcher.throttled_by_model() if stages.dispatcher is not None and over else {}
-        return {
-            model: {"resume_in_seconds": round(secs, 3), "waiting_requests": waiting.get(model, 0)}
-            for model, secs in sorted(over.items())
+            "p2p_peers": len(await self.node.peers()),
+            "throttled_models": self.node.throttled_models(),
         }
 
     async def models(self) -> dict[str, Any]:
-        service = self.service
-        pricing = service.stages.pricing
-        rows, status = await model_rows(service.config, self.probe, pricing.prices() if pricing else None)  # type: ignore[arg-type]
-        network = await network_view(service.node) if _node_running(service) else {}
-        network.pop(service.identity.peer_id, None)
-        llm = service.config.llm_client
+        rows, status = await model_rows(self.config, self.probe, self.node.prices())
+        llm = self.config.llm_client
         return {
             "backend_status": status,
             "backend": {
@@ -207,12 +209,8 @@ class ApiState:
                 "checked_at": self.probe.checked_at,
             },
             "models": [dataclasses.asdict(r) for r in rows],
-            "network": network,
+            "network": await self.node.network(),
         }
-
-
-async def _peer_snapshot(rt) -> list[dict[str, Any]]:
-    return rt.peers.snapshot()  # in the trio thread, which owns the PeerBook
 
 
 def build_app(state: ApiState, auth_token: str | None) -> Starlette:
@@ -248,11 +246,10 @@ class ApiServer:
     probe_interval_secs = 15.0
     probe_timeout_secs = 5.0
 
-    def __init__(self, service: ExecutorService) -> None:
-        self.service = service
-        self.config = service.config.api
-        self.probe = BackendProbe(service.backend, interval_secs=self.probe_interval_secs, timeout_secs=self.probe_timeout_secs)
-        self.app = build_app(ApiState(service, self.probe), self.config.auth_token)
+    def __init__(self, node: NodeView, config: Config, backend: LlmBackend) -> None:
+        self.config: ApiConfig = config.api
+        self.probe = BackendProbe(backend, interval_secs=self.probe_interval_secs, timeout_secs=self.probe_timeout_secs)
+        self.app = build_app(ApiState(node, config, self.probe), self.config.auth_token)
         self.url: str | None = None
         self._http: EmbeddedHttpServer | None = None
 
@@ -295,7 +292,7 @@ class ApiRequestError(Exception):
         self.status = status
 
 
-def api_base_url(api_config) -> str:
+def api_base_url(api_config: ApiConfig) -> str:
     """Where a local client reaches the API: a wildcard listen address means loopback."""
     host, port = split_host_port(api_config.listen_address)
     host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
@@ -303,7 +300,7 @@ def api_base_url(api_config) -> str:
     return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
-def api_get(api_config, path: str, *, insecure: bool = False, timeout: float = 5.0) -> Any:
+def api_get(api_config: ApiConfig, path: str, *, insecure: bool = False, timeout: float = 5.0) -> Any:
     """GET a JSON endpoint of the running node, with its token; TLS trusts `tls_cert` as CA unless `insecure`."""
     import ssl
 

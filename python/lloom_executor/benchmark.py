@@ -34,6 +34,7 @@ path, the total cost in wei and how many EIP-712 receipts verified. Token counts
 on the backend path follow the executor's rule: the backend's `usage` when it
 reports one, else cl100k_base counts of the prompt and the answer.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -48,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _native
-from .backends.base import LlmBackend
+from .backends.base import CompletionRequest, LlmBackend
 from .config import Config, ModelConfig
 from .identity import Identity
 
@@ -227,14 +228,15 @@ async def backend_round(
     backend: LlmBackend, model: str, prompt: str, max_tokens: int | None, n: int, concurrency: int, *, warmup: bool = False
 ) -> PathStats:
     """N direct `backend.complete` calls, `concurrency` in flight (the baseline)."""
-    from .serving import TOKEN_ENCODING
+    from .serving.admission import TOKEN_ENCODING
 
     prompt_tokens = _native.count_tokens(prompt, TOKEN_ENCODING)
+    request = CompletionRequest(model, prompt, max_tokens=max_tokens)
 
     async def one() -> Sample:
         started = time.perf_counter()
         try:
-            completion = await backend.complete(model, prompt, None, None, max_tokens)
+            completion = await backend.complete(request)
         except Exception as exc:  # every failure is a counted error, never an abort
             now = time.perf_counter()
             return Sample(False, now - started, now, error=_describe(exc))
@@ -261,7 +263,9 @@ class Rig:
         return self.service.identity.peer_id
 
     def price(self, model: str) -> tuple[int, int]:
-        return self.service.stages.pricing.current_price(model)
+        """The node's current (inbound, outbound) wei per token for `model`."""
+        price: tuple[int, int] = self.service.prices()[model]
+        return price
 
 
 class running_rig:
@@ -328,8 +332,12 @@ async def executor_round(
         try:
             price_in, price_out = rig.price(served_name)
             answer = await rig.client.request(
-                rig.peer_id, model, prompt, max_tokens=max_tokens,
-                inbound_price=str(price_in), outbound_price=str(price_out),
+                rig.peer_id,
+                model,
+                prompt,
+                max_tokens=max_tokens,
+                inbound_price=str(price_in),
+                outbound_price=str(price_out),
             )
         except Exception as exc:  # unreachable, timeout, invalid answer: a counted error
             now = time.perf_counter()
@@ -338,7 +346,12 @@ async def executor_round(
         if answer.error is not None:
             return Sample(False, now - started, now, error=answer.error)
         return Sample(
-            True, now - started, now, answer.inbound_tokens, answer.outbound_tokens, int(answer.total_cost),
+            True,
+            now - started,
+            now,
+            answer.inbound_tokens,
+            answer.outbound_tokens,
+            int(answer.total_cost),
             answer.receipt is not None and answer.receipt.valid,
         )
 
@@ -424,6 +437,14 @@ async def run_benchmark(
             await backend.close()
     llm = config.llm_client
     return BenchmarkResult(
-        model, served.name, llm.backend, None if llm.backend == "echo" else llm.base_url, prompt, max_tokens,
-        price, executor, backend_only, listen,
+        model,
+        served.name,
+        llm.backend,
+        None if llm.backend == "echo" else llm.base_url,
+        prompt,
+        max_tokens,
+        price,
+        executor,
+        backend_only,
+        listen,
     )

@@ -7,11 +7,12 @@ the main thread into the P2P side (publish, peer listings, shutdown) go the
 other way (`TrioBridge.call_trio`). Nothing else shares state across threads.
 Cancellation follows the call: cancelling the waiting side cancels the work.
 """
+
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import trio
@@ -43,8 +44,12 @@ class TrioBridge:
         self._nursery = None
 
     # -- trio -> asyncio ---------------------------------------------------------
-    async def call_asyncio(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """From trio: run `fn(*args)` on the asyncio loop and await its result."""
+    async def call_asyncio(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        """From trio: run `fn(*args)` on the asyncio loop and await its result.
+
+        `fn` must return a coroutine (an `async def`), not just any awaitable:
+        `asyncio.run_coroutine_threadsafe` accepts nothing else.
+        """
         if self._loop.is_closed():
             raise BridgeClosed("asyncio loop is closed")
         future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(fn(*args), self._loop)

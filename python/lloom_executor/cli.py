@@ -1,25 +1,23 @@
 """The `lloom-executor` command line (click)."""
+
 from __future__ import annotations
 
 import os
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from . import __version__
-from .config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from .cli_config import CONFIG_HELP, config_file, config_option, echo_problems, load_or_exit
+from .cli_maintenance import maintenance_group
+from .config import ConfigError, load_config
 
-CONFIG_HELP = f"Config file (default {DEFAULT_CONFIG_PATH})."
-
-
-def config_option(fn):
-    return click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help=CONFIG_HELP)(fn)
-
-
-def config_file(config_path: Path | None) -> Path:
-    return (config_path or DEFAULT_CONFIG_PATH).expanduser()
+if TYPE_CHECKING:  # imported where used, so that every command starts fast
+    from .diagnostics import ModelCheck, ModelRow
+    from .update import UpdatePaths
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,7 +47,9 @@ def init(config_path: Path | None, force: bool, separate_keys: bool) -> None:
     except IdentityError as exc:
         raise click.ClickException(str(exc)) from None
     template = resources.files("lloom_executor").joinpath("data/config.default.toml").read_text(encoding="utf-8")
-    text = template.replace("{identity_key}", identity_cfg.private_key_path).replace("{eth_key}", identity_cfg.ethereum_private_key_path)
+    text = template.replace("{identity_key}", identity_cfg.private_key_path).replace(
+        "{eth_key}", identity_cfg.ethereum_private_key_path
+    )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
@@ -57,13 +57,6 @@ def init(config_path: Path | None, force: bool, separate_keys: bool) -> None:
     click.echo(f"keys:        {identity_cfg.private_key_path}, {identity_cfg.ethereum_private_key_path} (mode 0600)")
     click.echo(f"peer id:     {identity.peer_id}")
     click.echo(f"EVM address: {identity.address}")
-
-
-def echo_problems(exc: ConfigError) -> None:
-    for problem in exc.issues:
-        click.echo(f"error: {problem}", err=True)
-    for problem in exc.warnings:
-        click.echo(f"warning: {problem}", err=True)
 
 
 @main.group("config")
@@ -85,17 +78,6 @@ def config_validate(config_path: Path | None) -> None:
     for problem in loaded.warnings:
         click.echo(f"warning: {problem}", err=True)
     click.echo(f"{path}: valid ({len(loaded.warnings)} warning(s))")
-
-
-def load_or_exit(config_path: Path | None):
-    """The validated config, or a clean exit listing every error."""
-    path = config_file(config_path)
-    try:
-        loaded = load_config(path)
-    except ConfigError as exc:
-        echo_problems(exc)
-        raise click.ClickException(f"{path}: {len(exc.issues)} configuration error(s); see `lloom-executor config validate`") from None
-    return loaded
 
 
 @main.command()
@@ -135,9 +117,9 @@ def start(config_path: Path | None, debug: bool) -> None:
 def print_table(headers: list[str], rows: list[list[object]]) -> None:
     cells = [[str(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False)))
     for row in cells:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)))
 
 
 @main.command("test-backend")
@@ -152,7 +134,7 @@ def test_backend(config_path: Path | None) -> None:
 
     config = load_or_exit(config_path).config
 
-    async def run():
+    async def run() -> tuple[list[str], list[ModelCheck]]:
         backend = backend_from_config(config)
         try:
             return await check_backend(backend, config)
@@ -238,7 +220,15 @@ def models_list(config_path: Path | None, as_json: bool, offline: bool, insecure
             print_table(
                 ["model", "aliases", "enabled", "context", "inbound wei/token", "outbound wei/token", "backend"],
                 [
-                    [r["name"], ",".join(r["aliases"]) or "-", r["enabled"], r["context_length"], r["inbound_price_wei"], r["outbound_price_wei"], r["backend_state"]]
+                    [
+                        r["name"],
+                        ",".join(r["aliases"]) or "-",
+                        r["enabled"],
+                        r["context_length"],
+                        r["inbound_price_wei"],
+                        r["outbound_price_wei"],
+                        r["backend_state"],
+                    ]
                     for r in data["models"]
                 ],
             )
@@ -252,7 +242,8 @@ def models_list(config_path: Path | None, as_json: bool, offline: bool, insecure
                             peer,
                             info.get("address") or "-",
                             ", ".join(
-                                f"{m.get('model_id', '?')} {'/'.join(map(str, (info.get('prices') or {}).get(m.get('model_id'), ['?', '?'])))}"
+                                f"{m.get('model_id', '?')} "
+                                f"{'/'.join(map(str, (info.get('prices') or {}).get(m.get('model_id'), ['?', '?'])))}"
                                 for m in info.get("models", [])
                             )
                             or "-",
@@ -262,7 +253,7 @@ def models_list(config_path: Path | None, as_json: bool, offline: bool, insecure
                 )
             return
 
-    async def run():
+    async def run() -> tuple[list[ModelRow], str]:
         backend = None if offline else backend_from_config(config)
         try:
             return await model_rows(config, backend)
@@ -272,12 +263,25 @@ def models_list(config_path: Path | None, as_json: bool, offline: bool, insecure
 
     rows, status = asyncio.run(run())
     if as_json:
-        click.echo(json.dumps({"backend_status": status, "models": [dataclasses.asdict(r) for r in rows], "source": "config"}, indent=2))
+        click.echo(
+            json.dumps({"backend_status": status, "models": [dataclasses.asdict(r) for r in rows], "source": "config"}, indent=2)
+        )
         return
     click.echo(f"backend: {config.llm_client.backend} ({status})")
     print_table(
         ["model", "aliases", "enabled", "context", "inbound wei/token", "outbound wei/token", "backend"],
-        [[r.name, ",".join(r.aliases) or "-", r.enabled, r.context_length, r.inbound_price_wei, r.outbound_price_wei, r.backend_state] for r in rows],
+        [
+            [
+                r.name,
+                ",".join(r.aliases) or "-",
+                r.enabled,
+                r.context_length,
+                r.inbound_price_wei,
+                r.outbound_price_wei,
+                r.backend_state,
+            ]
+            for r in rows
+        ],
     )
 
 
@@ -286,7 +290,7 @@ def peers_group() -> None:
     """Peers of the running executor (read from its [api])."""
 
 
-def _latency(value) -> str:
+def _latency(value: object) -> str:
     return f"{value:.1f} ms" if isinstance(value, (int, float)) else "-"
 
 
@@ -303,7 +307,9 @@ def peers_list(config_path: Path | None, as_json: bool, insecure: bool) -> None:
     path = config_file(config_path)
     config = load_or_exit(config_path).config
     if not config.api.enabled:
-        raise click.ClickException(f"[api] is disabled in {path}; `peers list` reads the running executor's API (set [api] enabled = true)")
+        raise click.ClickException(
+            f"[api] is disabled in {path}; `peers list` reads the running executor's API (set [api] enabled = true)"
+        )
     try:
         peers = api_get(config.api, "/admin/peers", insecure=insecure)
     except ApiUnreachable:
@@ -370,81 +376,6 @@ def demo() -> None:
     click.echo("demo ok: every answer signed by the executor's key, priced exactly in wei, with a valid EIP-712 receipt")
 
 
-@main.group("maintenance")
-def maintenance_group() -> None:
-    """Clean the response cache, optimize the ledger, back up the node."""
-
-
-@maintenance_group.command("clean-cache")
-@config_option
-@click.option("--older-than", "older_than", required=True, metavar="AGE", help="Remove entries stored at least this long ago: 7d, 12h, 30m, 45s, 2w or seconds.")
-def maintenance_clean_cache(config_path: Path | None, older_than: str) -> None:
-    """Remove response-cache entries older than AGE from the [cache] backend (disk or redis), even when caching is disabled."""
-    from .cache import parse_age
-    from .maintenance import clean_response_cache
-
-    try:
-        parse_age(older_than)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--older-than") from None
-    config = load_or_exit(config_path).config
-    cache = config.cache
-    if cache.backend == "memory":
-        click.echo("[cache] backend is memory: it lives inside the running executor; nothing to clean on disk")
-        return
-    where = cache.path if cache.backend == "disk" else "redis"
-    try:
-        removed = clean_response_cache(config, older_than)
-    except Exception as exc:  # the store's own error, e.g. Redis unreachable: say it, exit non-zero
-        raise click.ClickException(f"cleaning the {cache.backend} cache failed: {type(exc).__name__}: {exc}") from None
-    click.echo(f"removed {removed} cache entr{'y' if removed == 1 else 'ies'} older than {older_than} from the {cache.backend} cache ({where})")
-
-
-@maintenance_group.command("optimize-db")
-@config_option
-def maintenance_optimize_db(config_path: Path | None) -> None:
-    """Checkpoint the ledger's WAL, ANALYZE and VACUUM it; safe while the executor runs."""
-    from .ledger import LedgerError
-    from .maintenance import MaintenanceError, human_bytes, optimize_ledger
-
-    config = load_or_exit(config_path).config
-    try:
-        result = optimize_ledger(config)
-    except (MaintenanceError, LedgerError) as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"ledger:  {result['path']} ({result['rows']} rows)")
-    click.echo(f"before:  {human_bytes(result['bytes_before'])} ({result['bytes_before']} bytes, database + WAL)")
-    click.echo(f"after:   {human_bytes(result['bytes_after'])} ({result['bytes_after']} bytes)")
-    click.echo(f"checkpoint {'complete' if result['checkpoint_complete'] else 'partial (a reader held the WAL)'}; took {result['seconds']} s")
-
-
-@maintenance_group.command("backup")
-@config_option
-@click.option("--output", "output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The archive to write (.tar.gz), created with mode 0600.")
-@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
-def maintenance_backup(config_path: Path | None, output: Path, force: bool) -> None:
-    """Back up the config file, the key files and a consistent copy of the ledger into one .tar.gz."""
-    from .maintenance import MaintenanceError, backup_node
-
-    loaded = load_or_exit(config_path)
-    try:
-        report = backup_node(loaded.config, loaded.path or config_file(config_path), output, force=force)
-    except MaintenanceError as exc:
-        raise click.ClickException(str(exc)) from None
-    for warning in report.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    for member in report.members:
-        click.echo(f"  {member.mode:04o}  {member.size:>10}  {member.name}  <- {member.source}")
-    rows = "no ledger" if report.ledger_rows is None else f"ledger: {report.ledger_rows} rows"
-    click.echo(f"backup written to {report.output} (mode 0600; {len(report.members)} files; {rows})")
-    if report.secret_members:
-        click.echo(
-            f"warning: {report.output} holds the node's private keys; keep it as secret as the keys themselves "
-            "(anyone with it can sign as this executor)",
-            err=True,
-        )
-
-
 def _seconds(value: float | None) -> str:
     if value is None:
         return "-"
@@ -456,12 +387,18 @@ def _seconds(value: float | None) -> str:
 @main.command()
 @config_option
 @click.option("--model", required=True, help="The model to benchmark: an enabled [[models]] name or a [model_aliases] alias.")
-@click.option("--requests", "n_requests", type=click.IntRange(min=1), default=50, show_default=True, help="Requests to send (per path).")
+@click.option(
+    "--requests", "n_requests", type=click.IntRange(min=1), default=50, show_default=True, help="Requests to send (per path)."
+)
 @click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True, help="Requests in flight at once.")
 @click.option("--prompt", default=None, help="The prompt of every request (default: a short question).")
-@click.option("--max-tokens", "max_tokens", type=click.IntRange(min=1), default=64, show_default=True, help="max_tokens of every request.")
+@click.option(
+    "--max-tokens", "max_tokens", type=click.IntRange(min=1), default=64, show_default=True, help="max_tokens of every request."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def benchmark(config_path: Path | None, model: str, n_requests: int, concurrency: int, prompt: str | None, max_tokens: int, as_json: bool) -> None:
+def benchmark(
+    config_path: Path | None, model: str, n_requests: int, concurrency: int, prompt: str | None, max_tokens: int, as_json: bool
+) -> None:
     """Benchmark a model through the whole executor path, and the backend alone for comparison.
 
     Starts an executor from the config inside this process (loopback only, a
@@ -487,28 +424,46 @@ def benchmark(config_path: Path | None, model: str, n_requests: int, concurrency
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
     if not as_json:
-        click.echo(f"benchmarking {model} on {config.llm_client.backend}: {n_requests} requests, {concurrency} in flight, max_tokens {max_tokens}")
+        click.echo(
+            f"benchmarking {model} on {config.llm_client.backend}: {n_requests} requests,"
+            f" {concurrency} in flight, max_tokens {max_tokens}"
+        )
     result = uvloop.run(
-        run_benchmark(config, model, requests=n_requests, concurrency=concurrency, prompt=prompt or DEFAULT_PROMPT, max_tokens=max_tokens)
+        run_benchmark(
+            config, model, requests=n_requests, concurrency=concurrency, prompt=prompt or DEFAULT_PROMPT, max_tokens=max_tokens
+        )
     )
     data = result.to_dict()
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
-        click.echo(f"served as {data['served_as']}; price offered {data['price_wei']['inbound']}/{data['price_wei']['outbound']} wei per input/output token")
+        click.echo(
+            f"served as {data['served_as']}; price offered"
+            f" {data['price_wei']['inbound']}/{data['price_wei']['outbound']} wei per input/output token"
+        )
         click.echo("")
         rows = []
         for label, s in (("executor (libp2p)", data["executor"]), ("backend alone", data["backend_only"])):
             lat = s["latency_s"]
-            rows.append([
-                label, f"{s['successes']}/{s['requests']}", s["errors"],
-                f"{s['throughput_rps']:.1f}" if s["throughput_rps"] is not None else "-",
-                _seconds(lat["p50"]), _seconds(lat["p90"]), _seconds(lat["p99"]), _seconds(s["first_answer_s"]),
-                f"{s['tokens_in']}/{s['tokens_out']}",
-                f"{s['output_tokens_per_s']:.1f}" if s["output_tokens_per_s"] is not None else "-",
-                s.get("total_cost_wei", "-"),
-            ])
-        print_table(["path", "ok", "errors", "req/s", "p50", "p90", "p99", "cold answer", "tokens in/out", "out tok/s", "cost (wei)"], rows)
+            rows.append(
+                [
+                    label,
+                    f"{s['successes']}/{s['requests']}",
+                    s["errors"],
+                    f"{s['throughput_rps']:.1f}" if s["throughput_rps"] is not None else "-",
+                    _seconds(lat["p50"]),
+                    _seconds(lat["p90"]),
+                    _seconds(lat["p99"]),
+                    _seconds(s["first_answer_s"]),
+                    f"{s['tokens_in']}/{s['tokens_out']}",
+                    f"{s['output_tokens_per_s']:.1f}" if s["output_tokens_per_s"] is not None else "-",
+                    s.get("total_cost_wei", "-"),
+                ]
+            )
+        print_table(
+            ["path", "ok", "errors", "req/s", "p50", "p90", "p99", "cold answer", "tokens in/out", "out tok/s", "cost (wei)"],
+            rows,
+        )
         overhead = data["overhead"]
         click.echo("")
         if overhead["latency_p50_s"] is not None:
@@ -524,12 +479,10 @@ def benchmark(config_path: Path | None, model: str, n_requests: int, concurrency
         for text in s["first_errors"]:
             click.echo(f"error ({label}): {text}", err=True)
     if failed:
-        raise click.ClickException(
-            "; ".join(f"{s['errors']} request(s) failed ({label})" for label, s in failed)
-        )
+        raise click.ClickException("; ".join(f"{s['errors']} request(s) failed ({label})" for label, s in failed))
 
 
-def _update_paths(config_path: Path | None):
+def _update_paths(config_path: Path | None) -> UpdatePaths:
     """data_dir and the config file for `update`: the config's [storage] data_dir, or the default
     data_dir when no --config is given and the default config file does not exist."""
     from .config import StorageConfig
@@ -543,7 +496,7 @@ def _update_paths(config_path: Path | None):
 
 
 class _LazyUpdateGroup(click.Group):
-    """`update`: its commands (update.py) are imported only when used, so every other command starts as fast as before."""
+    """`update`: its commands (the update package) are imported only when used, so every other command starts as fast as before."""
 
     _built: click.Group | None = None
 
@@ -567,3 +520,4 @@ class _LazyUpdateGroup(click.Group):
 main.add_command(
     _LazyUpdateGroup("update", short_help="Update this pip-installed executor: check, download, apply with rollback.")
 )
+main.add_command(maintenance_group)

@@ -4,6 +4,7 @@ An executor with the built-in echo backend (not a model) listens on loopback
 in a temporary directory; a client finds it through Kademlia and gossip, sends
 signed requests over real libp2p, and verifies every signed answer.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -101,13 +102,22 @@ async def run_demo(workdir: Path | None = None) -> DemoResult:
                     expected = answer.inbound_tokens * INBOUND_WEI + answer.outbound_tokens * OUTBOUND_WEI
                     rows.append(
                         DemoRow(
-                            model, prompt, answer.content, answer.inbound_tokens, answer.outbound_tokens,
-                            answer.total_cost, str(expected), answer.signature_valid, answer.signer,
-                            answer.error, answer.latency_s * 1000,
-                            "none" if answer.receipt is None else ("valid" if answer.receipt.valid else answer.receipt.problem or "INVALID"),
+                            model,
+                            prompt,
+                            answer.content,
+                            answer.inbound_tokens,
+                            answer.outbound_tokens,
+                            answer.total_cost,
+                            str(expected),
+                            answer.signature_valid,
+                            answer.signer,
+                            answer.error,
+                            answer.latency_s * 1000,
+                            "none"
+                            if answer.receipt is None
+                            else ("valid" if answer.receipt.valid else answer.receipt.problem or "INVALID"),
                         )
                     )
         finally:
             await executor.stop()
     return DemoResult(executor.identity.peer_id, executor.identity.address, listen, via, rows)
-

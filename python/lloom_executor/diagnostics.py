@@ -1,10 +1,12 @@
 """What `test-backend` and `models list` do, apart from printing: talk to the backend once."""
+
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
-from .backends.base import BackendError, LlmBackend, ModelInfo
+from .backends.base import BackendError, CompletionRequest, LlmBackend, ModelInfo
 from .config import Config
 
 TEST_PROMPT = "Reply with one short sentence: are you ready?"
@@ -31,9 +33,10 @@ async def check_backend(backend: LlmBackend, config: Config, max_tokens: int = 1
     for model in (m for m in config.models if m.enabled):
         started = time.perf_counter()
         try:
-            answer = await backend.complete_streaming(model.name, TEST_PROMPT, None, 0.0, max_tokens)
+            answer = await backend.complete_streaming(CompletionRequest(model.name, TEST_PROMPT, None, 0.0, max_tokens))
         except BackendError as exc:
-            checks.append(ModelCheck(model.name, False, time.perf_counter() - started, None, 0, None, f"{type(exc).__name__}: {exc}"))
+            elapsed = time.perf_counter() - started
+            checks.append(ModelCheck(model.name, False, elapsed, None, 0, None, f"{type(exc).__name__}: {exc}"))
             continue
         elapsed = time.perf_counter() - started
         tokens = answer.outbound_tokens or 0
@@ -54,8 +57,14 @@ class ModelRow:
     backend_state: str  # loaded | not-loaded | listed | missing | unknown
 
 
+class ModelLister(Protocol):
+    """What `model_rows` asks of a backend: a backend itself, or the API's cached probe of one."""
+
+    async def model_details(self) -> list[ModelInfo]: ...
+
+
 async def model_rows(
-    config: Config, backend: LlmBackend | None, prices: dict[str, tuple[int, int]] | None = None
+    config: Config, backend: ModelLister | None, prices: dict[str, tuple[int, int]] | None = None
 ) -> tuple[list[ModelRow], str]:
     """Configured models joined with what the backend reports (when it can be reached).
 

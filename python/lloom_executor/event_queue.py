@@ -1,5 +1,9 @@
 """The bounded, drop-oldest event queue with one worker task, shared by the webhook
-endpoints (`webhooks.py`) and the plugins' on_request_finished (`plugins.py`).
+endpoints (`webhooks/`) and the plugins' on_request_finished (`plugins/`).
+
+Why drop the oldest: events are reported off the request path, so a slow or dead
+receiver must cost the node nothing; during a long outage the newest events are
+the useful ones.
 
 `put` never blocks: when the queue holds `size` items, the oldest is dropped and
 handed to `on_drop(item, first)` (`first`: the first drop of an overflow episode,
@@ -12,6 +16,7 @@ consumed included), for the owner to count and log.
 
 asyncio only, one loop; `put` must be called on the loop's thread.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,7 +24,7 @@ import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +44,7 @@ class EventQueue(Generic[T]):
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._overflowing = False
         self.closed = False
 
@@ -94,7 +99,9 @@ class EventQueue(Generic[T]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        left = ([self._current] if self._busy else []) + list(self._items)
+        left = list(self._items)
+        if self._busy:
+            left.insert(0, cast(T, self._current))
         self._items.clear()
         self._current, self._busy = None, False
-        return left  # type: ignore[return-value]
+        return left

@@ -5,6 +5,7 @@ before the task starts, so a taken port or a bad TLS cert/key fails in
 `start()` where the caller can report it, and signals stay with the executor
 (which drains on SIGINT/SIGTERM).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -12,6 +13,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -21,7 +23,7 @@ log = logging.getLogger(__name__)
 
 class _EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
-    def capture_signals(self):
+    def capture_signals(self) -> Iterator[None]:
         yield
 
 
@@ -39,7 +41,7 @@ class EmbeddedHttpServer:
         self._tls_cert, self._tls_key = (tls_cert, tls_key) if self.tls else (None, None)
         self.base_url: str | None = None  # scheme://host:bound-port once started
         self._server: _EmbeddedServer | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> str:
         host, port = split_host_port(self.address)
@@ -91,7 +93,7 @@ class EmbeddedHttpServer:
         self._server.should_exit = True
         try:
             await asyncio.wait_for(self._task, timeout=10)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+        except (TimeoutError, asyncio.CancelledError):
             self._task.cancel()
         except Exception as exc:
             log.warning("%s server stopped with %s: %s", self.name, type(exc).__name__, exc)

@@ -4,6 +4,7 @@ One secp256k1 key is both the libp2p identity and the Ethereum key, as the
 reference network expects; separate files may hold separate keys. Key
 material never appears in errors, logs or reprs.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,7 @@ def read_key_file(path: str | Path) -> PrivateKey:
         raise IdentityError(f"key file {path} not found; create it with `lloom-executor init`") from None
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise IdentityError(
-            f"key file {path} is accessible by group or others (mode {stat.S_IMODE(info.st_mode):04o}); "
-            f"run `chmod 600 {path}`"
+            f"key file {path} is accessible by group or others (mode {stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`"
         )
     try:
         text = path.read_text(encoding="ascii")

@@ -25,6 +25,7 @@ deadlocking lock upgrade) and wait for each other up to `busy_timeout`.
 Within a process one connection is shared under a lock, so the object may
 be used from any thread (the server calls it through `asyncio.to_thread`).
 """
+
 from __future__ import annotations
 
 import os
@@ -34,7 +35,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 LEDGER_FILENAME = "ledger.sqlite3"
 SCHEMA_VERSION = 1
@@ -80,10 +81,26 @@ CREATE TABLE IF NOT EXISTS model_totals (
 """
 
 _COLUMNS = (
-    "time", "status", "reason", "client_address", "peer_id", "model", "requested_model",
-    "inbound_tokens", "outbound_tokens", "inbound_price", "outbound_price", "total_cost",
-    "request_digest", "request_hash", "receipt_digest", "receipt_signature", "receipt_timestamp",
-    "queued_ms", "backend_ms", "total_ms",
+    "time",
+    "status",
+    "reason",
+    "client_address",
+    "peer_id",
+    "model",
+    "requested_model",
+    "inbound_tokens",
+    "outbound_tokens",
+    "inbound_price",
+    "outbound_price",
+    "total_cost",
+    "request_digest",
+    "request_hash",
+    "receipt_digest",
+    "receipt_signature",
+    "receipt_timestamp",
+    "queued_ms",
+    "backend_ms",
+    "total_ms",
 )
 _INSERT = f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 
@@ -134,14 +151,26 @@ class LedgerEntry:
             raise ValueError(f"status must be {STATUS_SERVED!r} or {STATUS_REFUSED!r}, got {self.status!r}")
         _wei(self.total_cost, "total_cost")
         return (
-            float(self.time), self.status, self.reason,
-            self.client_address.lower() if self.client_address else None, self.peer_id,
-            self.model, self.requested_model if self.requested_model is not None else self.model,
-            int(self.inbound_tokens), int(self.outbound_tokens),
-            str(self.inbound_price), str(self.outbound_price), self.total_cost,
-            _hex(self.request_digest), _hex(self.request_hash), _hex(self.receipt_digest),
-            _hex(self.receipt_signature), self.receipt_timestamp,
-            self.queued_ms, self.backend_ms, self.total_ms,
+            float(self.time),
+            self.status,
+            self.reason,
+            self.client_address.lower() if self.client_address else None,
+            self.peer_id,
+            self.model,
+            self.requested_model if self.requested_model is not None else self.model,
+            int(self.inbound_tokens),
+            int(self.outbound_tokens),
+            str(self.inbound_price),
+            str(self.outbound_price),
+            self.total_cost,
+            _hex(self.request_digest),
+            _hex(self.request_hash),
+            _hex(self.receipt_digest),
+            _hex(self.receipt_signature),
+            self.receipt_timestamp,
+            self.queued_ms,
+            self.backend_ms,
+            self.total_ms,
         )
 
 
@@ -183,9 +212,7 @@ class Ledger:
         self._lock = threading.Lock()
         created = not self.path.exists()
         try:
-            conn = sqlite3.connect(
-                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-            )
+            conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open the ledger {self.path}: {exc}") from exc
         self._conn = conn
@@ -195,8 +222,9 @@ class Ledger:
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             mode = self._enable_wal(busy_timeout)
             if str(mode).lower() != "wal":
-                raise LedgerError(f"{self.path}: SQLite refused WAL mode (journal_mode is {mode}); "
-                                  "is it on a network file system?")
+                raise LedgerError(
+                    f"{self.path}: SQLite refused WAL mode (journal_mode is {mode}); is it on a network file system?"
+                )
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
             with self._transaction():
@@ -288,7 +316,7 @@ class Ledger:
             try:
                 with self._transaction() as conn:
                     for row in rows:
-                        ids.append(conn.execute(_INSERT, row).lastrowid)
+                        ids.append(cast(int, conn.execute(_INSERT, row).lastrowid))  # None only when nothing was inserted
                     for model, (served, refused, tin, tout, revenue) in deltas.items():
                         found = conn.execute("SELECT revenue FROM model_totals WHERE model = ?", (model,)).fetchone()
                         before = int(found[0]) if found else 0
@@ -310,8 +338,7 @@ class Ledger:
         """Request counts, served tokens and revenue (wei) per model."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT model, served, refused, inbound_tokens, outbound_tokens, revenue FROM model_totals"
-                " ORDER BY model"
+                "SELECT model, served, refused, inbound_tokens, outbound_tokens, revenue FROM model_totals ORDER BY model"
             ).fetchall()
         return LedgerTotals({r[0]: ModelTotals(r[1], r[2], r[3], r[4], int(r[5])) for r in rows})
 
@@ -329,7 +356,7 @@ class Ledger:
         with self._lock:
             rows = self._conn.execute(query, args).fetchall()
         names = ("id", *_COLUMNS)
-        return [dict(zip(names, r)) for r in reversed(rows)]
+        return [dict(zip(names, r, strict=False)) for r in reversed(rows)]
 
     def count(self) -> int:
         with self._lock:
@@ -346,6 +373,7 @@ class Ledger:
         Safe while the executor runs (it waits for the write lock like any
         writer); VACUUM rewrites the file, so it takes as long as the ledger is big.
         """
+
         def size() -> int:
             return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
 
@@ -379,4 +407,3 @@ class Ledger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-

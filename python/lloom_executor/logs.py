@@ -1,5 +1,6 @@
 """Logging from `[logging]`: level (RUST_LOG-style override applied by config), optional
 rotating file (`max_size_mb`, `max_backups`, gzip-compressed backups with `compress`)."""
+
 from __future__ import annotations
 
 import gzip
@@ -26,9 +27,7 @@ def _gzip_rotator(source: str, dest: str) -> None:
 
 # py-libp2p logs these at WARNING/ERROR for every reference peer, which serves neither
 # identify, ping nor AutoNAT and closes finished Kademlia streams: expected, not a fault.
-HARMLESS_LIBP2P = re.compile(
-    r"protocols? not supported|Failed to read DHT message from stream|Failed to open stream to peer"
-)
+HARMLESS_LIBP2P = re.compile(r"protocols? not supported|Failed to read DHT message from stream|Failed to open stream to peer")
 
 
 class _QuietExpectedLibp2p(logging.Filter):

@@ -21,6 +21,7 @@ The archive holds private keys: it is created with mode 0600 (written to a tempo
 in the target directory with that mode from the start, then renamed into place), and key
 members never carry group or other permission bits inside it, so extracting keeps them 0600.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -196,7 +197,9 @@ def _tarinfo(name: str, size: int, mode: int, mtime: float) -> tarfile.TarInfo:
     return info
 
 
-def backup_node(config: Config, config_file: str | os.PathLike[str], output: str | os.PathLike[str], *, force: bool = False) -> BackupReport:
+def backup_node(
+    config: Config, config_file: str | os.PathLike[str], output: str | os.PathLike[str], *, force: bool = False
+) -> BackupReport:
     """Write a gzipped tar of the config file, the key files and a consistent ledger copy.
 
     `output` is created with mode 0600 and appears only when complete (temporary name,

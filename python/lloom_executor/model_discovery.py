@@ -23,24 +23,13 @@ the models are withdrawn until it comes back.
 
 Whenever the set changes, `on_change(models)` is awaited (an exception there is
 logged; the next change retries). `on_status(status, last_error)` (optional,
-synchronous) is called when the backend status changes (connected/disconnected). `attach_discovery(service)` wires that to an
-`ExecutorService`: the request handler's model set is replaced (requests for a
-withdrawn model get the signed "not served here" refusal) and, with
-`advertise_models = true`, `ExecutorService.announce_models` replaces the gossip
-catalog and publishes an `Update` (with `advertise_models = false` the announced
-catalog stays the configured one); with `[webhooks]`, `model_loaded` /
-`model_unloaded` events for the difference, and an `error` event
-(`backend_unreachable`) when the backend becomes unreachable.
-
-Wiring in `service.py` (ExecutorService), after the node has started:
-
-    # in start(), after `addrs = await self.node.start()`:
-    self.discovery = attach_discovery(self) if self.config.model_discovery.enabled else None
-    # in stop(), first thing (before draining):
-    if self.discovery is not None: await self.discovery.stop()
-
-(the task also ends by itself once `handler.draining` is set). asyncio only.
+synchronous) is called when the backend status changes (connected/disconnected).
+`service.py` wires both: the `ModelRegistry` takes the new set (requests for a
+withdrawn model get the signed "not served here" refusal), with
+`advertise_models = true` the gossip catalog follows, and `[webhooks]` hear
+`model_loaded` / `model_unloaded` and `backend_unreachable`. asyncio only.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -49,14 +38,11 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .backends.base import LlmBackend, ModelInfo
 from .config import ModelConfig
 from .config.schema import ModelDiscoveryConfig
-
-if TYPE_CHECKING:
-    from .service import ExecutorService
 
 log = logging.getLogger(__name__)
 
@@ -266,65 +252,11 @@ class ModelDiscovery:
             "refresh_interval_secs": self.interval,
             "served_models": sorted(m.name for m in self.served),
             "offered_models": {
-                name: ("loaded" if i.loaded else "not-loaded" if i.loaded is False else "listed") for name, i in sorted(self.offered.items())
+                name: ("loaded" if i.loaded else "not-loaded" if i.loaded is False else "listed")
+                for name, i in sorted(self.offered.items())
             },
             "not_configured": sorted(self._reported_unconfigured - {m.name for m in self.served}),
         }
 
 
-def attach_discovery(
-    service: ExecutorService,
-    *,
-    default_model: ModelConfig | None = None,
-    interval: float | None = None,
-    poll_timeout: float = 30.0,
-    withdraw_after_failures: int = 3,
-    start: bool = True,
-) -> ModelDiscovery:
-    """Wire a `ModelDiscovery` to a started `ExecutorService` and (with `start`) run it as an
-    asyncio task of the running loop. Call from that loop after `await service.start()`;
-    `await discovery.stop()` before `service.stop()` (it also ends once the handler drains).
-
-    On change: `service.handler.models` is replaced, and with `advertise_models` the
-    gossip catalog too (`service.announce_models`, at current prices; an `Update` is published); `service.webhooks`
-    (when set) gets model_loaded/model_unloaded and backend_unreachable events.
-    """
-    config = service.config.model_discovery
-    handler = service.handler
-
-    async def on_change(models: list[ModelConfig]) -> None:
-        if handler.draining:
-            return
-        before = list(handler.models.values())
-        handler.models = {m.name: m for m in models}
-        webhooks = getattr(service, "webhooks", None)
-        if webhooks is not None:
-            webhooks.models_changed(before, models, "discovery")
-        if config.advertise_models:
-            await service.announce_models()
-
-    def on_status(status: str, error: str | None) -> None:
-        webhooks = getattr(service, "webhooks", None)
-        if webhooks is not None and status == DISCONNECTED and not handler.draining:
-            webhooks.operational_error("backend_unreachable", f"model discovery: the backend is unreachable ({error})")
-
-    discovery = ModelDiscovery(
-        service.backend,
-        config,
-        on_change,
-        models=service.config.models,
-        initial=[m for m in handler.models.values() if m.enabled],
-        default_model=default_model,
-        interval=interval,
-        poll_timeout=poll_timeout,
-        withdraw_after_failures=withdraw_after_failures,
-        should_stop=lambda: handler.draining,
-        on_status=on_status,
-    )
-    service.discovery = discovery  # type: ignore[attr-defined]  # for status pages; service.py may declare it
-    if start:
-        discovery.start()
-    return discovery
-
-
-__all__ = ["CONNECTED", "DISCONNECTED", "ModelDiscovery", "attach_discovery"]
+__all__ = ["CONNECTED", "DISCONNECTED", "ModelDiscovery"]

@@ -1,14 +1,19 @@
-"""Wiring and lifecycle of a running executor: config -> identity, backend, request path, P2P node.
+"""The one assembler: config -> identity, backend, request path, P2P node; and their lifecycle.
+
+Every part gets its collaborators through its constructor, here, and nothing
+else reaches into the parts afterwards: the admin API reads the node through
+the narrow `api.NodeView` this service implements, and model discovery
+changes the served set through the `ModelRegistry`.
 
 `start` follows the manual: say which configured features are not active,
-load and start the `[[plugins]]` (`plugins.py`; one that fails stops `start`
-with a PluginError naming it), log who we are and what we serve, serve until
+load and start the `[[plugins]]` (one that fails stops `start` with a
+PluginError naming it), log who we are and what we serve, serve until
 SIGINT/SIGTERM, then drain: refuse new work (signed), let in-flight requests
 finish up to `drain_timeout_secs`, announce `Removal`, stop the host, stop the
 plugins (their queued events first), close the backend, the cache and the
-ledger, send the `stopped` webhook event and flush the webhook queues
-(bounded, `webhooks.py`).
+ledger, send the `stopped` webhook event and flush the webhook queues.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,31 +22,39 @@ import dataclasses
 import logging
 import signal
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
-from . import _native
+from . import __version__, _native
+from .api import ApiServer
 from .backends.base import LlmBackend
 from .backends.limits import with_limits
 from .backends.registry import create_backend
 from .cache import build_cache
-from .config import Config, inactive_features
+from .cache.base import ResponseCache
+from .config import Config, ModelConfig, RequestHandlingConfig, inactive_features
+from .events import model_data
 from .identity import Identity
 from .ledger import Ledger
 from .metrics import Metrics, MetricsServer, PushLoop
-from .model_discovery import attach_discovery
+from .model_discovery import DISCONNECTED, ModelDiscovery
+from .outcome import RefusalCode
 from .p2p.announcements import ModelCatalog
+from .p2p.llm_protocol import StreamStats
 from .p2p.node import P2PNode
 from .p2p.services import default_services, network_view, update_models
 from .pipeline.content_filter import ContentFilter
-from .pipeline.dispatch import dispatcher_from_config
+from .pipeline.dispatch import Dispatcher, direct_dispatcher, dispatcher_from_config
 from .pipeline.gpu import device_pool_from_config
+from .pipeline.model_registry import ModelRegistry
 from .pipeline.pricing import PricingEngine, backend_load
 from .pipeline.ratelimits import RateLimitRules
-from .pipeline.replay import ReplayGuard
-from .pipeline.resources import governor_from_config
+from .pipeline.replay import ReplayGuard, capacity_for
+from .pipeline.resources import ResourceGovernor, governor_from_config
 from .plugins import PluginHost
-from .serving import BasicRequestHandler, PipelineStages
-from .webhooks import Webhooks, model_data
+from .serving import AnswerWriter, Execution, Observers, RequestHandler, standard_admission
+from .webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -59,89 +72,181 @@ def backend_from_config(config: Config) -> LlmBackend:
     )
 
 
-def stages_from_config(config: Config, handler_load, market) -> PipelineStages:
-    """The request path's optional stages as the config switches them (replay protection always)."""
-    metrics = Metrics()
-    resources = governor_from_config(config)  # [resources] and [[models]] needs; warns what it cannot enforce
-    return PipelineStages(
-        rate_limits=RateLimitRules(config.rate_limiting) if config.rate_limiting.enabled else None,
-        replay=ReplayGuard(),
-        pricing=PricingEngine(config.pricing, {m.name: m for m in config.models}, load=handler_load, market=market),
-        content_filter=ContentFilter(config.content_filter) if config.content_filter.enabled else None,
-        cache=build_cache(config.cache) if config.cache.enabled else None,
-        metrics=metrics,
-        dispatcher=dispatcher_from_config(
-            config, resources=resources, on_sizes=metrics.set_queue_sizes, on_throttled=metrics.set_throttled
-        ),
-        resources=resources,
+def build_request_handler(
+    key: _native.PrivateKey,
+    models: Iterable[ModelConfig] | ModelRegistry,
+    backend: LlmBackend,
+    *,
+    handling: RequestHandlingConfig | None = None,
+    allow_unsigned: bool = False,
+    peer_id: str | None = None,
+    aliases: Mapping[str, str] | None = None,
+    receipt_domain: _native.Eip712Domain | None = None,
+    ledger: Ledger | None = None,
+    dispatcher: Dispatcher | None = None,
+    replay: ReplayGuard | None = None,
+    rate_limits: RateLimitRules | None = None,
+    content_filter: ContentFilter | None = None,
+    cache: ResponseCache | None = None,
+    resources: ResourceGovernor | None = None,
+    metrics: Metrics | None = None,
+    webhooks: Webhooks | None = None,
+    plugins: PluginHost | None = None,
+) -> RequestHandler:
+    """The request path from its parts; what is not given is off (replay protection and the
+    dispatcher always exist: a fresh guard, the direct path bounded by `max_concurrent_requests`).
+    `ExecutorService` builds it from the config; tests build it with the stages they exercise."""
+    handling = handling or RequestHandlingConfig()
+    registry = models if isinstance(models, ModelRegistry) else ModelRegistry(models, aliases)
+    if dispatcher is None:
+        dispatcher = direct_dispatcher(handling.max_concurrent_requests, resources=resources)
+    replay = replay if replay is not None else ReplayGuard(max_entries=capacity_for(handling.replay_rate_per_sec))
+    if metrics is not None:
+        metrics.watch_replay(lambda: (len(replay), replay.max_entries, replay.forced_evictions))
+    admission = standard_admission(
+        registry=registry,
+        replay=replay,
+        handling=handling,
+        allow_unsigned=allow_unsigned,
+        peer_id=peer_id or key.peer_id,
+        evm_address=key.address,
+        rate_limits=rate_limits,
+        content_filter=content_filter,
+        plugins=plugins,
+        on_rate_limited=metrics.rate_limited if metrics is not None else None,
     )
+    execution = Execution(
+        backend,
+        dispatcher,
+        registry,
+        request_timeout_secs=handling.request_timeout_secs,
+        cache=cache,
+        on_cache_result=metrics.cache_result if metrics is not None else None,
+    )
+    answers = AnswerWriter(key, receipt_domain=receipt_domain, ledger=ledger, observers=Observers(metrics, webhooks, plugins))
+    return RequestHandler(registry, admission, execution, answers, content_filter=content_filter, plugins=plugins)
 
 
 class ExecutorService:
+    """A running executor: the parts built from one config, started and stopped together."""
+
     def __init__(
         self,
         config: Config,
         identity: Identity,
         backend: LlmBackend | None = None,
         *,
-        discovery_options: dict | None = None,
-        webhook_options: dict | None = None,
-        plugin_options: dict | None = None,
-        **service_options,
+        discovery_options: dict[str, Any] | None = None,
+        webhook_options: dict[str, Any] | None = None,
+        plugin_options: dict[str, Any] | None = None,
+        **service_options: Any,
     ) -> None:
         """`service_options` tune P2P timings, `discovery_options` the model discovery,
         `webhook_options` the webhook delivery timings and `plugin_options` the plugin
         host's (tests shorten them)."""
         self.config = config
         self.identity = identity
+        handling = config.request_handling
         self.backend = with_limits(backend or backend_from_config(config), config.openai_limits)
-        self.discovery = None  # model_discovery.ModelDiscovery while [model_discovery] runs
-        self._discovery_options = discovery_options or {}
-        self.catalog = ModelCatalog([m for m in config.models if m.enabled], backend_type=config.llm_client.backend)
-        chain = config.blockchain  # the receipt domain, also with blockchain.enabled = false (PROTOCOL.md §7)
-        self.handler = BasicRequestHandler(
-            identity.eth_key,
-            list(config.models),
-            self.backend,
-            allow_unsigned=config.request_handling.allow_unsigned,
-            handling=config.request_handling,
-            peer_id=identity.peer_id,
-            aliases=config.model_aliases,
-            receipt_domain=_native.Eip712Domain(chain.chain_id, chain.contract_address),
+        self.metrics = Metrics()
+        resources = governor_from_config(config)  # [resources] and [[models]] needs; warns what it cannot enforce
+        self.resources = resources
+        self.dispatcher = dispatcher_from_config(
+            config, resources=resources, on_sizes=self.metrics.set_queue_sizes, on_throttled=self.metrics.set_throttled
         )
-        self.stages = self.handler.stages = stages_from_config(
-            config,
-            lambda: backend_load(self.handler.in_flight, config.request_handling.max_concurrent_requests),
-            lambda: self.handler.stages.market,
+        dispatcher = self.dispatcher
+        pricing = PricingEngine(
+            config.pricing,
+            {m.name: m for m in config.models},
+            load=lambda: backend_load(dispatcher.running, handling.max_concurrent_requests),
+            self_peer_id=identity.peer_id,
         )
-        self.metrics = self.stages.metrics
-        self.webhooks = self.stages.webhooks = Webhooks.from_config(
+        self.registry = ModelRegistry(config.models, config.model_aliases, pricing)
+        self.webhooks = Webhooks.from_config(
             config.webhooks, identity.eth_key, peer_id=identity.peer_id, metrics=self.metrics, **(webhook_options or {})
         )
-        self.plugins = self.stages.plugins = (
+        self.plugins = (
             PluginHost(
-                config.plugins, metrics=self.metrics, peer_id=identity.peer_id, evm_address=identity.address,
+                config.plugins,
+                metrics=self.metrics,
+                peer_id=identity.peer_id,
+                evm_address=identity.address,
                 **(plugin_options or {}),
             )
             if config.plugins
             else None
         )
+        self.cache = build_cache(config.cache) if config.cache.enabled else None
+        data_dir = Path(config.storage.data_dir).expanduser()  # defaults are written with ~
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.ledger = Ledger.in_directory(data_dir)
+        chain = config.blockchain  # the receipt domain, also with blockchain.enabled = false (docs/PROTOCOL.md §7)
+        self.handler = build_request_handler(
+            identity.eth_key,
+            self.registry,
+            self.backend,
+            handling=handling,
+            allow_unsigned=handling.allow_unsigned,
+            peer_id=identity.peer_id,
+            receipt_domain=_native.Eip712Domain(chain.chain_id, chain.contract_address),
+            ledger=self.ledger,
+            dispatcher=dispatcher,
+            rate_limits=RateLimitRules(config.rate_limiting) if config.rate_limiting.enabled else None,
+            content_filter=ContentFilter(config.content_filter) if config.content_filter.enabled else None,
+            cache=self.cache,
+            resources=resources,
+            metrics=self.metrics,
+            webhooks=self.webhooks,
+            plugins=self.plugins,
+        )
+        self.catalog = ModelCatalog([m for m in config.models if m.enabled], backend_type=config.llm_client.backend)
         self.node = P2PNode(
             identity.p2p_key,
             config.network,
-            config.request_handling,
+            handling,
             self.handler,
             default_services(config.network, self.catalog, **service_options),
         )
+        self.discovery = self._discovery(discovery_options or {}) if config.model_discovery.enabled else None
         self.started_at: float | None = None
-        self.api = None  # api.ApiServer while [api] is enabled and serving
+        self.api: ApiServer | None = None
         self.metrics_server: MetricsServer | None = None
         self.push_loop: PushLoop | None = None
-        self.ledger: Ledger | None = None
-        self._housekeeping: asyncio.Task | None = None
-        self._price_version = None
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._price_version: int | None = None
         self._catalog_lock = asyncio.Lock()
 
+    def _discovery(self, options: dict[str, Any]) -> ModelDiscovery:
+        """[model_discovery]: the backend's listing decides the served set (started once the node is up)."""
+        config = self.config.model_discovery
+
+        async def on_change(models: list[ModelConfig]) -> None:
+            if self.handler.draining:
+                return
+            before = self.registry.replace(models)
+            if self.webhooks is not None:
+                self.webhooks.models_changed(before, models, "discovery")
+            if config.advertise_models:
+                await self.announce_models()
+
+        def on_status(status: str, error: str | None) -> None:
+            if self.webhooks is not None and status == DISCONNECTED and not self.handler.draining:
+                self.webhooks.operational_error(
+                    RefusalCode.BACKEND_UNREACHABLE, f"model discovery: the backend is unreachable ({error})"
+                )
+
+        return ModelDiscovery(
+            self.backend,
+            config,
+            on_change,
+            models=self.config.models,
+            initial=self.registry.served(),
+            should_stop=lambda: self.handler.draining,
+            on_status=on_status,
+            **options,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> list[str]:
         """Start serving; returns the listen addresses. A plugin that cannot be loaded or
         started raises PluginError before anything listens."""
@@ -159,12 +264,9 @@ class ExecutorService:
     async def _start(self) -> list[str]:
         if self.config.request_handling.allow_unsigned:
             log.warning("allow_unsigned = true: unsigned requests are served (no client accountability)")
-        data_dir = Path(self.config.storage.data_dir).expanduser()  # defaults are written with ~
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.ledger = self.handler.ledger = await asyncio.to_thread(Ledger.in_directory, data_dir)
         totals = await asyncio.to_thread(self.ledger.totals)
         self.metrics.seed_revenue(totals.revenue_by_model())  # revenue metrics continue across restarts
-        check = getattr(self.stages.cache, "check", None)
+        check = getattr(self.cache, "check", None)
         if check is not None:  # Redis: say at start whether it is reachable (the node serves either way)
             await check()
         addrs = await self.node.start()
@@ -174,9 +276,9 @@ class ExecutorService:
         log.info("peer id %s, EVM address %s (%s)", self.identity.peer_id, self.identity.address, self.identity.source)
         for addr in addrs:
             log.info("listening on %s", addr)
-        served = [m.name for m in self.config.models if m.enabled]
-        if self.config.model_discovery.enabled:
-            self.discovery = attach_discovery(self, **self._discovery_options)
+        served = [m.name for m in self.registry.served()]
+        if self.discovery is not None:
+            self.discovery.start()
             log.info("configured models: %s (served once the backend offers them)", ", ".join(served) or "none")
         else:
             log.info("serving models: %s", ", ".join(served) if served else "none (add [[models]] entries)")
@@ -184,20 +286,15 @@ class ExecutorService:
         await self._start_http()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="lloom-housekeeping")
         if self.webhooks is not None:
-            from . import __version__
-
             self.webhooks.emit("started", {"version": __version__, "listen_addresses": [str(a) for a in addrs], "models": served})
-            for model in self.handler.models.values():
-                if model.enabled:
-                    self.webhooks.emit("model_loaded", model_data(model, "config"))
+            for model in self.registry.served():
+                self.webhooks.emit("model_loaded", model_data(model, "config"))
         return addrs
 
     async def _start_http(self) -> None:
         """The admin API and the metrics endpoint: a failure is logged, the P2P service goes on."""
         if self.config.api.enabled:
-            from .api import ApiServer
-
-            api = ApiServer(self)
+            api = ApiServer(self, self.config, self.backend)
             try:
                 await api.start()
                 self.api = api
@@ -225,7 +322,7 @@ class ExecutorService:
             try:
                 self.metrics.set_peers(len(await self.node.call(_peer_ids)))
                 if self.config.pricing.strategy == "market":
-                    self.stages.market = await network_view(self.node)
+                    self.registry.set_market_view(await network_view(self.node))
                 await self._announce_price_changes()
             except asyncio.CancelledError:
                 raise
@@ -234,11 +331,10 @@ class ExecutorService:
             await asyncio.sleep(interval)
 
     async def _announce_price_changes(self) -> None:
-        pricing = self.stages.pricing
-        pricing.prices()  # refreshes dynamic/market prices; `version` counts the changes
-        if pricing.version == self._price_version:
+        self.registry.prices()  # refreshes dynamic/market prices; `price_version` counts the changes
+        if self.registry.price_version == self._price_version:
             return
-        self._price_version = pricing.version
+        self._price_version = self.registry.price_version
         await self.announce_models()
 
     async def announce_models(self) -> None:
@@ -249,9 +345,9 @@ class ExecutorService:
         stale catalog behind (a withdrawn model announced until the next change)."""
         discovery = self.config.model_discovery
         async with self._catalog_lock:
-            prices = self.stages.pricing.prices()
+            prices = self.registry.prices()
             # With discovery but advertise_models = false the announced catalog stays the configured one.
-            served = self.config.models if discovery.enabled and not discovery.advertise_models else self.handler.models.values()
+            served = self.config.models if discovery.enabled and not discovery.advertise_models else self.registry.served()
             current = [
                 dataclasses.replace(m, inbound_price_wei=prices[m.name][0], outbound_price_wei=prices[m.name][1])
                 for m in served
@@ -259,8 +355,47 @@ class ExecutorService:
             ]
             await update_models(self.node, self.catalog, current)
 
-    async def inflight(self) -> int:
-        stats = self.node.stream_handler.stats if self.node.stream_handler else None
+    # -- api.NodeView: the read-only view the admin API has of this node ------------------
+    @property
+    def running(self) -> bool:
+        return self.started_at is not None and self.node.running
+
+    @property
+    def draining(self) -> bool:
+        return self.handler.draining
+
+    def uptime_seconds(self) -> int:
+        return int(time.monotonic() - self.started_at) if self.started_at is not None else 0
+
+    def stream_stats(self) -> StreamStats | None:
+        return self.node.stream_stats()
+
+    async def peers(self) -> list[dict[str, Any]]:
+        return await self.node.call(_peer_snapshot) if self.running else []
+
+    async def network(self) -> dict[str, Any]:
+        """Other executors' verified announcements (gossip), ours left out."""
+        view = await network_view(self.node) if self.running else {}
+        view.pop(self.identity.peer_id, None)
+        return view
+
+    def served_models(self) -> list[str]:
+        return [m.name for m in self.registry.served()]
+
+    def prices(self) -> dict[str, tuple[int, int]]:
+        return self.registry.prices()
+
+    def throttled_models(self) -> dict[str, dict[str, Any]]:
+        """Models over their max_tokens_per_second now: when they resume and who waits."""
+        over = self.resources.throttled() if self.resources is not None else {}
+        waiting = self.dispatcher.throttled_by_model() if over else {}
+        return {
+            model: {"resume_in_seconds": round(secs, 3), "waiting_requests": waiting.get(model, 0)}
+            for model, secs in sorted(over.items())
+        }
+
+    def inflight(self) -> int:
+        stats = self.node.stream_stats()
         return stats.inflight if stats else 0
 
     async def stop(self) -> None:
@@ -269,9 +404,9 @@ class ExecutorService:
         if self.discovery is not None:
             await self.discovery.stop()
         deadline = time.monotonic() + self.config.request_handling.drain_timeout_secs
-        while await self.inflight() and time.monotonic() < deadline:
+        while self.inflight() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        left = await self.inflight()
+        left = self.inflight()
         if left:
             log.warning("drain timeout: %d request(s) still in flight are cut off", left)
         if self._housekeeping is not None:
@@ -291,10 +426,9 @@ class ExecutorService:
         if self.plugins is not None:  # no request is left to check; their queued events are delivered first
             await self.plugins.stop()
         await self.backend.close()
-        if self.stages.cache is not None:
-            await self.stages.cache.close()
-        if self.ledger is not None:
-            await asyncio.to_thread(self.ledger.close)
+        if self.cache is not None:
+            await self.cache.close()
+        await asyncio.to_thread(self.ledger.close)
         if self.webhooks is not None:
             uptime = time.monotonic() - self.started_at if self.started_at is not None else 0.0
             self.webhooks.emit("stopped", {"uptime_secs": round(uptime, 3), "cut_off": left})
@@ -318,5 +452,9 @@ class ExecutorService:
                 await self.stop()
 
 
-async def _peer_ids(rt) -> list[str]:
+async def _peer_ids(rt: Any) -> list[str]:
     return list(rt.peers.peers)
+
+
+async def _peer_snapshot(rt: Any) -> list[dict[str, Any]]:
+    return rt.peers.snapshot()  # in the trio thread, which owns the PeerBook

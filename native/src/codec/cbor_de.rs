@@ -16,57 +16,21 @@
 //! the bytes actually present before anything is allocated.
 
 use serde::de::{self, DeserializeSeed, EnumAccess, IntoDeserializer, MapAccess, SeqAccess, VariantAccess, Visitor};
-use std::fmt;
+
+pub use super::decode_error::DecodeError;
 
 pub const MAX_DEPTH: usize = 256;
 
-/// A decode error; the caller adds the byte offset and the field path.
-#[derive(Debug)]
-pub struct Error(pub String);
+type Result<T> = std::result::Result<T, DecodeError>;
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Error {}
-
-impl de::Error for Error {
-    fn custom<T: fmt::Display>(msg: T) -> Self {
-        Error(msg.to_string())
-    }
-}
-
-type Result<T> = std::result::Result<T, Error>;
-
-const BREAK: u8 = 0xff;
+/// The break marker ending an indefinite-length item.
+pub(super) const BREAK: u8 = 0xff;
 
 /// One item header: major type and argument (`None`: indefinite length).
 #[derive(Clone, Copy)]
 struct Head {
     major: u8,
     arg: Option<u64>,
-}
-
-fn kind(byte: u8) -> &'static str {
-    match byte >> 5 {
-        0 => "an unsigned integer",
-        1 => "a negative integer",
-        2 => "a byte string",
-        3 => "a text string",
-        4 => "an array",
-        5 => "a map",
-        6 => "a tag",
-        _ => match byte {
-            0xf4 | 0xf5 => "a bool",
-            0xf6 => "null",
-            0xf7 => "undefined",
-            0xf9..=0xfb => "a float",
-            BREAK => "a break marker",
-            _ => "a simple value",
-        },
-    }
 }
 
 fn f16_to_f32(h: u16) -> f32 {
@@ -104,30 +68,32 @@ impl<'de> Deserializer<'de> {
         }
     }
 
-    fn eof(&self, what: &str) -> Error {
-        Error(format!(
-            "truncated frame: input ends at byte {} while reading {what}",
-            self.buf.len()
-        ))
+    fn eof(&self, what: &'static str) -> DecodeError {
+        DecodeError::Eof {
+            len: self.buf.len(),
+            reading: what,
+        }
     }
 
-    fn peek(&self, what: &str) -> Result<u8> {
+    fn peek(&self, what: &'static str) -> Result<u8> {
         self.buf.get(self.pos).copied().ok_or_else(|| self.eof(what))
     }
 
-    fn take(&mut self, n: u64, what: &str) -> Result<&'de [u8]> {
+    fn take(&mut self, n: u64, what: &'static str) -> Result<&'de [u8]> {
         let left = (self.buf.len() - self.pos) as u64;
         if n > left {
-            return Err(Error(format!(
-                "truncated frame: {what} needs {n} bytes, only {left} remain"
-            )));
+            return Err(DecodeError::Short {
+                what,
+                needed: n,
+                left,
+            });
         }
         let start = self.pos;
         self.pos += n as usize;
         Ok(&self.buf[start..self.pos])
     }
 
-    fn head(&mut self, what: &str) -> Result<Head> {
+    fn head(&mut self, what: &'static str) -> Result<Head> {
         let byte = self.peek(what)?;
         let major = byte >> 5;
         let info = byte & 0x1f;
@@ -140,9 +106,7 @@ impl<'de> Deserializer<'de> {
             }
             31 if matches!(major, 2..=5) => None,
             _ => {
-                return Err(Error(format!(
-                    "invalid CBOR initial byte 0x{byte:02x} while reading {what}"
-                )))
+                return Err(DecodeError::InitialByte { byte, reading: what })
             }
         };
         Ok(Head { major, arg })
@@ -153,7 +117,7 @@ impl<'de> Deserializer<'de> {
         self.depth_left = self
             .depth_left
             .checked_sub(1)
-            .ok_or_else(|| Error(format!("nesting too deep: more than {MAX_DEPTH} levels")))?;
+            .ok_or(DecodeError::TooDeep)?;
         self.deepest = self.deepest.max(MAX_DEPTH - self.depth_left);
         Ok(())
     }
@@ -162,26 +126,26 @@ impl<'de> Deserializer<'de> {
         self.depth_left += 1;
     }
 
-    fn mismatch(&self, expected: &str) -> Error {
+    fn mismatch(&self, expected: &'static str) -> DecodeError {
         match self.buf.get(self.pos) {
-            Some(&b) => Error(format!("wrong type: expected {expected}, found {}", kind(b))),
+            Some(&byte) => DecodeError::WrongType { expected, byte },
             None => self.eof(expected),
         }
     }
 
-    fn expect_major(&self, major: u8, expected: &str) -> Result<()> {
+    fn expect_major(&self, major: u8, expected: &'static str) -> Result<()> {
         match self.buf.get(self.pos) {
             Some(&b) if b >> 5 == major && b != BREAK => Ok(()),
             _ => Err(self.mismatch(expected)),
         }
     }
 
-    fn read_uint(&mut self, expected: &str) -> Result<u64> {
+    fn read_uint(&mut self, expected: &'static str) -> Result<u64> {
         self.expect_major(0, expected)?;
         Ok(self.head(expected)?.arg.unwrap_or(0))
     }
 
-    fn read_int(&mut self, expected: &str) -> Result<i128> {
+    fn read_int(&mut self, expected: &'static str) -> Result<i128> {
         match self.peek(expected)? >> 5 {
             0 => Ok(i128::from(self.head(expected)?.arg.unwrap_or(0))),
             1 => Ok(-1 - i128::from(self.head(expected)?.arg.unwrap_or(0))),
@@ -213,7 +177,7 @@ impl<'de> Deserializer<'de> {
     }
 
     /// Definite or indefinite (chunked) string of `major` 2 or 3.
-    fn read_chunks(&mut self, head: Head, what: &str) -> Result<std::borrow::Cow<'de, [u8]>> {
+    fn read_chunks(&mut self, head: Head, what: &'static str) -> Result<std::borrow::Cow<'de, [u8]>> {
         match head.arg {
             Some(n) => Ok(self.take(n, what)?.into()),
             None => {
@@ -227,7 +191,7 @@ impl<'de> Deserializer<'de> {
                     let chunk = self.head(what)?;
                     let n = chunk
                         .arg
-                        .ok_or_else(|| Error(format!("nested indefinite chunk in {what}")))?;
+                        .ok_or(DecodeError::NestedIndefinite { what })?;
                     out.extend_from_slice(self.take(n, what)?);
                 }
             }
@@ -242,10 +206,10 @@ impl<'de> Deserializer<'de> {
         match self.read_chunks(head, what)? {
             std::borrow::Cow::Borrowed(b) => std::str::from_utf8(b)
                 .map(Into::into)
-                .map_err(|_| Error(format!("text string at byte {start} is not valid UTF-8"))),
+                .map_err(|_| DecodeError::Utf8 { at: start }),
             std::borrow::Cow::Owned(v) => String::from_utf8(v)
                 .map(Into::into)
-                .map_err(|_| Error(format!("text string at byte {start} is not valid UTF-8"))),
+                .map_err(|_| DecodeError::Utf8 { at: start }),
         }
     }
 
@@ -305,13 +269,13 @@ impl<'de> Deserializer<'de> {
                     self.pos += 1;
                     self.take(8, what)?;
                 }
-                _ => return Err(Error(format!("unsupported CBOR simple value 0x{byte:02x}"))),
+                _ => return Err(DecodeError::Simple { byte }),
             },
         }
         Ok(())
     }
 
-    fn visit_container<V: Visitor<'de>>(&mut self, visitor: V, major: u8, what: &str) -> Result<V::Value> {
+    fn visit_container<V: Visitor<'de>>(&mut self, visitor: V, major: u8, what: &'static str) -> Result<V::Value> {
         self.expect_major(major, what)?;
         let head = self.head(what)?;
         self.enter()?;
@@ -357,16 +321,16 @@ impl<'de> Access<'_, 'de> {
     }
 
     /// A visitor that stopped early (a fixed-size tuple) leaves items behind.
-    fn finish(&mut self, what: &str) -> Result<()> {
+    fn finish(&mut self, what: &'static str) -> Result<()> {
         if self.has_next()? {
-            return Err(Error(format!("{what} has more entries than expected")));
+            return Err(DecodeError::ExtraEntries { what });
         }
         Ok(())
     }
 }
 
 impl<'de> SeqAccess<'de> for &mut Access<'_, 'de> {
-    type Error = Error;
+    type Error = DecodeError;
 
     fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>> {
         if !self.has_next()? {
@@ -383,7 +347,7 @@ impl<'de> SeqAccess<'de> for &mut Access<'_, 'de> {
 }
 
 impl<'de> MapAccess<'de> for &mut Access<'_, 'de> {
-    type Error = Error;
+    type Error = DecodeError;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>> {
         if !self.has_next()? {
@@ -408,7 +372,7 @@ struct Enum<'a, 'de> {
 }
 
 impl<'de> EnumAccess<'de> for Enum<'_, 'de> {
-    type Error = Error;
+    type Error = DecodeError;
     type Variant = Self;
 
     fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, Self)> {
@@ -419,7 +383,7 @@ impl<'de> EnumAccess<'de> for Enum<'_, 'de> {
 }
 
 impl<'de> VariantAccess<'de> for Enum<'_, 'de> {
-    type Error = Error;
+    type Error = DecodeError;
 
     fn unit_variant(self) -> Result<()> {
         if self.has_value {
@@ -438,8 +402,8 @@ impl<'de> VariantAccess<'de> for Enum<'_, 'de> {
 
     fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value> {
         if !self.has_value {
-            return Err(Error(
-                "variant with data written as bare text (expected a one-entry map)".into(),
+            return Err(DecodeError::Enum(
+                "variant with data written as bare text (expected a one-entry map)",
             ));
         }
         seed.deserialize(&mut *self.de)
@@ -447,14 +411,14 @@ impl<'de> VariantAccess<'de> for Enum<'_, 'de> {
 
     fn tuple_variant<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value> {
         if !self.has_value {
-            return Err(Error("tuple variant written as bare text".into()));
+            return Err(DecodeError::Enum("tuple variant written as bare text"));
         }
         self.de.visit_container(visitor, 4, "an array")
     }
 
     fn struct_variant<V: Visitor<'de>>(self, _fields: &'static [&'static str], visitor: V) -> Result<V::Value> {
         if !self.has_value {
-            return Err(Error("struct variant written as bare text".into()));
+            return Err(DecodeError::Enum("struct variant written as bare text"));
         }
         self.de.visit_container(visitor, 5, "a map")
     }
@@ -464,24 +428,33 @@ macro_rules! uint {
     ($method:ident, $visit:ident, $ty:ty, $name:literal) => {
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
             let n = self.read_uint(concat!("an unsigned integer (", $name, ")"))?;
-            let v = <$ty>::try_from(n).map_err(|_| Error(format!("integer {n} out of range for {}", $name)))?;
+            let v = <$ty>::try_from(n).map_err(|_| DecodeError::IntRange { arg: n, negative: false, ty: $name })?;
             visitor.$visit(v)
         }
     };
+}
+
+/// An integer read by `read_int` that does not fit its target.
+fn int_range(n: i128, ty: &'static str) -> DecodeError {
+    if n < 0 {
+        DecodeError::IntRange { arg: (-1 - n) as u64, negative: true, ty }
+    } else {
+        DecodeError::IntRange { arg: n as u64, negative: false, ty }
+    }
 }
 
 macro_rules! sint {
     ($method:ident, $visit:ident, $ty:ty, $name:literal) => {
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
             let n = self.read_int(concat!("an integer (", $name, ")"))?;
-            let v = <$ty>::try_from(n).map_err(|_| Error(format!("integer {n} out of range for {}", $name)))?;
+            let v = <$ty>::try_from(n).map_err(|_| int_range(n, $name))?;
             visitor.$visit(v)
         }
     };
 }
 
 impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
-    type Error = Error;
+    type Error = DecodeError;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         let what = "a value";
@@ -518,7 +491,7 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
                 self.leave();
                 value
             }
-            6 => Err(Error(format!("unsupported CBOR tag (initial byte 0x{byte:02x})"))),
+            6 => Err(DecodeError::Tag { byte }),
             _ => match byte {
                 0xf4 => {
                     self.pos += 1;
@@ -534,7 +507,7 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
                 }
                 0xf9 | 0xfa => visitor.visit_f32(self.read_float()? as f32),
                 0xfb => visitor.visit_f64(self.read_float()?),
-                _ => Err(Error(format!("unsupported CBOR simple value 0x{byte:02x}"))),
+                _ => Err(DecodeError::Simple { byte }),
             },
         }
     }
@@ -568,7 +541,7 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
         let v = self.read_float()?;
         let n = v as f32;
         if v.is_finite() && !n.is_finite() {
-            return Err(Error(format!("{v:e} is out of the f32 range")));
+            return Err(DecodeError::F32Range { value: v });
         }
         visitor.visit_f32(n)
     }
@@ -582,7 +555,7 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
         let mut chars = s.chars();
         match (chars.next(), chars.next()) {
             (Some(c), None) => visitor.visit_char(c),
-            _ => Err(Error("expected a single character".into())),
+            _ => Err(DecodeError::NotOneChar),
         }
     }
 
@@ -653,7 +626,7 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
         if let Some(&b) = self.buf.get(self.pos) {
             let info = b & 0x1f;
             if info < 24 && usize::from(info) != len {
-                return Err(Error(format!("expected an array of {len} elements, found {info}")));
+                return Err(DecodeError::ArrayLength { expected: len, found: info });
             }
         }
         self.visit_container(visitor, 4, "an array")
@@ -703,7 +676,7 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
                 })?
             }
             b if b >> 5 == 5 => {
-                return Err(Error("an enum must be a one-entry map {\"Variant\": value}".into()));
+                return Err(DecodeError::Enum("an enum must be a one-entry map {\"Variant\": value}"));
             }
             _ => return Err(self.mismatch(what)),
         };

@@ -5,6 +5,7 @@
 //! - `jval`: an order-preserving JSON-like value for maps and unknown payloads;
 //! - `lenient`: the decoder's tolerances (hex text for bytes, any float width);
 //! - `cbor_de`: a strict, depth-bounded CBOR deserializer;
+//! - `decode_error`: its typed errors;
 //! - `wire`: CBOR frames (limits, trailing bytes, error messages);
 //! - `sign`: signing digests and signature checks;
 //! - `ops`: one operation per Python call, pure Rust (runs GIL-released);
@@ -18,9 +19,10 @@
 //! `encode_signed_ack(...)`, `encode_model_announcement_json(key, dict, ts, nonce)`,
 //! `decode_model_announcement_json(data) -> DecodedAnnouncement`. Decoding
 //! never checks time (admission does); a bad signature is a result
-//! (`signature_valid=False`), a malformed frame a `ValueError`.
+//! (`signature_valid=False`), a malformed frame a `CodecError` (a `ValueError`).
 
 mod cbor_de;
+mod decode_error;
 mod gossip;
 mod jval;
 mod lenient;
@@ -30,4 +32,8 @@ mod sign;
 mod types;
 mod wire;
 
+pub use decode_error::DecodeError;
 pub use py::register;
+
+#[cfg(test)]
+mod tests;

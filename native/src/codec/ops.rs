@@ -4,6 +4,7 @@
 use super::sign::{self, Verification};
 use super::types::*;
 use super::wire::{self, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
+use crate::error::CodecError;
 use secp256k1::SecretKey;
 
 /// The envelope fields of a `SignedMessage`, kept apart from its payload.
@@ -18,6 +19,7 @@ pub struct Envelope {
 }
 
 /// What any decode yields besides the typed payload.
+#[derive(Debug)]
 pub struct Opened {
     pub variant: &'static str,
     pub envelope: Option<Envelope>,
@@ -25,7 +27,7 @@ pub struct Opened {
 }
 
 /// Verify a `SignedMessage` and split it into its payload and what Python sees of the rest.
-pub(super) fn open<T: serde::Serialize>(variant: &'static str, m: SignedMessage<T>) -> Result<(T, Opened), String> {
+pub(super) fn open<T: serde::Serialize>(variant: &'static str, m: SignedMessage<T>) -> Result<(T, Opened), CodecError> {
     let check = sign::verify(&m.payload, &m.signer, &m.signature)?;
     let envelope = Envelope {
         signer: m.signer.0 .0,
@@ -44,7 +46,7 @@ pub(super) fn open<T: serde::Serialize>(variant: &'static str, m: SignedMessage<
     ))
 }
 
-fn open_unsigned<T: serde::Serialize>(variant: &'static str, payload: T) -> Result<(T, Opened), String> {
+fn open_unsigned<T: serde::Serialize>(variant: &'static str, payload: T) -> Result<(T, Opened), CodecError> {
     let check = sign::unsigned(&payload)?;
     Ok((
         payload,
@@ -56,7 +58,7 @@ fn open_unsigned<T: serde::Serialize>(variant: &'static str, payload: T) -> Resu
     ))
 }
 
-pub fn decode_request(frame: &[u8]) -> Result<(Option<LlmRequest>, Opened), String> {
+pub fn decode_request(frame: &[u8]) -> Result<(Option<LlmRequest>, Opened), CodecError> {
     let msg: RequestMessage = wire::decode_cbor(frame, "RequestMessage", MAX_REQUEST_BYTES)?;
     let variant = msg.variant();
     Ok(match msg {
@@ -73,7 +75,7 @@ pub fn decode_request(frame: &[u8]) -> Result<(Option<LlmRequest>, Opened), Stri
     })
 }
 
-pub fn decode_response(frame: &[u8]) -> Result<(Option<LlmResponse>, Opened), String> {
+pub fn decode_response(frame: &[u8]) -> Result<(Option<LlmResponse>, Opened), CodecError> {
     let msg: ResponseMessage = wire::decode_cbor(frame, "ResponseMessage", MAX_RESPONSE_BYTES)?;
     let variant = msg.variant();
     Ok(match msg {
@@ -102,7 +104,7 @@ pub fn encode_request(
     r: LlmRequest,
     timestamp: u64,
     nonce: Option<u64>,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, CodecError> {
     let msg = match signer {
         None => RequestMessage::LlmRequest(r),
         Some(s) => RequestMessage::SignedLlmRequest(sign::signed(&s.secret, s.address, r, timestamp, nonce)?),
@@ -118,9 +120,9 @@ pub fn encode_response(
     timestamp: u64,
     nonce: Option<u64>,
     receipt: Option<Receipt>,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, CodecError> {
     let msg = match signer {
-        None if receipt.is_some() => return Err("an unsigned LlmResponse has no envelope to carry a receipt".into()),
+        None if receipt.is_some() => return Err(CodecError::ReceiptWithoutEnvelope),
         None => ResponseMessage::LlmResponse(r),
         Some(s) => {
             let mut m = sign::signed(&s.secret, s.address, r, timestamp, nonce)?;
@@ -136,7 +138,7 @@ pub fn encode_ack(
     ack: AcknowledgmentResponse,
     timestamp: u64,
     nonce: Option<u64>,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, CodecError> {
     let msg = ResponseMessage::AcknowledgmentResponse(sign::signed(&s.secret, s.address, ack, timestamp, nonce)?);
     wire::encode_cbor(&msg)
 }

@@ -11,14 +11,11 @@ use super::{gossip, wire};
 use crate::crypto::PrivateKey;
 use indexmap::IndexMap;
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use crate::error::{CodecError, TemperatureUse};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use pyo3::IntoPyObjectExt;
-
-fn value_error(msg: String) -> PyErr {
-    PyValueError::new_err(msg)
-}
 
 /// Run `f` over the bytes of `frame` with the GIL released. `bytes` is read
 /// in place; any other buffer (bytearray, memoryview) is copied first, since
@@ -27,31 +24,26 @@ fn with_frame<R: Send>(
     py: Python<'_>,
     frame: &Bound<'_, PyAny>,
     limit: usize,
-    what: &str,
-    f: impl FnOnce(&[u8]) -> Result<R, String> + Send,
+    what: &'static str,
+    f: impl FnOnce(&[u8]) -> Result<R, CodecError> + Send,
 ) -> PyResult<R> {
     if let Ok(b) = frame.downcast::<PyBytes>() {
         let data = b.as_bytes();
-        return py.allow_threads(|| f(data)).map_err(value_error);
+        return Ok(py.allow_threads(|| f(data))?);
     }
     let buf: PyBuffer<u8> = PyBuffer::get(frame)
         .map_err(|_| PyTypeError::new_err(format!("{what} frame must be bytes, bytearray or memoryview")))?;
     if buf.len_bytes() > limit {
-        return Err(value_error(format!(
-            "{what} frame is {} bytes, over the {limit} byte size limit",
-            buf.len_bytes()
-        )));
+        return Err(CodecError::FrameTooLarge { what, size: buf.len_bytes(), limit }.into());
     }
     let data = buf.to_vec(py)?;
-    py.allow_threads(|| f(&data)).map_err(value_error)
+    Ok(py.allow_threads(|| f(&data))?)
 }
 
 fn signer_of(key: &Bound<'_, PrivateKey>) -> PyResult<Signer> {
     let addr = key.getattr("address_bytes")?;
     let addr = addr.downcast::<PyBytes>()?.as_bytes();
-    let address: [u8; 20] = addr
-        .try_into()
-        .map_err(|_| value_error("PrivateKey.address_bytes is not 20 bytes".into()))?;
+    let address: [u8; 20] = addr.try_into().map_err(|_| CodecError::SignerAddress)?;
     Ok(Signer {
         secret: key.get().secret,
         address,
@@ -92,7 +84,7 @@ pub fn jval_to_py(py: Python<'_>, v: &JVal) -> PyResult<PyObject> {
 
 pub fn py_to_jval(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<JVal> {
     if depth > MAX_PY_DEPTH {
-        return Err(value_error(format!("value nested deeper than {MAX_PY_DEPTH} levels")));
+        return Err(CodecError::NestedTooDeep { limit: MAX_PY_DEPTH }.into());
     }
     if obj.is_none() {
         return Ok(JVal::Null);
@@ -107,7 +99,7 @@ pub fn py_to_jval(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<JVal> {
         if let Ok(n) = obj.extract::<i64>() {
             return Ok(JVal::I64(n));
         }
-        return Err(value_error(format!("integer {obj} does not fit in 64 bits")));
+        return Err(CodecError::DoesNotFit { value: Some(format!("integer {obj}")), target: "64 bits" }.into());
     }
     if let Ok(f) = obj.downcast::<PyFloat>() {
         return Ok(JVal::F64(f.value()));
@@ -297,8 +289,7 @@ impl Decoded {
     /// The payload as Python objects (dicts keep the signed key order).
     #[getter]
     fn payload(&self, py: Python<'_>) -> PyResult<PyObject> {
-        let v: JVal = serde_json::from_slice(&self.payload_json)
-            .map_err(|e| value_error(format!("payload JSON cannot be converted: {e}")))?;
+        let v: JVal = serde_json::from_slice(&self.payload_json).map_err(CodecError::PayloadJson)?;
         jval_to_py(py, &v)
     }
     #[getter]
@@ -448,7 +439,7 @@ impl DecodedAnnouncement {
 // ---------------------------------------------------------------- functions
 
 /// Decode a `/lloom/llm/1.0.0` request frame (one CBOR `RequestMessage`,
-/// at most 1 MiB) and check its signature. Malformed → ValueError; a bad
+/// at most 1 MiB) and check its signature. Malformed → CodecError; a bad
 /// signature is `signature_valid=False`, not an error.
 #[pyfunction]
 fn decode_request(py: Python<'_>, frame: &Bound<'_, PyAny>) -> PyResult<Py<DecodedRequest>> {
@@ -479,16 +470,16 @@ fn decode_response(py: Python<'_>, frame: &Bound<'_, PyAny>) -> PyResult<Py<Deco
     Py::new(py, init)
 }
 
-fn narrow_temperature(t: Option<f64>) -> PyResult<Option<f32>> {
+fn narrow_temperature(t: Option<f64>) -> Result<Option<f32>, CodecError> {
     match t {
         None => Ok(None),
-        Some(t) if !t.is_finite() => Err(value_error(format!("temperature must be finite, got {t}"))),
+        Some(t) if !t.is_finite() => Err(CodecError::TemperatureNotFinite { value: t, context: TemperatureUse::Wire }),
         Some(t) => {
             let n = t as f32;
             if n.is_finite() {
                 Ok(Some(n))
             } else {
-                Err(value_error(format!("temperature {t} is out of the f32 range")))
+                Err(CodecError::TemperatureRange { value: t, scaled: None })
             }
         }
     }
@@ -557,9 +548,7 @@ fn encode_signed_request<'py>(
         nonce,
         deadline,
     )?;
-    let frame = py
-        .allow_threads(|| ops::encode_request(Some(&signer), r, timestamp, envelope_nonce))
-        .map_err(value_error)?;
+    let frame = py.allow_threads(|| ops::encode_request(Some(&signer), r, timestamp, envelope_nonce))?;
     Ok(PyBytes::new(py, &frame))
 }
 
@@ -594,30 +583,28 @@ fn encode_unsigned_request<'py>(
         nonce,
         deadline,
     )?;
-    let frame = py
-        .allow_threads(|| ops::encode_request(None, r, 0, None))
-        .map_err(value_error)?;
+    let frame = py.allow_threads(|| ops::encode_request(None, r, 0, None))?;
     Ok(PyBytes::new(py, &frame))
 }
 
-fn receipt_item<'py>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Bound<'py, PyAny>> {
+fn receipt_item<'py>(d: &Bound<'py, PyDict>, key: &'static str) -> PyResult<Bound<'py, PyAny>> {
     d.get_item(key)?
-        .ok_or_else(|| value_error(format!("receipt is missing {key:?}")))
+        .ok_or_else(|| CodecError::MissingKey { container: "receipt", key }.into())
 }
 
-fn receipt_bytes(d: &Bound<'_, PyDict>, key: &str, len: usize) -> PyResult<Vec<u8>> {
+fn receipt_bytes(d: &Bound<'_, PyDict>, key: &'static str, len: usize) -> PyResult<Vec<u8>> {
     let v = receipt_item(d, key)?;
     let raw = if let Ok(b) = v.downcast::<PyBytes>() {
         b.as_bytes().to_vec()
     } else if let Ok(t) = v.downcast::<PyString>() {
         let t = t.to_str()?;
         let body = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")).unwrap_or(t);
-        hex::decode(body).map_err(|_| value_error(format!("receipt {key:?} is not hex: {t:?}")))?
+        hex::decode(body).map_err(|_| CodecError::ReceiptHex { key, text: t.to_owned() })?
     } else {
         return Err(PyTypeError::new_err(format!("receipt {key:?} must be bytes or 0x-hex str")));
     };
     if raw.len() != len {
-        return Err(value_error(format!("receipt {key:?} must be {len} bytes, got {}", raw.len())));
+        return Err(CodecError::ReceiptLength { key, expected: len, got: raw.len() }.into());
     }
     Ok(raw)
 }
@@ -633,7 +620,7 @@ fn receipt_arg(obj: &Bound<'_, PyAny>) -> PyResult<Receipt> {
     }
     let timestamp: u64 = timestamp
         .extract()
-        .map_err(|_| value_error("receipt \"timestamp\" must be in 0..=2**64-1".into()))?;
+        .map_err(|_| CodecError::ReceiptTimestamp)?;
     let success = receipt_item(d, "success")?;
     let success = success
         .downcast::<PyBool>()
@@ -683,9 +670,7 @@ fn encode_signed_response<'py>(
         model_used,
         error,
     };
-    let frame = py
-        .allow_threads(|| ops::encode_response(Some(&signer), r, timestamp, nonce, receipt))
-        .map_err(value_error)?;
+    let frame = py.allow_threads(|| ops::encode_response(Some(&signer), r, timestamp, nonce, receipt))?;
     Ok(PyBytes::new(py, &frame))
 }
 
@@ -709,9 +694,7 @@ fn encode_unsigned_response<'py>(
         model_used,
         error,
     };
-    let frame = py
-        .allow_threads(|| ops::encode_response(None, r, 0, None, None))
-        .map_err(value_error)?;
+    let frame = py.allow_threads(|| ops::encode_response(None, r, 0, None, None))?;
     Ok(PyBytes::new(py, &frame))
 }
 
@@ -736,9 +719,7 @@ fn encode_signed_ack<'py>(
         message,
         timestamp,
     };
-    let frame = py
-        .allow_threads(|| ops::encode_ack(&signer, ack, timestamp, nonce))
-        .map_err(value_error)?;
+    let frame = py.allow_threads(|| ops::encode_ack(&signer, ack, timestamp, nonce))?;
     Ok(PyBytes::new(py, &frame))
 }
 
@@ -746,7 +727,7 @@ fn encode_signed_ack<'py>(
 /// mirrors the struct (executor_peer_id, executor_address, models,
 /// announcement_type, timestamp, nonce, protocol_version); its key order is
 /// irrelevant, the output follows the struct. A model whose metadata has
-/// more than one key is refused (ValueError): see PROTOCOL.md §3.
+/// more than one key is refused (CodecError): see PROTOCOL.md §3.
 #[pyfunction]
 #[pyo3(signature = (key, announcement, timestamp, nonce=None))]
 fn encode_model_announcement_json<'py>(
@@ -762,8 +743,7 @@ fn encode_model_announcement_json<'py>(
     let signer = signer_of(key)?;
     let value = py_to_jval(announcement, 0)?;
     let out = py
-        .allow_threads(|| gossip::encode(&signer, &value, timestamp, nonce))
-        .map_err(value_error)?;
+        .allow_threads(|| gossip::encode(&signer, &value, timestamp, nonce))?;
     Ok(PyBytes::new(py, &out))
 }
 

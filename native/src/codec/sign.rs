@@ -10,6 +10,7 @@
 //! holding a float ≥ 1e13 (f32) / 1e16 (f64) can differ at all.
 
 use crate::crypto::{keccak, recover_signer, sign};
+use crate::error::CodecError;
 use alloy_primitives::Address;
 use secp256k1::SecretKey;
 use serde::Serialize;
@@ -17,6 +18,7 @@ use serde_json::ser::{CompactFormatter, Formatter};
 use std::io;
 
 /// What a verifier learns from one signed payload.
+#[derive(Debug)]
 pub struct Verification {
     /// The exact JSON text that was hashed (and, when valid, was signed).
     pub payload_json: Vec<u8>,
@@ -26,9 +28,12 @@ pub struct Verification {
     pub valid: bool,
 }
 
-pub fn payload_json<T: Serialize>(payload: &T) -> Result<Vec<u8>, String> {
+pub fn payload_json<T: Serialize>(payload: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(256);
-    serde_json::to_writer(&mut out, payload).map_err(|e| format!("JSON encoding failed: {e}"))?;
+    serde_json::to_writer(&mut out, payload).map_err(|e| CodecError::Encode {
+        context: "JSON encoding failed",
+        detail: e.to_string(),
+    })?;
     Ok(out)
 }
 
@@ -61,7 +66,7 @@ fn payload_json_ryu_style<T: Serialize>(payload: &T) -> Option<Vec<u8>> {
 
 /// Verify `signature` by `signer` over `payload`. A bad signature is a
 /// result (`valid: false`), not an error; only an unencodable payload errors.
-pub fn verify<T: Serialize>(payload: &T, signer: &Address, signature: &[u8]) -> Result<Verification, String> {
+pub fn verify<T: Serialize>(payload: &T, signer: &Address, signature: &[u8]) -> Result<Verification, CodecError> {
     let json = payload_json(payload)?;
     let digest = keccak(&json);
     let recovered = recover_signer(&digest, signature).ok();
@@ -90,7 +95,7 @@ pub fn verify<T: Serialize>(payload: &T, signer: &Address, signature: &[u8]) -> 
 
 /// Digest of an unsigned payload: no signature to check, but the digest is
 /// still the natural replay/cache key.
-pub fn unsigned<T: Serialize>(payload: &T) -> Result<Verification, String> {
+pub fn unsigned<T: Serialize>(payload: &T) -> Result<Verification, CodecError> {
     let json = payload_json(payload)?;
     let digest = keccak(&json);
     Ok(Verification {
@@ -102,7 +107,7 @@ pub fn unsigned<T: Serialize>(payload: &T) -> Result<Verification, String> {
 }
 
 /// Sign `payload` the way the reference does; returns (signature, digest).
-pub fn sign_payload<T: Serialize>(secret: &SecretKey, payload: &T) -> Result<([u8; 65], [u8; 32]), String> {
+pub fn sign_payload<T: Serialize>(secret: &SecretKey, payload: &T) -> Result<([u8; 65], [u8; 32]), CodecError> {
     let json = payload_json(payload)?;
     let digest = keccak(&json);
     Ok((sign(secret, &digest), digest))
@@ -115,7 +120,7 @@ pub fn signed<T: Serialize>(
     payload: T,
     timestamp: u64,
     nonce: Option<u64>,
-) -> Result<super::types::SignedMessage<T>, String> {
+) -> Result<super::types::SignedMessage<T>, CodecError> {
     let (signature, _) = sign_payload(secret, &payload)?;
     Ok(super::types::SignedMessage {
         payload,

@@ -1,9 +1,19 @@
 """Type stubs for lloom_executor._fast.scheduler (see the .pyx for the rationale)."""
-from typing import Any, Callable, Final, Hashable, Literal, Mapping
+
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, Final, Literal, final
 
 __all__ = [
-    "Scheduler", "Handle", "SchedulerRefusal", "QueueFull", "DeadlinePassed",
-    "LOW", "NORMAL", "HIGH", "PRIORITY_NAMES", "monotonic",
+    "Scheduler",
+    "Handle",
+    "SchedulerRefusal",
+    "QueueFull",
+    "DeadlinePassed",
+    "LOW",
+    "NORMAL",
+    "HIGH",
+    "PRIORITY_NAMES",
+    "monotonic",
 ]
 
 LOW: Final[int]
@@ -11,7 +21,8 @@ NORMAL: Final[int]
 HIGH: Final[int]
 PRIORITY_NAMES: Final[tuple[str, str, str]]
 
-PriorityLike = int | Literal["low", "normal", "high"]
+# stub-only (no runtime name): what every priority argument accepts
+_PriorityLike = int | Literal["low", "normal", "high"]
 
 def monotonic() -> float:
     """CLOCK_MONOTONIC seconds read from C (the scheduler's default clock)."""
@@ -23,6 +34,7 @@ class SchedulerRefusal(Exception):
 class QueueFull(SchedulerRefusal):
     """``"<priority> queue full (<size>/<capacity>)"``, with ``": <reserved> waiting for
     their model's max_tokens_per_second"`` inside the brackets when places are reserved."""
+
     priority: str
     size: int
     capacity: int
@@ -34,6 +46,7 @@ class DeadlinePassed(SchedulerRefusal):
     now: float
     def __init__(self, deadline: float, now: float) -> None: ...
 
+@final  # Cython cdef classes: not subclassable at runtime; only Scheduler.push makes Handles
 class Handle:
     """A queued entry, returned by ``Scheduler.push``; pass it to ``remove`` to cancel."""
     @property
@@ -51,22 +64,23 @@ class Handle:
     @property
     def state(self) -> Literal["queued", "dispatched", "cancelled", "expired"]: ...
 
+@final
 class Scheduler:
     def __init__(
         self,
         max_batch_size: int = 8,
         batch_timeout_ms: float = 100.0,
         group_by_model: bool = True,
-        queue_sizes: Mapping[str | int, int] | None = None,
+        queue_sizes: Mapping[Any, int] | None = None,
         fill_from_lower: bool = True,
         clock: Callable[[], float] | None = None,
-        model_batch_sizes: Mapping[Hashable, int] | None = None,
+        model_batch_sizes: Mapping[Any, int] | None = None,
     ) -> None: ...
     def push(
         self,
         item: Any,
         model: Hashable,
-        priority: PriorityLike = 1,
+        priority: _PriorityLike = 1,
         deadline: float | None = None,
         now: float | None = None,
     ) -> Handle:
@@ -76,13 +90,13 @@ class Scheduler:
     def next_ready_in(self, now: float | None = None) -> float | None: ...
     def next_expiry_in(self, now: float | None = None) -> float | None: ...
     def remove(self, handle: Handle) -> bool: ...
-    def size(self, priority: PriorityLike) -> int: ...
+    def size(self, priority: _PriorityLike) -> int: ...
     def sizes(self) -> dict[str, int]: ...
-    def capacity(self, priority: PriorityLike) -> int: ...
-    def reserve(self, priority: PriorityLike) -> None: ...
-    def release(self, priority: PriorityLike) -> None:
+    def capacity(self, priority: _PriorityLike) -> int: ...
+    def reserve(self, priority: _PriorityLike) -> None: ...
+    def release(self, priority: _PriorityLike) -> None:
         """Raises ValueError when no place is reserved at that priority."""
-    def reserved(self, priority: PriorityLike) -> int: ...
+    def reserved(self, priority: _PriorityLike) -> int: ...
     def __len__(self) -> int: ...
     def __bool__(self) -> bool: ...
     @property

@@ -1,5 +1,6 @@
 """LLM backends: the base class and the built-in ones."""
-from .base import Completion, LlmBackend
+
+from .base import Completion, CompletionRequest, LlmBackend
 from .echo import EchoBackend
 
-__all__ = ["Completion", "LlmBackend", "EchoBackend"]
+__all__ = ["Completion", "CompletionRequest", "EchoBackend", "LlmBackend"]

@@ -1,10 +1,34 @@
-"""The contract every LLM backend fulfils (the Python form of the manual's `LlmBackend` trait)."""
+"""The contract every LLM backend fulfils (the Python form of the manual's `LlmBackend` trait).
+
+Values at the bottom: what is asked (`CompletionRequest`), what comes back
+(`Completion`, `StreamedCompletion`, `ModelInfo`), and the one family of errors a
+backend may raise (`BackendError` and its subclasses), which the request path
+maps to fixed public answers while the message, with its detail, goes to the logs.
+"""
+
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, Self
+
+REDACTED = "<redacted>"
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """One completion to ask a backend for: the model's name as the backend knows it,
+    the user prompt, and the optional system prompt and sampling settings (None: the
+    backend's default). One value instead of five arguments, so a wrapper (limits,
+    device pool) passes the request on whole and a new field reaches every backend."""
+
+    model: str
+    prompt: str
+    system_prompt: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -20,10 +44,38 @@ class Completion:
 # --- Errors every backend may raise (the serving path maps them to refusals) ---
 
 
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    """`text` with every occurrence of each non-empty secret replaced by `REDACTED`.
+
+    Backend error messages quote the backend's answer, and a backend may echo the
+    API key it was sent (an auth error saying which key it refused), so every
+    message built from a backend's answer goes through this before it can reach a
+    log. Longer secrets go first, so a secret that contains another is replaced whole.
+    """
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def excerpt(text: str, limit: int = 300) -> str:
+    """At most `limit` characters of `text`, stripped, "..." marking a cut: a backend's
+    body in an error message is there to help the operator, not to fill the log."""
+    text = text.strip()
+    return text if len(text) <= limit else text[:limit].rstrip() + "..."
+
+
 class BackendError(Exception):
     """A backend could not produce an answer. `status` is the HTTP status when one
     came back, `attempts` how many tries were made; the underlying exception (if
-    any) is chained as `__cause__`."""
+    any) is chained as `__cause__`.
+
+    The message is for the operator's logs (URL, status, an excerpt of the body,
+    secrets redacted); the request path answers a client with a fixed sentence
+    chosen by the class, not with this message (only our own `[openai_limits]`
+    refusals are sent as written: they name our configured limit, nothing internal).
+    Every failure of a built-in backend is one of these classes, so the class
+    alone says what happened.
+    """
 
     retryable = False
 
@@ -58,7 +110,7 @@ class BackendRateLimited(BackendError):
 
     retryable = True
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
 
@@ -68,7 +120,7 @@ class UsageLimitExceeded(BackendRateLimited):
     refused before the backend is called. `limit` names the setting, `retry_after` is
     the seconds until the same request would pass (`math.inf`: it never can)."""
 
-    def __init__(self, message: str, *, limit: str, retry_after: float | None = None, **kw) -> None:
+    def __init__(self, message: str, *, limit: str, retry_after: float | None = None, **kw: Any) -> None:
         super().__init__(message, retry_after=retry_after, **kw)
         self.limit = limit
 
@@ -77,7 +129,7 @@ class BudgetExceeded(BackendError):
     """The `[openai_limits] max_cost_per_day_usd` budget would be exceeded; refused before
     the backend is called. `retry_after` is the seconds until the budget resets (UTC midnight)."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
 
@@ -180,6 +232,7 @@ class CompletionStream:
             return item
 
     async def collect(self) -> StreamedCompletion:
+        """Read the stream to its end; the whole answer with its usage and timings."""
         async for _ in self:
             pass
         assert self.completion is not None
@@ -190,23 +243,31 @@ class CompletionStream:
         if aclose is not None:
             await aclose()
 
-    async def __aenter__(self) -> CompletionStream:
+    async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
 
 class LlmBackend(ABC):
+    """An LLM server as the executor sees it: completions, a model listing, optional streaming.
+
+    Built-in kinds are in `registry.py`; a custom backend (a `package.module:Class`
+    kind, or one published under the `lloom_executor.backends` entry-point group)
+    subclasses this and implements at least::
+
+        async def complete(self, request: CompletionRequest) -> Completion: ...
+        async def list_models(self) -> list[str]: ...
+
+    `complete` takes one `CompletionRequest` (model, prompt, system_prompt,
+    temperature, max_tokens); the older five-argument form is gone. It should raise
+    the `BackendError` family for its failures: the request path answers those with
+    a fixed sentence per class, and anything else as an internal error.
+    """
+
     @abstractmethod
-    async def complete(
-        self,
-        model: str,
-        prompt: str,
-        system_prompt: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-    ) -> Completion: ...
+    async def complete(self, request: CompletionRequest) -> Completion: ...
 
     @abstractmethod
     async def list_models(self) -> list[str]: ...
@@ -215,36 +276,23 @@ class LlmBackend(ABC):
         """Per-model details; the default knows only the names."""
         return [ModelInfo(id=name) for name in await self.list_models()]
 
-    def stream(
-        self,
-        model: str,
-        prompt: str,
-        system_prompt: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-    ) -> CompletionStream:
+    def stream(self, request: CompletionRequest) -> CompletionStream:
         """Content deltas as they come. The default runs `complete` and yields its
         whole answer as one delta (so ttft is the full latency)."""
 
         async def source(stream: CompletionStream) -> AsyncIterator[str | Usage]:
-            done = await self.complete(model, prompt, system_prompt, temperature, max_tokens)
+            done = await self.complete(request)
             stream.model = done.model
             yield done.content
             yield Usage(done.inbound_tokens, done.outbound_tokens)
 
-        return CompletionStream(model, source)
+        return CompletionStream(request.model, source)
 
-    async def complete_streaming(
-        self,
-        model: str,
-        prompt: str,
-        system_prompt: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-    ) -> StreamedCompletion:
+    async def complete_streaming(self, request: CompletionRequest) -> StreamedCompletion:
         """`complete` over `stream`, with the time to first token measured."""
-        async with self.stream(model, prompt, system_prompt, temperature, max_tokens) as s:
+        async with self.stream(request) as s:
             return await s.collect()
 
     async def close(self) -> None:
+        """Release connections; the default holds none."""
         return None

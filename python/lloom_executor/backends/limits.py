@@ -8,7 +8,7 @@ reaches the backend when it would break one of:
   one minute's worth of requests, refilled continuously (rpm/60 per second).
 * `max_tokens_per_minute` -- a second bucket of one minute's worth of tokens. A
   request costs its prompt tokens, counted natively with `cl100k_base`
-  (system prompt + "\\n" + prompt, the rule `serving.py` uses), plus the
+  (system prompt + "\\n" + prompt, the rule `serving/admission.py` uses), plus the
   `max_tokens` it asks for (0 when it asks none): the worst case, which is also
   how OpenAI counts a request against its own TPM limit. Nothing is refunded when
   the answer is shorter. A request needing more than one minute's worth can never
@@ -29,13 +29,15 @@ reaches the backend when it would break one of:
 
 A refusal raises `UsageLimitExceeded` (a `BackendRateLimited`, naming the limit,
 with `retry_after` seconds) or `BudgetExceeded` (`retry_after` = seconds to UTC
-midnight); their messages say which limit and when it frees up, and the serving
-path sends them to the client as the signed error "backend error: <message>".
+midnight); their messages say which limit and when it frees up. They are
+`BackendError`s, so the request path refuses them like any backend failure, by
+class (`UsageLimitExceeded` and `BudgetExceeded` as usage limits).
 
 Wiring (in `service.py`): `backend = with_limits(backend, config.openai_limits)`,
 which returns the backend unchanged when no limit is set. One event loop only
 (the Cython limiter is not thread-safe).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -55,6 +57,7 @@ from .base import (
     BackendTimeout,
     BudgetExceeded,
     Completion,
+    CompletionRequest,
     CompletionStream,
     LlmBackend,
     ModelInfo,
@@ -85,7 +88,7 @@ def unpriced_models(limits: OpenAiLimitsConfig, model_names: list[str]) -> list[
     return [name for name in model_names if name not in limits.model_prices_usd]
 
 
-def _usd(value: float | int | Decimal) -> Decimal:
+def _usd(value: float | Decimal) -> Decimal:
     return value if isinstance(value, Decimal) else Decimal(str(value))
 
 
@@ -115,10 +118,14 @@ def parse_prices(table: dict[str, dict[str, float]]) -> dict[str, ModelPrice]:
     out = {}
     for model, entry in table.items():
         if not isinstance(entry, dict):
-            raise ValueError(f"[openai_limits].model_prices_usd.{model}: expected a table with {' and '.join(PRICE_KEYS)}")
+            raise ValueError(  # a config value of the wrong shape, reported like every config error
+                f"[openai_limits].model_prices_usd.{model}: expected a table with {' and '.join(PRICE_KEYS)}"
+            )
         unknown = set(entry) - set(PRICE_KEYS)
         if unknown:
-            raise ValueError(f"[openai_limits].model_prices_usd.{model}: unknown key(s) {sorted(unknown)}; use {' and '.join(PRICE_KEYS)}")
+            raise ValueError(
+                f"[openai_limits].model_prices_usd.{model}: unknown key(s) {sorted(unknown)}; use {' and '.join(PRICE_KEYS)}"
+            )
         values = {}
         for key in PRICE_KEYS:
             raw = entry.get(key, 0)
@@ -199,10 +206,11 @@ class LimitedBackend(LlmBackend):
     def _refuse(self, limit: str) -> None:
         self.refusals[limit] = self.refusals.get(limit, 0) + 1
 
-    def admit(self, model: str, prompt: str, system_prompt: str | None, max_tokens: int | None) -> _Ticket:
+    def admit(self, request: CompletionRequest) -> _Ticket:
         """Check every limit without spending; then debit them all. Raises on the first limit hit."""
-        prompt_tokens = self.prompt_tokens(prompt, system_prompt)
-        out_tokens = max_tokens or 0
+        model = request.model
+        prompt_tokens = self.prompt_tokens(request.prompt, request.system_prompt)
+        out_tokens = request.max_tokens or 0
         reserve = Decimal(0)
         if self.budget is not None:
             self._roll()
@@ -242,9 +250,14 @@ class LimitedBackend(LlmBackend):
                 tpm = self.limits.max_tokens_per_minute
                 need = f"this request needs {tokens} tokens (prompt {prompt_tokens} + max_tokens {out_tokens})"
                 if math.isinf(wait):
-                    message = f"[openai_limits] {need}, more than max_tokens_per_minute = {tpm} allows; it can never pass (ask fewer max_tokens)"
+                    message = (
+                        f"[openai_limits] {need}, more than max_tokens_per_minute = {tpm} allows; "
+                        "it can never pass (ask fewer max_tokens)"
+                    )
                 else:
-                    message = f"[openai_limits] max_tokens_per_minute = {tpm} reached: {need}; enough are free in {_fmt_wait(wait)}"
+                    message = (
+                        f"[openai_limits] max_tokens_per_minute = {tpm} reached: {need}; enough are free in {_fmt_wait(wait)}"
+                    )
                 raise UsageLimitExceeded(message, limit="max_tokens_per_minute", retry_after=wait)
         if self._requests is not None:
             self._requests.try_acquire(_KEY, 1, 0)
@@ -303,38 +316,24 @@ class LimitedBackend(LlmBackend):
         return out
 
     # ------------------------------------------------------------------ LlmBackend
-    async def complete(
-        self,
-        model: str,
-        prompt: str,
-        system_prompt: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-    ) -> Completion:
-        ticket = self.admit(model, prompt, system_prompt, max_tokens)
+    async def complete(self, request: CompletionRequest) -> Completion:
+        ticket = self.admit(request)
         try:
-            done = await self.inner.complete(model, prompt, system_prompt, temperature, max_tokens)
+            done = await self.inner.complete(request)
         except BaseException as exc:
             self.release(ticket, exc)
             raise
         self.settle(ticket, done.inbound_tokens, done.outbound_tokens, done.content)
         return done
 
-    def stream(
-        self,
-        model: str,
-        prompt: str,
-        system_prompt: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-    ) -> CompletionStream:
+    def stream(self, request: CompletionRequest) -> CompletionStream:
         """The inner stream, admitted when the request goes out (the first `__anext__`)."""
 
         async def source(cs: CompletionStream) -> AsyncIterator[str | Usage]:
-            ticket = self.admit(model, prompt, system_prompt, max_tokens)
+            ticket = self.admit(request)
             failure: BaseException | None = None
             try:
-                async with self.inner.stream(model, prompt, system_prompt, temperature, max_tokens) as inner:
+                async with self.inner.stream(request) as inner:
                     async for delta in inner:
                         yield delta
                     cs.model = inner.model
@@ -349,7 +348,7 @@ class LimitedBackend(LlmBackend):
                 if ticket.open:  # failed, or abandoned mid-stream (billable)
                     self.release(ticket, failure if failure is not None else GeneratorExit())
 
-        return CompletionStream(model, source)
+        return CompletionStream(request.model, source)
 
     async def list_models(self) -> list[str]:
         return await self.inner.list_models()

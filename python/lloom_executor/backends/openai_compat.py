@@ -4,32 +4,40 @@ One pooled `httpx.AsyncClient` (keep-alive) per backend. Every call has a total
 time budget of `timeout_secs` covering all its attempts; connect errors, 429 and
 5xx are retried up to `max_retries` times with exponential backoff plus jitter,
 honouring `Retry-After` (seconds or HTTP date) when the server sends one. Other
-4xx are never retried. Failures surface as the `BackendError` family in
-`base.py`, with the underlying exception chained as `__cause__`.
+4xx are never retried.
+
+Every failure surfaces as one class of the `BackendError` family in `base.py`
+(never a bare httpx error or a KeyError), with the underlying exception chained
+as `__cause__` and a message for the operator's log: the URL, the status, an
+excerpt of the body. A backend may echo our credentials back (an auth error
+quoting the key it refused), so every message is passed through `redact` with
+the API key, the credential-like headers and any password or key in `base_url`.
+Where the answer had begun (its head arrived) a broken body is a
+`BackendProtocolError` and is not retried: the backend may have done, and
+billed, the work.
 
 Token usage comes from the server's `usage` block; where it is missing, the
 native tokenizer counts (`cl100k_base` by default: system + "\\n" + prompt for
-the inbound side, the answer for the outbound side, the rule `serving.py` uses).
+the inbound side, the answer for the outbound side, the rule `serving/admission.py` uses).
 
 asyncio only (plain loop or uvloop); not for use from trio.
 """
+
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import math
 import random
 import re
 import time
-from collections.abc import AsyncIterator
-from contextlib import aclosing
-from datetime import datetime, timezone
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import aclosing, contextmanager
+from typing import Any, Self
 
 import httpx
 import orjson
 
 from .. import _native
+from ..retry_after import parse_retry_after
 from .base import (
     BackendAuthError,
     BackendError,
@@ -40,41 +48,21 @@ from .base import (
     BackendTimeout,
     BackendUnavailable,
     Completion,
+    CompletionRequest,
     CompletionStream,
     LlmBackend,
     ModelInfo,
     ModelNotAvailable,
     Usage,
+    excerpt,
+    redact,
 )
 
 BACKEND_TYPES = ("openai", "lmstudio")
 DEFAULT_TOKEN_ENCODING = "cl100k_base"
-_MODEL_MISSING = re.compile(r"model.*(not (found|loaded|exist)|does not exist|no such)|no models? (is )?loaded", re.I)
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP date. None if absent/unparsable."""
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        secs = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, secs) if math.isfinite(secs) else None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    now = now or datetime.now(timezone.utc)
-    return max(0.0, (when - now).total_seconds())
+BODY_EXCERPT_CHARS = 300  # of a backend's answer quoted in an error message
+_MODEL_MISSING = re.compile(r"model.*(not (found|loaded|exist)|does not exist|no such)|no models? (is )?loaded", re.IGNORECASE)
+_SECRET_NAME = re.compile(r"auth|key|token|secret|cookie|signature|password", re.IGNORECASE)
 
 
 def _count(text: str, encoding: str) -> int:
@@ -87,24 +75,39 @@ def _int_or_none(value: Any) -> int | None:
     return None
 
 
-def _error_detail(resp: httpx.Response) -> tuple[str, str | None]:
-    """(message, code) from an error body in OpenAI / LM Studio shape, else the raw text."""
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _describe(exc: BaseException) -> str:
+    """httpx's own text, or the exception's class when it has none (a bare timeout)."""
+    return str(exc) or type(exc).__name__
+
+
+def credential_values(api_key: str | None, base_url: str, headers: dict[str, str]) -> list[str]:
+    """What must never appear in a message: the API key, the value of every header named
+    like a credential (and its token without the "Bearer "/"Basic " scheme), and the
+    password and key-like query values of `base_url`."""
+    secrets = [api_key] if api_key else []
+    for name, value in headers.items():
+        if _SECRET_NAME.search(name) and value:
+            secrets.append(value)
+            scheme, _, token = value.partition(" ")
+            if token and scheme.isalpha():
+                secrets.append(token.strip())
     try:
-        data = orjson.loads(resp.content)
-    except ValueError:
-        return resp.text[:300].strip() or resp.reason_phrase, None
-    if isinstance(data, dict):
-        err = data.get("error", data)
-        if isinstance(err, dict):
-            message = err.get("message") or err.get("detail") or str(err)[:300]
-            code = err.get("code") or err.get("type")
-            return str(message), str(code) if code is not None else None
-        if isinstance(err, str):
-            return err, None
-    return str(data)[:300], None
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, ValueError):
+        return secrets
+    if url.password:
+        secrets.append(url.password)
+    secrets += [value for name, value in url.params.multi_items() if _SECRET_NAME.search(name) and value]
+    return secrets
 
 
 class OpenAICompatibleBackend(LlmBackend):
+    """An OpenAI-wire chat-completions server (see the module doc)."""
+
     def __init__(
         self,
         base_url: str = "http://localhost:1234/v1",
@@ -135,10 +138,7 @@ class OpenAICompatibleBackend(LlmBackend):
         if not base_url or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
         self.base_url = base_url.rstrip("/")
-        root = self.base_url
-        if root.endswith("/v1"):
-            root = root[: -len("/v1")]
-        self.root_url = root
+        self.root_url = self.base_url.removesuffix("/v1")
         self.api_key = api_key or None
         self.timeout_secs = float(timeout_secs)
         self.max_retries = int(max_retries)
@@ -151,6 +151,7 @@ class OpenAICompatibleBackend(LlmBackend):
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         headers.update(extra_headers or {})
+        self._secrets = credential_values(self.api_key, self.base_url, headers)
         self._client = httpx.AsyncClient(
             headers=headers,
             timeout=httpx.Timeout(self.timeout_secs, connect=min(connect_timeout_secs, self.timeout_secs)),
@@ -165,180 +166,111 @@ class OpenAICompatibleBackend(LlmBackend):
         )
 
     def __repr__(self) -> str:
-        return f"OpenAICompatibleBackend({self.base_url!r}, backend_type={self.backend_type!r})"
+        return f"OpenAICompatibleBackend({self._redact(self.base_url)!r}, backend_type={self.backend_type!r})"
 
     # ------------------------------------------------------------------ public API
 
-    async def complete(
-        self,
-        model: str,
-        prompt: str,
-        system_prompt: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-    ) -> Completion:
-        deadline = time.monotonic() + self.timeout_secs
-        body = self._chat_body(model, prompt, system_prompt, temperature, max_tokens, stream=False)
-        resp = await self._send("POST", self.base_url + "/chat/completions", body, deadline, chat=True)
-        data = self._json(resp)
-        content, reported_model, usage = self._parse_chat(data)
-        inbound, outbound = self._fill_usage(usage, prompt, system_prompt, content)
-        return Completion(content=content, model=reported_model or model, inbound_tokens=inbound, outbound_tokens=outbound)
+    async def complete(self, request: CompletionRequest) -> Completion:
+        with self._failures():
+            deadline = time.monotonic() + self.timeout_secs
+            url = self.base_url + "/chat/completions"
+            resp = await self._send("POST", url, self._chat_body(request, stream=False), deadline, chat=True)
+            content, reported_model, usage = self._parse_chat(self._json(resp, url))
+            inbound, outbound = self._fill_usage(usage, request, content)
+        return Completion(
+            content=content, model=reported_model or request.model, inbound_tokens=inbound, outbound_tokens=outbound
+        )
 
-    def stream(
-        self,
-        model: str,
-        prompt: str,
-        system_prompt: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-    ) -> CompletionStream:
+    def stream(self, request: CompletionRequest) -> CompletionStream:
         """SSE streaming: yields content deltas; the final `Usage` (server's, else native
         counts) and the time to first token land on the returned `CompletionStream`."""
-        body = self._chat_body(model, prompt, system_prompt, temperature, max_tokens, stream=True)
 
         def factory(cs: CompletionStream) -> AsyncIterator[str | Usage]:
-            return self._stream_source(cs, body, prompt, system_prompt)
+            return self._stream_source(cs, request)
 
-        return CompletionStream(model, factory)
+        return CompletionStream(request.model, factory)
 
     async def list_models(self) -> list[str]:
-        return [info.id for info in await self._v1_models()]
+        with self._failures():
+            return [info.id for info in await self._v1_models()]
 
     async def model_details(self) -> list[ModelInfo]:
         """LM Studio: its REST listing /api/v0/models (state, context length, arch,
         quantization), falling back to /v1/models when that is absent (404/405).
         OpenAI: /v1/models (ids and owners only)."""
-        if self.backend_type == "lmstudio":
-            deadline = time.monotonic() + self.timeout_secs
-            try:
-                resp = await self._send("GET", self.root_url + "/api/v0/models", None, deadline)
-            except BackendRequestError as exc:
-                if exc.status not in (404, 405):
-                    raise
-            else:
-                return [self._lmstudio_info(item) for item in self._model_list(self._json(resp))]
-        return await self._v1_models()
+        with self._failures():
+            if self.backend_type == "lmstudio":
+                deadline = time.monotonic() + self.timeout_secs
+                url = self.root_url + "/api/v0/models"
+                try:
+                    resp = await self._send("GET", url, None, deadline)
+                except BackendRequestError as exc:
+                    if exc.status not in (404, 405):
+                        raise
+                else:
+                    return [self._lmstudio_info(item) for item in self._model_list(self._json(resp, url))]
+            return await self._v1_models()
 
     async def close(self) -> None:
         await self._client.aclose()
 
-    async def __aenter__(self) -> OpenAICompatibleBackend:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    # ------------------------------------------------------------------ request building / parsing
+    # ------------------------------------------------------------------ errors
 
-    def _chat_body(
-        self,
-        model: str,
-        prompt: str,
-        system_prompt: str | None,
-        temperature: float | None,
-        max_tokens: int | None,
-        *,
-        stream: bool,
-    ) -> dict[str, Any]:
-        messages = []
-        if system_prompt:
-            messages.append({"role": "system", "content": system_prompt})
-        messages.append({"role": "user", "content": prompt})
-        body: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
-        if temperature is not None:
-            body["temperature"] = temperature
-        if max_tokens is not None:
-            body[self.max_tokens_field] = max_tokens
-        if stream:
-            body["stream_options"] = {"include_usage": True}
-        return body
+    def _redact(self, text: str) -> str:
+        return redact(text, self._secrets)
 
-    @staticmethod
-    def _json(resp: httpx.Response) -> Any:
+    def _quote(self, text: str, limit: int = BODY_EXCERPT_CHARS) -> str:
+        """A bounded excerpt of backend-supplied text, redacted before it is cut (a key
+        cut in half at the edge would no longer match)."""
+        return excerpt(self._redact(text), limit)
+
+    @contextmanager
+    def _failures(self) -> Iterator[None]:
+        """Around every public call: its `BackendError` leaves with the message redacted,
+        and anything else (an httpx surprise, a bug of ours) as a plain `BackendError`
+        chaining it, so a caller needs to handle one family only."""
         try:
-            return orjson.loads(resp.content)
-        except ValueError as exc:
-            raise BackendProtocolError(
-                f"backend answered {resp.status_code} with malformed JSON: {resp.text[:120]!r}", status=resp.status_code
-            ) from exc
+            yield
+        except BackendError as exc:
+            exc.args = tuple(self._redact(a) if isinstance(a, str) else a for a in exc.args)
+            raise
+        except Exception as exc:
+            raise BackendError(self._redact(f"{self.base_url}: unexpected {type(exc).__name__}: {exc}")) from exc
 
-    @staticmethod
-    def _parse_chat(data: Any) -> tuple[str, str | None, dict]:
-        if not isinstance(data, dict):
-            raise BackendProtocolError(f"chat completion is not a JSON object: {str(data)[:120]}")
-        choices = data.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise BackendProtocolError(f"chat completion without choices: {str(data)[:120]}")
-        choice = choices[0]
-        message = choice.get("message")
-        if isinstance(message, dict) and "content" in message:
-            content = message["content"]
-        elif "text" in choice:
-            content = choice["text"]
-        else:
-            raise BackendProtocolError(f"chat completion choice without message content: {str(choice)[:120]}")
-        if content is None:
-            content = ""
-        if not isinstance(content, str):
-            raise BackendProtocolError(f"chat completion content is not a string: {type(content).__name__}")
-        model = data.get("model") if isinstance(data.get("model"), str) else None
-        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-        return content, model, usage
+    def _error_detail(self, resp: httpx.Response) -> tuple[str, str | None]:
+        """(message, code) from an error body in OpenAI / LM Studio shape, else the raw
+        text; the message whole (for matching), not yet redacted or cut."""
+        try:
+            data = orjson.loads(resp.content)
+        except ValueError:
+            return resp.text.strip() or resp.reason_phrase, None
+        if isinstance(data, dict):
+            err = data.get("error", data)
+            if isinstance(err, dict):
+                message = err.get("message") or err.get("detail") or str(err)
+                code = err.get("code") or err.get("type")
+                return str(message), str(code) if code is not None else None
+            if isinstance(err, str):
+                return err, None
+        return str(data), None
 
-    def _fill_usage(self, usage: dict, prompt: str, system_prompt: str | None, content: str) -> tuple[int, int]:
-        inbound = _int_or_none(usage.get("prompt_tokens"))
-        outbound = _int_or_none(usage.get("completion_tokens"))
-        if inbound is None:
-            text = prompt if system_prompt is None else system_prompt + "\n" + prompt
-            inbound = _count(text, self.token_encoding)
-        if outbound is None:
-            outbound = _count(content, self.token_encoding)
-        return inbound, outbound
-
-    @staticmethod
-    def _model_list(data: Any) -> list[dict]:
-        items = data.get("data") if isinstance(data, dict) else data
-        if not isinstance(items, list):
-            raise BackendProtocolError(f"model listing without a data list: {str(data)[:120]}")
-        out = [item for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)]
-        if len(out) != len(items):
-            raise BackendProtocolError("model listing has entries without a string id")
-        return out
-
-    @staticmethod
-    def _lmstudio_info(item: dict) -> ModelInfo:
-        state = item.get("state")
-        loaded = True if state == "loaded" else False if state == "not-loaded" else None
-        return ModelInfo(
-            id=item["id"],
-            loaded=loaded,
-            context_length=_int_or_none(item.get("max_context_length")),
-            architecture=item.get("arch"),
-            type=item.get("type"),
-            quantization=item.get("quantization"),
-            publisher=item.get("publisher"),
-            owned_by=item.get("owned_by"),
-        )
-
-    async def _v1_models(self) -> list[ModelInfo]:
-        deadline = time.monotonic() + self.timeout_secs
-        resp = await self._send("GET", self.base_url + "/models", None, deadline)
-        return [
-            ModelInfo(
-                id=item["id"],
-                owned_by=item.get("owned_by"),
-                context_length=_int_or_none(item.get("context_length") or item.get("max_model_len")),
-            )
-            for item in self._model_list(self._json(resp))
-        ]
-
-    # ------------------------------------------------------------------ transport with retries
-
-    def _status_error(self, resp: httpx.Response, *, chat: bool, attempts: int) -> BackendError:
+    def _status_error(self, resp: httpx.Response, url: str, *, chat: bool, attempts: int) -> BackendError:
         status = resp.status_code
-        message, code = _error_detail(resp)
-        text = f"backend answered {status}: {message}"
+        message, code = self._error_detail(resp)
+        text = f"{url} answered {status}: {self._quote(message)}"
+        if status < 400:
+            location = self._redact(resp.headers.get("location", "?"))
+            return BackendRequestError(
+                f"{url} answered {status}, a redirect to {location}; set base_url to the API's own address",
+                status=status,
+                attempts=attempts,
+            )
         if status in (401, 403):
             return BackendAuthError(text, status=status, attempts=attempts)
         if status == 429:
@@ -353,15 +285,154 @@ class OpenAICompatibleBackend(LlmBackend):
             return BackendTimeout(text, status=status, attempts=attempts)
         return BackendRequestError(text, status=status, attempts=attempts)
 
+    def _transport_error(self, exc: Exception, url: str, resp: httpx.Response | None) -> BackendError:
+        """The `BackendError` for an exception while talking to `url`; `resp` is the
+        answer whose head had arrived (None: it had not)."""
+        status = resp.status_code if resp is not None else None
+        if isinstance(exc, (TimeoutError, httpx.TimeoutException)) and not isinstance(exc, httpx.ConnectTimeout):
+            what = "no complete answer" if resp is not None else "no answer"
+            return BackendTimeout(f"{what} from {url} within {self.timeout_secs:g} s", status=status)
+        if resp is None:
+            if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+                return BackendUnavailable(f"cannot connect to {url}: {_describe(exc)}")
+            if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError)):
+                return BackendUnavailable(f"connection to {url} lost before an answer: {_describe(exc)}")
+        elif isinstance(exc, httpx.DecodingError):
+            return BackendProtocolError(f"answer from {url} could not be decoded: {_describe(exc)}", status=status)
+        elif isinstance(exc, httpx.TransportError):
+            return BackendProtocolError(f"answer from {url} cut short: {_describe(exc)}", status=status)
+        if isinstance(exc, httpx.HTTPError):
+            return BackendError(f"request to {url} failed: {type(exc).__name__}: {_describe(exc)}", status=status)
+        return BackendError(f"request to {url} failed unexpectedly: {type(exc).__name__}: {exc}", status=status)
+
+    # ------------------------------------------------------------------ request building / parsing
+
+    def _chat_body(self, request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
+        messages = []
+        if request.system_prompt:
+            messages.append({"role": "system", "content": request.system_prompt})
+        messages.append({"role": "user", "content": request.prompt})
+        body: dict[str, Any] = {"model": request.model, "messages": messages, "stream": stream}
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.max_tokens is not None:
+            body[self.max_tokens_field] = request.max_tokens
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    def _json(self, resp: httpx.Response, url: str) -> Any:
+        try:
+            return orjson.loads(resp.content)
+        except ValueError as exc:
+            raise BackendProtocolError(
+                f"{url} answered {resp.status_code} with malformed JSON: {self._quote(resp.text, 120)!r}",
+                status=resp.status_code,
+            ) from exc
+
+    def _parse_chat(self, data: Any) -> tuple[str, str | None, dict[str, Any]]:
+        if not isinstance(data, dict):
+            raise BackendProtocolError(f"chat completion is not a JSON object: {self._quote(str(data), 120)}")
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise BackendProtocolError(f"chat completion without choices: {self._quote(str(data), 120)}")
+        choice = choices[0]
+        message = choice.get("message")
+        if isinstance(message, dict) and "content" in message:
+            content = message["content"]
+        elif "text" in choice:
+            content = choice["text"]
+        else:
+            raise BackendProtocolError(f"chat completion choice without message content: {self._quote(str(choice), 120)}")
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise BackendProtocolError(f"chat completion content is not a string: {type(content).__name__}")
+        model = _str_or_none(data.get("model"))
+        usage: dict[str, Any] = data["usage"] if isinstance(data.get("usage"), dict) else {}
+        return content, model, usage
+
+    def _fill_usage(self, usage: dict[str, Any], request: CompletionRequest, content: str) -> tuple[int, int]:
+        inbound = _int_or_none(usage.get("prompt_tokens"))
+        outbound = _int_or_none(usage.get("completion_tokens"))
+        if inbound is None:
+            system_prompt = request.system_prompt
+            text = request.prompt if system_prompt is None else system_prompt + "\n" + request.prompt
+            inbound = _count(text, self.token_encoding)
+        if outbound is None:
+            outbound = _count(content, self.token_encoding)
+        return inbound, outbound
+
+    def _model_list(self, data: Any) -> list[dict[str, Any]]:
+        items = data.get("data") if isinstance(data, dict) else data
+        if not isinstance(items, list):
+            raise BackendProtocolError(f"model listing without a data list: {self._quote(str(data), 120)}")
+        out = [item for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)]
+        if len(out) != len(items):
+            raise BackendProtocolError("model listing has entries without a string id")
+        return out
+
+    @staticmethod
+    def _lmstudio_info(item: dict[str, Any]) -> ModelInfo:
+        state = item.get("state")
+        loaded = True if state == "loaded" else False if state == "not-loaded" else None
+        return ModelInfo(
+            id=item["id"],
+            loaded=loaded,
+            context_length=_int_or_none(item.get("max_context_length")),
+            architecture=_str_or_none(item.get("arch")),
+            type=_str_or_none(item.get("type")),
+            quantization=_str_or_none(item.get("quantization")),
+            publisher=_str_or_none(item.get("publisher")),
+            owned_by=_str_or_none(item.get("owned_by")),
+        )
+
+    async def _v1_models(self) -> list[ModelInfo]:
+        deadline = time.monotonic() + self.timeout_secs
+        url = self.base_url + "/models"
+        resp = await self._send("GET", url, None, deadline)
+        return [
+            ModelInfo(
+                id=item["id"],
+                owned_by=_str_or_none(item.get("owned_by")),
+                context_length=_int_or_none(item.get("context_length") or item.get("max_model_len")),
+            )
+            for item in self._model_list(self._json(resp, url))
+        ]
+
+    # ------------------------------------------------------------------ transport with retries
+
     def _backoff(self, failures: int) -> float:
         cap = min(self.backoff_max_secs, self.backoff_base_secs * 2 ** (failures - 1))
         return cap / 2 + random.uniform(0, cap / 2)
+
+    async def _attempt(
+        self, method: str, url: str, content: bytes | None, headers: dict[str, str], remaining: float, *, read_body: bool
+    ) -> httpx.Response:
+        """One try: the response with its head read, and its body too unless `read_body`
+        is False (a stream) and the status is a success. Raises `BackendError`s."""
+        resp: httpx.Response | None = None
+        try:
+            async with asyncio.timeout(remaining):
+                request = self._client.build_request(method, url, content=content, headers=headers)
+                resp = await self._client.send(request, stream=True)
+                if read_body or resp.status_code >= 300:
+                    await resp.aread()
+        except Exception as exc:
+            if resp is not None:
+                await resp.aclose()
+            raise self._transport_error(exc, url, resp) from exc
+        except BaseException:
+            if resp is not None:
+                await resp.aclose()
+            raise
+        return resp
 
     async def _send(
         self,
         method: str,
         url: str,
-        body: dict | None,
+        body: dict[str, Any] | None,
         deadline: float,
         *,
         chat: bool = False,
@@ -378,38 +449,19 @@ class OpenAICompatibleBackend(LlmBackend):
             attempt += 1
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise BackendTimeout(f"no answer within {self.timeout_secs:g} s", attempts=attempt - 1)
+                raise BackendTimeout(f"no answer from {url} within {self.timeout_secs:g} s", attempts=attempt - 1)
             error: BackendError
             retry_after: float | None = None
             try:
-                async with asyncio.timeout(remaining):
-                    request = self._client.build_request(method, url, content=content, headers=headers)
-                    resp = await self._client.send(request, stream=True)
-                    try:
-                        if resp.status_code >= 400 or not stream:
-                            await resp.aread()
-                    except BaseException:
-                        await resp.aclose()
-                        raise
-            except (TimeoutError, httpx.PoolTimeout, httpx.ReadTimeout, httpx.WriteTimeout) as exc:
-                raise BackendTimeout(
-                    f"no answer from {url} within {self.timeout_secs:g} s", attempts=attempt
-                ) from exc
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                error = BackendUnavailable(f"cannot connect to {url}: {exc or type(exc).__name__}", attempts=attempt)
-                error.__cause__ = exc
-            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-                error = BackendUnavailable(
-                    f"connection to {url} lost before an answer: {exc or type(exc).__name__}", attempts=attempt
-                )
-                error.__cause__ = exc
-            except httpx.HTTPError as exc:
-                raise BackendError(f"request to {url} failed: {exc or type(exc).__name__}", attempts=attempt) from exc
+                resp = await self._attempt(method, url, content, headers, remaining, read_body=not stream)
+            except BackendError as exc:
+                exc.attempts = attempt
+                error = exc
             else:
-                if resp.status_code < 400:
+                if resp.status_code < 300:
                     return resp
                 await resp.aclose()
-                error = self._status_error(resp, chat=chat, attempts=attempt)
+                error = self._status_error(resp, url, chat=chat, attempts=attempt)
                 if resp.status_code == 429 or resp.status_code >= 500:
                     retry_after = parse_retry_after(resp.headers.get("retry-after"))
             if not error.retryable or attempt > self.max_retries:
@@ -422,49 +474,56 @@ class OpenAICompatibleBackend(LlmBackend):
                 raise error
             await asyncio.sleep(delay)
 
-    async def _stream_source(
-        self, cs: CompletionStream, body: dict, prompt: str, system_prompt: str | None
-    ) -> AsyncIterator[str | Usage]:
-        deadline = time.monotonic() + self.timeout_secs
-        resp = await self._send("POST", self.base_url + "/chat/completions", body, deadline, chat=True, stream=True)
-        parts: list[str] = []
-        usage: dict = {}
+    async def _read_rest(self, resp: httpx.Response, url: str, deadline: float) -> None:
+        """The rest of an answer whose head has arrived, within `deadline`."""
         try:
-            if resp.headers.get("content-type", "").startswith("application/json"):
-                # A server that ignores `stream: true` answers with one JSON body.
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 await resp.aread()
-                content, model, usage = self._parse_chat(self._json(resp))
-                cs.model = model or cs.model
-                parts.append(content)
-                yield content
-            else:
-                async with aclosing(self._sse_deltas(cs, resp, deadline, usage)) as deltas:
-                    async for delta in deltas:
-                        parts.append(delta)
-                        yield delta
-        finally:
-            await resp.aclose()
-        inbound, outbound = self._fill_usage(usage, prompt, system_prompt, "".join(parts))
-        yield Usage(inbound, outbound)
+        except Exception as exc:
+            raise self._transport_error(exc, url, resp) from exc
+
+    async def _stream_source(self, cs: CompletionStream, request: CompletionRequest) -> AsyncIterator[str | Usage]:
+        with self._failures():
+            deadline = time.monotonic() + self.timeout_secs
+            url = self.base_url + "/chat/completions"
+            body = self._chat_body(request, stream=True)
+            resp = await self._send("POST", url, body, deadline, chat=True, stream=True)
+            parts: list[str] = []
+            usage: dict[str, Any] = {}
+            try:
+                if resp.headers.get("content-type", "").startswith("application/json"):
+                    # A server that ignores `stream: true` answers with one JSON body.
+                    await self._read_rest(resp, url, deadline)
+                    content, model, usage = self._parse_chat(self._json(resp, url))
+                    cs.model = model or cs.model
+                    parts.append(content)
+                    yield content
+                else:
+                    async with aclosing(self._sse_deltas(cs, resp, url, deadline, usage)) as deltas:
+                        async for delta in deltas:
+                            parts.append(delta)
+                            yield delta
+            finally:
+                await resp.aclose()
+            inbound, outbound = self._fill_usage(usage, request, "".join(parts))
+            yield Usage(inbound, outbound)
 
     async def _sse_deltas(
-        self, cs: CompletionStream, resp: httpx.Response, deadline: float, usage: dict
-    ) -> AsyncIterator[str]:
+        self, cs: CompletionStream, resp: httpx.Response, url: str, deadline: float, usage: dict[str, Any]
+    ) -> AsyncGenerator[str, None]:
         lines = resp.aiter_lines()
         done = finished = False
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise BackendTimeout(f"stream not finished within {self.timeout_secs:g} s")
+                raise BackendTimeout(f"stream from {url} not finished within {self.timeout_secs:g} s", status=resp.status_code)
             try:
                 async with asyncio.timeout(remaining):
                     line = await lines.__anext__()
             except StopAsyncIteration:
                 break
-            except (TimeoutError, httpx.TimeoutException) as exc:
-                raise BackendTimeout(f"stream not finished within {self.timeout_secs:g} s") from exc
-            except httpx.HTTPError as exc:
-                raise BackendProtocolError(f"stream cut short: {exc or type(exc).__name__}") from exc
+            except Exception as exc:
+                raise self._transport_error(exc, url, resp) from exc
             if not line.startswith("data:"):
                 continue  # blank separators, comments (":"), event:/id:/retry: fields
             payload = line[5:].strip()
@@ -475,12 +534,13 @@ class OpenAICompatibleBackend(LlmBackend):
             try:
                 chunk = orjson.loads(payload)
             except ValueError as exc:
-                raise BackendProtocolError(f"malformed JSON in stream: {payload[:120]!r}") from exc
+                raise BackendProtocolError(f"malformed JSON in stream from {url}: {self._quote(payload, 120)!r}") from exc
             if not isinstance(chunk, dict):
-                raise BackendProtocolError(f"stream chunk is not a JSON object: {payload[:120]!r}")
+                raise BackendProtocolError(f"stream chunk from {url} is not a JSON object: {self._quote(payload, 120)!r}")
             if "error" in chunk:
-                message = chunk["error"].get("message") if isinstance(chunk["error"], dict) else chunk["error"]
-                raise BackendServerError(f"backend reported an error mid-stream: {message}")
+                err = chunk["error"]
+                message = err.get("message") if isinstance(err, dict) else err
+                raise BackendServerError(f"{url} reported an error mid-stream: {self._quote(str(message))}")
             if isinstance(chunk.get("model"), str):
                 cs.model = chunk["model"]
             if isinstance(chunk.get("usage"), dict):
@@ -495,7 +555,7 @@ class OpenAICompatibleBackend(LlmBackend):
                 if choice.get("finish_reason"):
                     finished = True
         if not done and not finished:
-            raise BackendProtocolError("stream ended before [DONE] / finish_reason")
+            raise BackendProtocolError(f"stream from {url} ended before [DONE] / finish_reason")
 
     @staticmethod
     async def _drain(lines: AsyncIterator[str], deadline: float, limit_secs: float = 1.0) -> None:

@@ -7,7 +7,8 @@ Kinds:
               http://localhost:1234/v1.
   "echo"      EchoBackend(models=[], latency_ms=0, tokens_per_second=None).
   "pkg.module:Class"  any importable LlmBackend subclass (or factory returning one),
-              called with **options.
+              called with **options. Its `complete` takes one
+              `CompletionRequest` (see `LlmBackend` in base.py).
   other names registered with `register_backend` or published by an installed
               distribution under the entry-point group "lloom_executor.backends"
               (name = kind, value = "module:Class").
@@ -15,6 +16,7 @@ Kinds:
 Options named like the `[llm_client]` table (base_url, api_key, timeout_secs,
 max_retries) pass straight through; a `backend` key is ignored (it is the kind).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -92,7 +94,7 @@ def load_object(spec: str) -> Any:
 
 def _instantiate(factory: Any, spec: str, options: dict[str, Any]) -> LlmBackend:
     if not callable(factory):
-        raise ValueError(f"backend {spec!r} is not a class or factory")
+        raise TypeError(f"backend {spec!r} is not a class or factory")
     backend = factory(**options)
     if not isinstance(backend, LlmBackend):
         raise TypeError(f"backend {spec!r} produced {type(backend).__name__}, not an LlmBackend")
@@ -100,7 +102,8 @@ def _instantiate(factory: Any, spec: str, options: dict[str, Any]) -> LlmBackend
 
 
 def create_backend(kind: str, **options: Any) -> LlmBackend:
-    """Build the backend named `kind` with `options`; ValueError for an unknown kind."""
+    """Build the backend named `kind` with `options`: ValueError for an unknown kind or a spec
+    that does not import, TypeError for one that is not a factory of `LlmBackend`s."""
     options.pop("backend", None)
     kind = kind.strip()
     if kind in _BUILTIN:

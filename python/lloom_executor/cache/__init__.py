@@ -12,6 +12,7 @@ are cacheable (by default temperature == 0 only; None counts as non-deterministi
 and how the key is formed, `base.py` for how sizes count, and each backend's module
 for how it evicts and what happens when its store fails.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +30,19 @@ from .redis_store import RedisCache
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "CacheStats", "DiskCache", "MemoryCache", "RedisCache", "ResponseCache", "build_cache", "cache_key",
-    "clean_cache", "decode_completion", "encode_completion", "entry_size", "is_deterministic", "max_bytes_for",
+    "CacheStats",
+    "DiskCache",
+    "MemoryCache",
+    "RedisCache",
+    "ResponseCache",
+    "build_cache",
+    "cache_key",
+    "clean_cache",
+    "decode_completion",
+    "encode_completion",
+    "entry_size",
+    "is_deterministic",
+    "max_bytes_for",
     "parse_age",
 ]
 
@@ -44,17 +56,24 @@ def build_cache(config: CacheConfig) -> ResponseCache | None:
     if config.backend == "memory":
         cache: ResponseCache = MemoryCache(max_bytes, config.ttl_seconds, deterministic_only=config.deterministic_only)
     elif config.backend == "disk":
-        cache = DiskCache(os.path.expanduser(config.path), max_bytes, config.ttl_seconds, deterministic_only=config.deterministic_only)
+        cache = DiskCache(
+            os.path.expanduser(config.path), max_bytes, config.ttl_seconds, deterministic_only=config.deterministic_only
+        )
     elif config.backend == "redis":
         cache = RedisCache(
-            config.redis.url, config.redis.prefix, max_bytes, config.ttl_seconds,
+            config.redis.url,
+            config.redis.prefix,
+            max_bytes,
+            config.ttl_seconds,
             deterministic_only=config.deterministic_only,
         )
     else:  # the schema's choices make this unreachable
         raise ValueError(f"unknown cache backend {config.backend!r}")
     log.info(
         "response cache: %s, %d bytes max, ttl %d s, %s",
-        config.backend, max_bytes, config.ttl_seconds,
+        config.backend,
+        max_bytes,
+        config.ttl_seconds,
         "temperature-0 requests only" if config.deterministic_only else "all requests",
     )
     return cache
@@ -84,4 +103,3 @@ async def clean_cache(config: CacheConfig, older_than_secs: float) -> int:
         return await cache.clean(older_than_secs)
     finally:
         await cache.close()
-

@@ -8,6 +8,7 @@ Sizes: an entry counts `len(key) + len(encoded value)` bytes (the payload, not t
 store's own per-entry overhead), and `max_size_gb` is in decimal gigabytes
 (1 GB = 10**9 bytes). An entry larger than the whole budget is not stored.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -93,8 +94,17 @@ class Counters:
 
     def snapshot(self, backend: str, available: bool, max_bytes: int) -> CacheStats:
         return CacheStats(
-            backend, available, self.entries, self.size_bytes, max_bytes,
-            self.hits, self.misses, self.stores, self.evictions, self.expirations, self.errors,
+            backend,
+            available,
+            self.entries,
+            self.size_bytes,
+            max_bytes,
+            self.hits,
+            self.misses,
+            self.stores,
+            self.evictions,
+            self.expirations,
+            self.errors,
         )
 
 

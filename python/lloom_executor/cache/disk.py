@@ -16,6 +16,7 @@ A crash between renaming a file in and committing its row leaves an orphan file;
 `clean()` removes those. SQLite work runs on one private thread so the event loop
 never waits on disk; a request waits at most `op_timeout` for it, then it's a miss.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -204,9 +205,7 @@ class DiskCache(KeyedCache):
         if stored_at is None:
             row = conn.execute("DELETE FROM entries WHERE key = ? RETURNING size", (key,)).fetchone()
         else:
-            row = conn.execute(
-                "DELETE FROM entries WHERE key = ? AND stored_at = ? RETURNING size", (key, stored_at)
-            ).fetchone()
+            row = conn.execute("DELETE FROM entries WHERE key = ? AND stored_at = ? RETURNING size", (key, stored_at)).fetchone()
         if row is None:
             return False
         conn.execute("UPDATE totals SET size = size - ?, entries = entries - 1 WHERE id = 1", (row[0],))

@@ -22,6 +22,7 @@ NON-deterministic, because the backend then samples with its own default (usuall
 1.0). With `deterministic_only = false` every request is cacheable, whatever its
 temperature. A NaN or infinite temperature is never cacheable.
 """
+
 from __future__ import annotations
 
 import hashlib

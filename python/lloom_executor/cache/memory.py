@@ -4,6 +4,7 @@ Per worker process (nothing is shared between workers); lost on restart. All wor
 is synchronous dict operations, so it never blocks the event loop for long and
 needs no lock: asyncio runs each call to completion between awaits.
 """
+
 from __future__ import annotations
 
 import time

@@ -25,6 +25,7 @@ unavailable and logs that once; the node keeps serving without it. While down, g
 and put return at once (miss / no-op) and a background ping retries with exponential
 backoff (0.5 s doubling to 30 s); the first success logs the recovery.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -66,7 +67,9 @@ end
 """
 
 # KEYS: lru, stored, sizes, totals, entry   ARGV: prefix, member, value, ttl s, size, max bytes, purge batch
-_PUT = _FORGET + """
+_PUT = (
+    _FORGET
+    + """
 local now = now_ms()
 local ttl = tonumber(ARGV[4])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - ttl * 1000, 'LIMIT', 0, tonumber(ARGV[7]))
@@ -95,6 +98,7 @@ end
 local totals = redis.call('HMGET', KEYS[4], 'size', 'entries')
 return {stored, evicted, #expired, tonumber(totals[1]) or 0, tonumber(totals[2]) or 0}
 """
+)
 
 # KEYS: lru, totals, entry   ARGV: member
 _GET = """
@@ -107,7 +111,9 @@ return value
 """
 
 # KEYS: lru, stored, sizes, totals   ARGV: prefix, cutoff age ms
-_CLEAN = _FORGET + """
+_CLEAN = (
+    _FORGET
+    + """
 local cutoff = now_ms() - tonumber(ARGV[2])
 local removed = 0
 while true do
@@ -118,6 +124,7 @@ end
 local totals = redis.call('HMGET', KEYS[4], 'size', 'entries')
 return {removed, tonumber(totals[1]) or 0, tonumber(totals[2]) or 0}
 """
+)
 
 _OUTAGE = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
 
@@ -192,7 +199,8 @@ class RedisCache(KeyedCache):
             self._backoff = self.MIN_BACKOFF
             log.warning(
                 "redis cache at %s is unavailable (%s); serving without cache, retrying in the background",
-                redact_url(self.url), exc or type(exc).__name__,
+                redact_url(self.url),
+                exc or type(exc).__name__,
             )
         else:
             self._backoff = min(self._backoff * 2, self.MAX_BACKOFF)
@@ -270,9 +278,7 @@ class RedisCache(KeyedCache):
     async def put(self, key: bytes, completion: Completion) -> None:
         member = key.hex()
         data = encode_completion(completion)
-        args: list[Any] = [
-            self.prefix, member, data, self.ttl_seconds, len(key) + len(data), self.max_bytes, self.purge_batch
-        ]
+        args: list[Any] = [self.prefix, member, data, self.ttl_seconds, len(key) + len(data), self.max_bytes, self.purge_batch]
         ok, result = await self._call(lambda: self._put_script(keys=[*self._index, self.prefix + member], args=args))
         if ok and result is not None:
             stored, evicted, expired, size, entries = (int(x) for x in result)

@@ -2,6 +2,7 @@
 
 Used by the tests, and by the `demo` and `benchmark` commands.
 """
+
 from .lloom_client import LloomClient
 from .peer_identity import NotSecp256k1PeerId, evm_address_from_peer_id
 from .types import (

@@ -1,4 +1,4 @@
-"""How a client finds executors (PROTOCOL.md §6), trio side.
+"""How a client finds executors (docs/PROTOCOL.md §6), trio side.
 
 Four channels feed one `ExecutorBook`:
 - Kademlia: GET_PROVIDERS and GET_VALUE on b"lloom/executor" (the value is an
@@ -14,23 +14,27 @@ Four channels feed one `ExecutorBook`:
 - direct: the bootstrap peers themselves (reference clients talk to the peer
   they dialed when discovery finds nothing else).
 """
+
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import trio
+from libp2p.abc import ISubscriptionAPI
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.pubsub.gossipsub import PROTOCOL_ID as MESHSUB_V10
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11 as MESHSUB_V11
 from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
 from ..p2p.announcements import InvalidAnnouncement, verify_announcement
 from ..p2p.node import NodeRuntime
+from ..p2p.task_status import TaskStatus
 from .exchange import peerstore_addrs
 from .peer_identity import NotSecp256k1PeerId, evm_address_from_peer_id
 from .types import VIA_DIRECT, VIA_GOSSIP, VIA_KAD_PROVIDERS, VIA_KAD_RECORD, VIA_MDNS, ExecutorInfo
@@ -119,7 +123,7 @@ class KadLookupService:
         self.book = book
         self.dht: KadDHT | None = None
 
-    async def run(self, rt: NodeRuntime, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, rt: NodeRuntime, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.dht = KadDHT(rt.host, DHTMode.CLIENT)
         async with background_trio_service(self.dht):
             task_status.started()
@@ -186,7 +190,7 @@ class KadLookupService:
         return None
 
 
-def rust_message_id(msg) -> bytes:
+def rust_message_id(msg: rpc_pb2.Message) -> bytes:
     """rust-libp2p gossipsub's default id: base58(source) + decimal seqno (see p2p-proto NOTES §4)."""
     return (ID(msg.from_id).to_base58() + str(int.from_bytes(msg.seqno, "big"))).encode()
 
@@ -201,10 +205,8 @@ class GossipWatchService:
         self.received = 0
         self.rejected = 0
 
-    async def run(self, rt: NodeRuntime, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        gossipsub = GossipSub(
-            protocols=[MESHSUB_V11, MESHSUB_V10], degree=6, degree_low=5, degree_high=12, heartbeat_interval=1
-        )
+    async def run(self, rt: NodeRuntime, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        gossipsub = GossipSub(protocols=[MESHSUB_V11, MESHSUB_V10], degree=6, degree_low=5, degree_high=12, heartbeat_interval=1)
         pubsub = Pubsub(rt.host, gossipsub, strict_signing=True, msg_id_constructor=rust_message_id)
         async with background_trio_service(pubsub), background_trio_service(gossipsub):
             await pubsub.wait_until_ready()
@@ -215,7 +217,9 @@ class GossipWatchService:
                 nursery.start_soon(self._drain, rt, executor_sub, self._on_available)
                 nursery.start_soon(self._drain, rt, model_sub, self._on_model_announcement)
 
-    async def _drain(self, rt: NodeRuntime, subscription, handle) -> None:
+    async def _drain(
+        self, rt: NodeRuntime, subscription: ISubscriptionAPI, handle: Callable[[NodeRuntime, ID, bytes], None]
+    ) -> None:
         own = rt.host.get_id().to_bytes()
         while True:
             message = await subscription.get()

@@ -1,4 +1,4 @@
-"""One request/response on `/lloom/llm/1.0.0`, trio side (PROTOCOL.md §3).
+"""One request/response on `/lloom/llm/1.0.0`, trio side (docs/PROTOCOL.md §3).
 
 Open a stream, write the CBOR frame, half-close our side (py-libp2p 0.8.1:
 `close_write()` sends the yamux FIN and keeps reading possible), read the
@@ -7,14 +7,17 @@ has its own deadline; on any failure the stream is reset so the executor
 stops working for us. Dialing is serialized per peer so that many concurrent
 requests share one connection instead of racing to open several.
 """
+
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import cast
 
 import multiaddr
 import trio
-from libp2p.abc import IHost
+from libp2p.abc import IHost, INetStream
+from libp2p.network.stream.net_stream import NetStream
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
@@ -70,7 +73,6 @@ class Dialer:
                 raise RequestTimeout(f"connecting to executor {peer} took more than {timeout:g} s")
 
 
-
 async def exchange(
     host: IHost,
     dialer: Dialer,
@@ -91,7 +93,8 @@ async def exchange(
             raise ExecutorUnreachable(f"executor {peer} refused a {LLM_PROTOCOL} stream: {exc}") from exc
         try:
             await stream.write(frame)
-            await stream.close_write()
+            # close_write is NetStream's (what the host's new_stream returns), not part of INetStream
+            await cast(NetStream, stream).close_write()
             answer = await _read_answer(stream, limit)
         except BaseException:
             await reset_quietly(stream, timeout=2)
@@ -101,7 +104,7 @@ async def exchange(
     raise RequestTimeout(f"executor {peer} did not answer within {timeout:g} s")
 
 
-async def _read_answer(stream, limit: int) -> bytes:
+async def _read_answer(stream: INetStream, limit: int) -> bytes:
     try:
         answer = await read_to_eof(stream, limit)
     except FrameTooLarge:

@@ -12,6 +12,7 @@ refuses the second. This client puts a random 63-bit nonce in each payload
 instead (no envelope nonce), which is valid for every executor and keeps
 identical prompts distinct.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,8 +30,8 @@ from .. import _native
 from ..bridge import BridgeClosed
 from ..config import NetworkConfig, ProtocolsConfig, RequestHandlingConfig
 from ..p2p.bootstrap import BootstrapService
-from ..p2p.node import NodeRuntime, P2PNode, dial
 from ..p2p.mdns import MdnsService
+from ..p2p.node import NodeRuntime, P2PNode, dial
 from .discovery import ExecutorBook, GossipWatchService, KadLookupService
 from .exchange import Dialer, exchange
 from .peer_identity import NotSecp256k1PeerId, evm_address_from_peer_id
@@ -161,6 +162,7 @@ class LloomClient:
         finding nothing: an empty list is the answer.
         """
         if until is None:
+
             def until(found: list[ExecutorInfo]) -> bool:
                 return sum(1 for e in found if e.via - {VIA_DIRECT}) >= min_count
 
@@ -234,8 +236,18 @@ class LloomClient:
         now = int(time.time())
         deadline = now + int(deadline_secs)
         executor_address = executor_address or peer_id
-        args = (model, prompt, system_prompt, temperature, max_tokens, executor_address,
-                str(inbound_price), str(outbound_price), nonce, deadline)
+        args = (
+            model,
+            prompt,
+            system_prompt,
+            temperature,
+            max_tokens,
+            executor_address,
+            str(inbound_price),
+            str(outbound_price),
+            nonce,
+            deadline,
+        )
         if signed:
             frame = bytes(_native.encode_signed_request(self.key, *args, now))
         else:
@@ -251,15 +263,30 @@ class LloomClient:
         receipt = None
         if receipt_raw is not None and self.eip712_domain is not None and answer.signer:
             receipt = check_receipt(
-                receipt_raw, self.eip712_domain, executor_address=answer.signer, client_address=self.address,
-                model=model, prompt=prompt, system_prompt=system_prompt, max_tokens=max_tokens,
-                temperature=temperature, inbound_price=str(inbound_price), outbound_price=str(outbound_price),
-                nonce=nonce, deadline=deadline, content=answer.content,
-                inbound_tokens=answer.inbound_tokens, outbound_tokens=answer.outbound_tokens,
+                receipt_raw,
+                self.eip712_domain,
+                executor_address=answer.signer,
+                client_address=self.address,
+                model=model,
+                prompt=prompt,
+                system_prompt=system_prompt,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                inbound_price=str(inbound_price),
+                outbound_price=str(outbound_price),
+                nonce=nonce,
+                deadline=deadline,
+                content=answer.content,
+                inbound_tokens=answer.inbound_tokens,
+                outbound_tokens=answer.outbound_tokens,
             )
         return dataclasses.replace(
-            answer, latency_s=latency, request_nonce=nonce, request_digest=request_digest,
-            receipt=receipt, receipt_raw=receipt_raw,
+            answer,
+            latency_s=latency,
+            request_nonce=nonce,
+            request_digest=request_digest,
+            receipt=receipt,
+            receipt_raw=receipt_raw,
         )
 
     async def send_frame(
@@ -283,13 +310,11 @@ class LloomClient:
             entry = self.book.executors.get(peer_id)
             addrs = known + (entry.addresses if entry else [])
             assert self._dialer is not None
-            return await exchange(
-                rt.host, self._dialer, peer, addrs, frame, connect_timeout=self.connect_timeout, timeout=limit
-            )
+            return await exchange(rt.host, self._dialer, peer, addrs, frame, connect_timeout=self.connect_timeout, timeout=limit)
 
         try:
             return await asyncio.wait_for(self.node.call(run), limit + BRIDGE_GRACE_SECS)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RequestTimeout(f"executor {peer_id} did not answer within {limit:g} s") from None
         except BridgeClosed as exc:
             raise LloomClientError(f"the client is not running: {exc}") from exc
@@ -309,8 +334,10 @@ class LloomClient:
         timestamp = int(decoded.timestamp or 0)
         now = int(time.time())
         if timestamp > now + MAX_CLOCK_SKEW_SECS or timestamp < started_wall - MAX_CLOCK_SKEW_SECS:
-            raise InvalidResponse(f"answer timestamp {timestamp} is outside [{started_wall - MAX_CLOCK_SKEW_SECS}, "
-                                  f"{now + MAX_CLOCK_SKEW_SECS}] (stale or replayed)")
+            raise InvalidResponse(
+                f"answer timestamp {timestamp} is outside [{started_wall - MAX_CLOCK_SKEW_SECS}, "
+                f"{now + MAX_CLOCK_SKEW_SECS}] (stale or replayed)"
+            )
         response = decoded.response
         assert response is not None
         return Answer(

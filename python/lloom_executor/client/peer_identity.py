@@ -1,10 +1,11 @@
-"""The EVM address behind a secp256k1 PeerId (PROTOCOL.md §1: one key, two faces).
+"""The EVM address behind a secp256k1 PeerId (docs/PROTOCOL.md §1: one key, two faces).
 
 A `16Uiu2…` PeerId is an identity multihash of the protobuf `PublicKey{Type=2,
 Data=<33-byte compressed key>}`, so the key — and with it the EVM address —
 can be read out of the PeerId itself. That lets the client check that an
 answer is signed by the executor it dialed, even without any announcement.
 """
+
 from __future__ import annotations
 
 import base58

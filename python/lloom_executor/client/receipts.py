@@ -1,4 +1,4 @@
-"""EIP-712 receipts an executor carries in the answer's envelope (PROTOCOL.md §4, §7).
+"""EIP-712 receipts an executor carries in the answer's envelope (docs/PROTOCOL.md §4, §7).
 
 Reference decoders ignore unknown envelope keys, so an executor adds a
 `receipt` entry to the `SignedLlmResponse` map, after the standard fields,
@@ -14,6 +14,7 @@ receipt that commits to other numbers, names another client, or is not
 signed by the executor is reported as invalid. `client` is optional here
 (older executors sent receipts without it).
 """
+
 from __future__ import annotations
 
 import logging
@@ -88,8 +89,16 @@ def check_receipt(
         return invalid(f"receipt names client 0x{client.hex()}, not us ({client_address.lower()})")
     try:
         expected_request = domain.request_commitment_digest(
-            executor_address, model, prompt, system_prompt, max_tokens or 0, wire_temperature(temperature),
-            inbound_price, outbound_price, nonce, deadline,
+            executor_address,
+            model,
+            prompt,
+            system_prompt,
+            max_tokens or 0,
+            wire_temperature(temperature),
+            inbound_price,
+            outbound_price,
+            nonce,
+            deadline,
         )
     except (TypeError, ValueError) as exc:
         return invalid(f"the request cannot be committed to: {exc}")
@@ -97,8 +106,16 @@ def check_receipt(
         return invalid("request_hash is not the commitment of the request we sent")
     try:
         expected = domain.response_commitment_digest(
-            request_hash, client_address, model, content, inbound_tokens, outbound_tokens,
-            inbound_price, outbound_price, timestamp, success,
+            request_hash,
+            client_address,
+            model,
+            content,
+            inbound_tokens,
+            outbound_tokens,
+            inbound_price,
+            outbound_price,
+            timestamp,
+            success,
         )
     except (TypeError, ValueError) as exc:
         return invalid(f"the answer cannot be committed to: {exc}")

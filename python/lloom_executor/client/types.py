@@ -1,4 +1,5 @@
 """What the client hands back: discovered executors, verified answers, and its errors."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -41,9 +42,7 @@ class ExecutorInfo:
     announcement: dict[str, Any] | None = None  # that announcement's payload
 
     def copy(self) -> ExecutorInfo:
-        return ExecutorInfo(
-            self.peer_id, list(self.addresses), set(self.via), self.evm_address, self.models, self.announcement
-        )
+        return ExecutorInfo(self.peer_id, list(self.addresses), set(self.via), self.evm_address, self.models, self.announcement)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ overrides (`overrides`), cross-field rules (`rules`) and what is not active yet 
 `load_config(path)` is the one entry point for a file; `Config.from_dict`
 parses an already-loaded table without consulting the environment.
 """
+
 from __future__ import annotations
 
 import os
@@ -102,8 +103,10 @@ def _load(cls: type[Config], path: str | Path) -> Config:
     return load_config(path, environ={}).config
 
 
-Config.from_dict = classmethod(_from_dict)  # type: ignore[attr-defined]
-Config.load = classmethod(_load)  # type: ignore[attr-defined]
+# Declared (for type checkers) in schema.Config, which cannot import the parser: attached here,
+# replacing those declarations, which mypy reports as assigning to a method.
+Config.from_dict = classmethod(_from_dict)  # type: ignore[method-assign,assignment]
+Config.load = classmethod(_load)  # type: ignore[method-assign,assignment]
 
 __all__ = [
     "ApiConfig",

@@ -4,6 +4,7 @@ Nothing configured may be silently ignored: each entry here is a feature the
 operator switched on (or set away from its default) that has no running
 implementation in this version. Remove an entry when its feature lands.
 """
+
 from __future__ import annotations
 
 from .schema import Config

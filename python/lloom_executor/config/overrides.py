@@ -3,6 +3,7 @@
 So a bad override is reported like a bad key. `LLOOM_PRIVATE_KEY` is not a
 config value: `identity.py` reads it (it wins over the key files).
 """
+
 from __future__ import annotations
 
 import re

@@ -4,6 +4,7 @@ It collects every problem (with its key path and, where the file shows it,
 its line) instead of stopping at the first, warns on unknown keys with the
 closest known name, and expands `${VAR}` / `${VAR:-default}` in strings.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +13,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Union, cast
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -125,7 +126,7 @@ def _coerce(tp: Any, value: Any, path: str, meta: dict[str, Any], report: Report
         if not isinstance(value, dict):
             report.error(path, f"expected a table, got {_describe(value)}")
             return _MISSING
-        return parse_dataclass(tp, value, path, report)
+        return parse_dataclass(cast(type, tp), value, path, report)  # a type hint: a class, never an instance
     origin = typing.get_origin(tp)
     if origin is tuple:
         (item_tp, _ellipsis) = typing.get_args(tp)
@@ -191,8 +192,8 @@ def parse_dataclass(cls: type, table: dict[str, Any], path: str, report: Report)
     """An instance of `cls` from `table`; bad values keep their defaults after being reported."""
     hints = typing.get_type_hints(cls)
     known: dict[str, dataclasses.Field[Any]] = {}
-    for f in dataclasses.fields(cls):
-        known[f.metadata.get("key") or f.name] = f
+    for declared in dataclasses.fields(cls):
+        known[declared.metadata.get("key") or declared.name] = declared
     values: dict[str, Any] = {}
     for key, raw in table.items():
         f = known.get(key)

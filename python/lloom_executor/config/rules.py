@@ -1,4 +1,5 @@
 """Cross-field rules: what no single key can check on its own."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -55,11 +56,11 @@ def check_rules(config: Config, report: Report) -> None:
     if api.enabled and not api.auth_token and not _is_loopback(host):
         report.warning("api.auth_token", f"the API listens on {host} without an auth_token")
 
-    for i, rule in enumerate(config.rate_limiting.rules):
+    for i, limit in enumerate(config.rate_limiting.rules):
         where = f"rate_limiting.rules[{i}]"
-        if rule.max_requests_per_minute is None and rule.max_tokens_per_minute is None:
+        if limit.max_requests_per_minute is None and limit.max_tokens_per_minute is None:
             report.error(where, "a rule needs max_requests_per_minute or max_tokens_per_minute")
-        if rule.burst_size is not None and rule.max_requests_per_minute is None:
+        if limit.burst_size is not None and limit.max_requests_per_minute is None:
             report.error(f"{where}.burst_size", "burst_size needs max_requests_per_minute")
 
     for name, size in config.priority.queue_sizes.items():
@@ -100,7 +101,7 @@ _PLUGIN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 def plugin_location(path: str) -> tuple[str, str | None]:
     """What a `[[plugins]] path` points to: ("file" | "package" | "extension", None), or ("", why not).
 
-    The loader (`plugins.py`) and `config validate` share it. An extension module must be
+    The loader (`plugins/loading.py`) and `config validate` share it. An extension module must be
     built for this interpreter: `<module>.so` or `<module><one of EXTENSION_SUFFIXES>`, with
     `<module>` a Python identifier (its init function is PyInit_<module>).
     """
@@ -125,7 +126,9 @@ def plugin_location(path: str) -> tuple[str, str | None]:
             f"{name} is not an extension module for this Python (it loads {', '.join(EXTENSION_SUFFIXES)}); "
             "rebuild the plugin for this interpreter"
         )
-    return "", f"expected a .py file, a package directory or a compiled extension module ({', '.join(EXTENSION_SUFFIXES)}), got {name!r}"
+    return "", (
+        f"expected a .py file, a package directory or a compiled extension module ({', '.join(EXTENSION_SUFFIXES)}), got {name!r}"
+    )
 
 
 def check_plugins(config: Config, report: Report) -> None:
@@ -176,12 +179,7 @@ def check_webhooks(config: Config, report: Report) -> None:
             report.error(f"{where}.url", f"expected an http:// or https:// URL, got {endpoint.url!r}")
         if endpoint.auth_header is not None and (problem := header_value_problem(endpoint.auth_header)):
             report.error(f"{where}.auth_header", problem)  # never the value: it is a secret
-        elif (
-            endpoint.auth_header
-            and parts.scheme.lower() == "http"
-            and parts.hostname
-            and not _is_loopback(parts.hostname)
-        ):
+        elif endpoint.auth_header and parts.scheme.lower() == "http" and parts.hostname and not _is_loopback(parts.hostname):
             report.warning(f"{where}.auth_header", f"sent in clear text to {parts.hostname} over http://; use https://")
         if not endpoint.events:
             report.warning(f"{where}.events", "empty: this endpoint receives no events")

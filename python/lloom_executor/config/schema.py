@@ -5,13 +5,16 @@ value it takes, its `setting()` metadata adds bounds, choices, a converter and
 the TOML key when it differs. Defaults are the manual's, except that optional
 features stay off until configured and admin endpoints bind to loopback.
 """
+
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import multiaddr
 
@@ -55,7 +58,7 @@ def setting(
 def eth_to_wei(text: str) -> int:
     """Exact conversion of a decimal ETH amount ("0.00001") to integer wei."""
     if isinstance(text, bool) or not isinstance(text, (str, int, float)):
-        raise ValueError(f"expected a decimal string like \"0.00001\", got {type(text).__name__}")
+        raise ValueError(f'expected a decimal string like "0.00001", got {type(text).__name__}')
     try:
         amount = Decimal(str(text))
     except InvalidOperation:
@@ -191,6 +194,9 @@ class RequestHandlingConfig:
     max_inflight_streams: int = setting(1024, minimum=1, doc="request streams open at once, all peers")
     max_inflight_streams_per_peer: int = setting(256, minimum=1, doc="request streams open at once from one peer")
     drain_timeout_secs: float = setting(30.0, minimum=0, doc="how long shutdown waits for in-flight requests")
+    replay_rate_per_sec: int = setting(
+        1000, minimum=1, doc="ours: sustained requests/s the replay guard holds a full window for (rate x 600 s entries)"
+    )
 
 
 @dataclass(frozen=True)
@@ -388,7 +394,7 @@ class FailoverConfig:
 
 @dataclass(frozen=True)
 class PluginConfig:
-    """One [[plugins]] entry: a Python plugin loaded at start (see `lloom_executor/plugins.py`)."""
+    """One [[plugins]] entry: a Python plugin loaded at start (see docs/plugins.md)."""
 
     name: str = setting("", doc="unique; letters, digits, '-' and '_'; names its logger and metric labels")
     path: str = setting("", convert=expand_path, doc="a .py file, a package directory, or a compiled extension module")
@@ -399,7 +405,7 @@ class PluginConfig:
 
 
 WEBHOOK_EVENTS = ("request_completed", "error", "model_loaded", "model_unloaded", "started", "stopped")
-"""Every event a `[[webhooks.endpoints]]` entry may subscribe to (`webhooks.py` describes them)."""
+"""Every event a `[[webhooks.endpoints]]` entry may subscribe to (docs/webhooks.md describes them)."""
 
 
 @dataclass(frozen=True)
@@ -454,3 +460,14 @@ class Config:
     plugins: tuple[PluginConfig, ...] = setting(())
     webhooks: WebhooksConfig = setting(factory=WebhooksConfig)
     storage: StorageConfig = setting(factory=StorageConfig)
+
+    if TYPE_CHECKING:
+        # Attached by the package `__init__`, which owns the parser and the rules (this
+        # module only declares sections); declared here so callers are type-checked.
+        @classmethod
+        def from_dict(cls, data: dict[str, Any]) -> Config:
+            """Parse an already-loaded table without the environment; raises ConfigError."""
+
+        @classmethod
+        def load(cls, path: str | Path) -> Config:
+            """Read and validate a file, ignoring the environment; raises ConfigError."""

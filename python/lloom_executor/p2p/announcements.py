@@ -1,6 +1,6 @@
 """Model announcements: what we tell the network we serve, and what others told us.
 
-`ModelCatalog` holds our current model descriptors (PROTOCOL.md §3 field
+`ModelCatalog` holds our current model descriptors (docs/PROTOCOL.md §3 field
 lists) and builds the signed gossip JSON of a `SignedMessage<ModelAnnouncement>`
 with the native codec, so the bytes verify in every reference node.
 `NetworkView` keeps the verified announcements of other executors (their
@@ -10,6 +10,7 @@ Threading: both live in the P2P (trio) thread. The asyncio side changes the
 catalog only through `P2PNode.call` (see `services.update_models`), so no lock
 is needed.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -48,11 +49,11 @@ def model_descriptor(
 
     `metadata` may hold at most one key: the reference keeps it in a HashMap,
     so two keys would come out in random order and no one could verify the
-    signature (PROTOCOL.md §3).
+    signature (docs/PROTOCOL.md §3).
     """
     meta = dict(metadata or {})
     if len(meta) > 1:
-        raise ValueError("capabilities.metadata may hold at most one key (PROTOCOL.md §3)")
+        raise ValueError("capabilities.metadata may hold at most one key (docs/PROTOCOL.md §3)")
     return {
         "model_id": model_id,
         "backend_type": backend_type,

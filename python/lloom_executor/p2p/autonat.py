@@ -6,15 +6,19 @@ public node private as soon as it meets reference peers (they do not serve
 AutoNAT); we query only peers that accept the protocol and skip the others.
 `reachability` is "public", "private" or "unknown"; a change is logged once.
 """
+
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import trio
 from libp2p.host.autonat.autonat import AUTONAT_PROTOCOL_ID, AutoNATService, AutoNATStatus
+from libp2p.host.basic_host import BasicHost
 from libp2p.peer.id import ID
 
 from .node import NodeRuntime
+from .task_status import TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +46,9 @@ class AutoNatService:
             return "unknown"
         return _NAMES.get(self.autonat.get_status(), "unknown")
 
-    async def run(self, rt: NodeRuntime, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        self.autonat = AutoNATService(rt.host, serve=True, confirmations=self.confirmations)
+    async def run(self, rt: NodeRuntime, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # AutoNATService is typed for BasicHost; build_host's host is one (IHost is what new_host declares)
+        self.autonat = AutoNATService(cast(BasicHost, rt.host), serve=True, confirmations=self.confirmations)
 
         def on_peer(event: str, peer_id: str) -> None:
             if event == "connected":

@@ -1,4 +1,5 @@
 """Dial the configured bootstrap peers at start, and again with backoff while disconnected."""
+
 from __future__ import annotations
 
 import logging
@@ -7,6 +8,7 @@ import random
 import trio
 
 from .node import NodeRuntime, dial
+from .task_status import TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +23,7 @@ class BootstrapService:
         self._addresses = addresses
         self.connected: dict[str, bool] = {}
 
-    async def run(self, rt: NodeRuntime, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, rt: NodeRuntime, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         addresses = self._addresses or rt.network.bootstrap_peers
         task_status.started()
         async with trio.open_nursery() as nursery:

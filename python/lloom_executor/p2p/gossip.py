@@ -1,4 +1,4 @@
-"""Gossipsub discovery (PROTOCOL.md §6): executor availability and model announcements.
+"""Gossipsub discovery (docs/PROTOCOL.md §6): executor availability and model announcements.
 
 - Subscribes to the five Lloom topics.
 - `EXECUTOR_AVAILABLE:<PeerId>` on `lloom/executor-announcements` with each
@@ -15,6 +15,7 @@
 Messages are signed by our key (strict signing) and carry rust-libp2p's
 default message id, so IHAVE/IWANT dedup works with reference peers.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import trio
+from libp2p.abc import ISubscriptionAPI
 from libp2p.peer.id import ID
 from libp2p.pubsub import gossipsub as _gs
 from libp2p.pubsub.gossipsub import GossipSub
@@ -33,6 +35,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from ..config import ModelConfig
 from .announcements import InvalidAnnouncement, ModelCatalog, NetworkView, verify_announcement
 from .node import NodeRuntime
+from .task_status import TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ def rust_msg_id(msg: rpc_pb2.Message) -> bytes:
 class _NotifyingPubsub(Pubsub):
     """Pubsub that reports remote subscriptions into a trio channel (the hook is sync)."""
 
-    subscriptions: trio.MemorySendChannel | None = None
+    subscriptions: trio.MemorySendChannel[tuple[ID, str]] | None = None
 
     def handle_subscription(self, origin_id: ID, sub_message: rpc_pb2.RPC.SubOpts) -> None:
         super().handle_subscription(origin_id, sub_message)
@@ -102,7 +105,7 @@ class GossipService:
         self._closing = False  # after Removal nothing else about our models may follow
 
     # -- lifecycle ----------------------------------------------------------------
-    async def run(self, rt: NodeRuntime, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, rt: NodeRuntime, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._rt = rt
         router = GossipSub(
             protocols=MESHSUB_PROTOCOLS,
@@ -214,7 +217,7 @@ class GossipService:
             for peer in self.view.expire():
                 log.info("executor %s expired from the network view (no heartbeat)", peer)
 
-    async def _on_subscriptions(self, recv: trio.MemoryReceiveChannel) -> None:
+    async def _on_subscriptions(self, recv: trio.MemoryReceiveChannel[tuple[ID, str]]) -> None:
         """Answer new subscribers at once (coalesced: one publish per topic per burst)."""
         async with recv:
             async for peer, topic in recv:
@@ -243,7 +246,7 @@ class GossipService:
             while topic in router.mesh and not peers <= set(router.mesh[topic]):
                 await trio.sleep(0.05)
 
-    async def _drain(self, topic: str, sub: Any) -> None:
+    async def _drain(self, topic: str, sub: ISubscriptionAPI) -> None:
         assert self._rt is not None
         own = self._rt.host.get_id().to_bytes()
         while True:
@@ -262,7 +265,7 @@ class GossipService:
         if topic == TOPIC_EXECUTOR_ANNOUNCEMENTS:
             text = msg.data.decode("utf-8", "replace")
             if text.startswith(EXECUTOR_AVAILABLE):
-                peer = text[len(EXECUTOR_AVAILABLE):].strip()
+                peer = text[len(EXECUTOR_AVAILABLE) :].strip()
                 self.available_executors[peer] = time.monotonic()
                 self._rt.peers.note_role(peer, "executor")
         elif topic == TOPIC_MODEL_ANNOUNCEMENTS:

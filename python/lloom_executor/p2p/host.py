@@ -1,19 +1,22 @@
 """Builds the py-libp2p host: one secp256k1 key as identity, TCP + Noise + Yamux (Mplex second).
 
 The same key is the node's Ethereum key, so the PeerId (`16Uiu2…`) and the EVM
-address name the same node (PROTOCOL.md §1).
+address name the same node (docs/PROTOCOL.md §1).
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import libp2p
 import multiaddr
-from libp2p.abc import IHost
+from libp2p.abc import IHost, IMuxedConn
 from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.host.basic_host import BasicHost
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
@@ -34,14 +37,14 @@ def build_host(
 
     py-libp2p runs identify against every new peer by default; reference peers
     do not serve identify, so every connection would log an error and nothing
-    may depend on it (PROTOCOL.md §2). We keep serving identify and ping, but do
+    may depend on it (docs/PROTOCOL.md §2). We keep serving identify and ping, but do
     not ask for it.
     """
     key_pair = create_new_key_pair(key.to_bytes())
-    security = {
-        TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(key_pair, noise_privkey=new_x25519_key_pair().private_key)
-    }
-    muxers = OrderedDict([(TProtocol(YAMUX_PROTOCOL_ID), Yamux), (TProtocol(MPLEX_PROTOCOL_ID), Mplex)])
+    security = {TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(key_pair, noise_privkey=new_x25519_key_pair().private_key)}
+    muxers: OrderedDict[TProtocol, type[IMuxedConn]] = OrderedDict(
+        [(TProtocol(YAMUX_PROTOCOL_ID), Yamux), (TProtocol(MPLEX_PROTOCOL_ID), Mplex)]
+    )
     host = libp2p.new_host(
         key_pair=key_pair,
         sec_opt=security,
@@ -49,14 +52,16 @@ def build_host(
         enable_mDNS=enable_mdns,
         addrs_factory=_with_external(announce_addrs) if announce_addrs else None,
     )
-    host._schedule_identify = _no_identify  # private API of py-libp2p 0.8.1, see docstring
+    # private API of py-libp2p 0.8.1, see docstring; new_host builds a BasicHost, and
+    # replacing the method on this one instance is the point (hence the ignore)
+    cast(BasicHost, host)._schedule_identify = _no_identify  # type: ignore[method-assign]
     bound_inbound_handlers(host.get_network())  # py-libp2p 0.8.1 inbound leak, see inbound_fix.py
     if str(host.get_id()) != key.peer_id:
         raise RuntimeError(f"py-libp2p derived PeerId {host.get_id()} but the key's PeerId is {key.peer_id}")
     return host
 
 
-def _with_external(external: Sequence[str]):
+def _with_external(external: Sequence[str]) -> Callable[[list[multiaddr.Multiaddr]], list[multiaddr.Multiaddr]]:
     """Advertise the operator's external addresses before the bound ones."""
     extra = [multiaddr.Multiaddr(a) for a in external]
 

@@ -14,6 +14,7 @@ TCP inbound path changes (a ContextVar marks it); the other callers of
 `upgrade_inbound_raw_conn` (relay/hole-punching paths) keep the original.
 Found by tests/test_p2p_robustness.py (task count back to baseline).
 """
+
 from __future__ import annotations
 
 import contextvars

@@ -1,4 +1,4 @@
-"""Kademlia discovery (PROTOCOL.md §6): provider + record for `lloom/executor`, server mode.
+"""Kademlia discovery (docs/PROTOCOL.md §6): provider + record for `lloom/executor`, server mode.
 
 - Provides the raw key `b"lloom/executor"` (no hashing, no namespace: rust
   sends the 14 bytes as-is) and puts the record `lloom/executor -> <PeerId
@@ -11,6 +11,7 @@
 - A bootstrap peer that answered triggers a re-provide, so the record is
   stored there as soon as we are connected.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,6 +19,7 @@ import logging
 import multiaddr
 import trio
 import varint
+from libp2p.abc import IHost
 from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL_ID
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.kad_dht.pb.kademlia_pb2 import Message
@@ -30,6 +32,7 @@ from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
 from .node import NodeRuntime
 from .streams import reset_quietly
+from .task_status import TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,9 @@ FIND_NODE_TIMEOUT_SECS = 10.0
 MAX_KAD_MESSAGE = 1 << 20
 
 
-async def find_node(host, peer: ID, target: bytes | None = None, timeout: float = FIND_NODE_TIMEOUT_SECS) -> Message | None:
+async def find_node(
+    host: IHost, peer: ID, target: bytes | None = None, timeout: float = FIND_NODE_TIMEOUT_SECS
+) -> Message | None:
     """One FIND_NODE exchange on a fresh stream; the response, or None on any failure.
 
     We send our signed peer record with it, so a py-libp2p peer learns our
@@ -86,7 +91,7 @@ class KadService:
         self._reannounce = trio.Event()
         self._reported: set[str] = set()
 
-    async def run(self, rt: NodeRuntime, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, rt: NodeRuntime, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._rt = rt
         self.dht = KadDHT(rt.host, DHTMode.SERVER)
         send, recv = trio.open_memory_channel[str](512)
@@ -151,7 +156,7 @@ class KadService:
             with trio.move_on_after(period):
                 await self._reannounce.wait()
 
-    async def _new_peers(self, recv: trio.MemoryReceiveChannel, nursery: trio.Nursery) -> None:
+    async def _new_peers(self, recv: trio.MemoryReceiveChannel[str], nursery: trio.Nursery) -> None:
         async with recv:
             async for peer_id in recv:
                 nursery.start_soon(self._greet, peer_id)
@@ -179,7 +184,7 @@ class KadService:
         if peer_id in bootstrap_ids:
             self.reannounce_soon()
 
-    def _dialable_addrs(self, peer: ID, peer_id: str) -> list:
+    def _dialable_addrs(self, peer: ID, peer_id: str) -> list[multiaddr.Multiaddr]:
         """Addresses others can dial: certified/peerstore ones, else an outbound connection's."""
         assert self._rt is not None
         try:

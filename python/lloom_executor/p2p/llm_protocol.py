@@ -1,18 +1,20 @@
 """`/lloom/llm/1.0.0` on the trio side: one request per stream, read to EOF, answer, close.
 
-The wire format is the reference codec's (PROTOCOL.md §3): no length prefix,
+The wire format is the reference codec's (docs/PROTOCOL.md §3): no length prefix,
 so py-libp2p's own request_response module (varint framed) cannot be used.
 Two py-libp2p 0.8.1 facts shape this handler:
 - `read()` raises `StreamEOF` at end of stream instead of returning b"";
 - an exception escaping a stream handler closes the whole *connection*
   (every other request on it fails), so nothing may escape here.
 """
+
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 from libp2p.abc import INetStream
@@ -36,7 +38,7 @@ class RequestContext:
     received_at: float  # time.monotonic() when the frame was complete
 
 
-RequestHandler = Callable[[bytes, RequestContext], Awaitable[bytes | None]]
+RequestHandler = Callable[[bytes, RequestContext], Coroutine[Any, Any, bytes | None]]
 
 
 @dataclass

@@ -10,6 +10,7 @@ goodbye) run in a worker thread so the trio loop never stalls.
 `fingerprint` selects a private service name (`_p2p-<fp>._udp.local.`): tests
 use it to see only their own nodes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,6 +21,7 @@ from libp2p.discovery.mdns.mdns import MDNSDiscovery, create_mdns_discovery
 from libp2p.peer.peerinfo import PeerInfo
 
 from .node import NodeRuntime
+from .task_status import TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ class MdnsService:
         self.dialed: set[str] = set()
         self._mdns: MDNSDiscovery | None = None
 
-    async def run(self, rt: NodeRuntime, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, rt: NodeRuntime, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         own = str(rt.host.get_id())
         token = trio.lowlevel.current_trio_token()
         send, recv = trio.open_memory_channel[PeerInfo](256)
@@ -77,15 +79,13 @@ class MdnsService:
                 await self._stop()
 
     def _create(self, rt: NodeRuntime) -> MDNSDiscovery:
-        return create_mdns_discovery(
-            rt.host.get_network(), host=rt.host, private_network_fingerprint=self.fingerprint
-        )
+        return create_mdns_discovery(rt.host.get_network(), host=rt.host, private_network_fingerprint=self.fingerprint)
 
     async def _cleanup_loop(self) -> None:
         assert self._mdns is not None
         await self._mdns._cleanup_loop()  # py-libp2p's own stale-entry sweep, in our nursery
 
-    async def _dial_discovered(self, rt: NodeRuntime, recv: trio.MemoryReceiveChannel, nursery: trio.Nursery) -> None:
+    async def _dial_discovered(self, rt: NodeRuntime, recv: trio.MemoryReceiveChannel[PeerInfo], nursery: trio.Nursery) -> None:
         async with recv:
             async for info in recv:
                 peer_id = str(info.peer_id)
@@ -106,7 +106,8 @@ class MdnsService:
         mdns, self._mdns = self._mdns, None
         if mdns is not None:
             try:
-                await trio.to_thread.run_sync(mdns.stop, abandon_on_cancel=True)
+                # trio-typing's stubs predate `abandon_on_cancel` (trio >= 0.23 renamed `cancellable`)
+                await trio.to_thread.run_sync(mdns.stop, abandon_on_cancel=True)  # type: ignore[call-arg]
             except Exception as exc:
                 log.debug("mDNS stop: %s", exc)
 

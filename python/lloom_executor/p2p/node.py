@@ -4,14 +4,15 @@ The main (asyncio) thread starts and stops it; requests reach the asyncio
 side through the bridge only. Each subsystem is a `NodeService` started in
 the node's nursery, so one that fails is logged once and the rest go on.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import multiaddr
 import trio
@@ -23,10 +24,12 @@ from .._native import PrivateKey
 from ..bridge import TrioBridge
 from ..config import NetworkConfig, RequestHandlingConfig
 from .host import build_host, listen_multiaddrs
-from .llm_protocol import LLM_PROTOCOL, LlmStreamHandler, RequestHandler
+from .llm_protocol import LLM_PROTOCOL, LlmStreamHandler, RequestHandler, StreamStats
 from .peers import PeerBook
+from .task_status import TaskStatus
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STOP_GRACE_SECS = 5.0
 
@@ -49,7 +52,7 @@ class NodeService(Protocol):
 
     name: str
 
-    async def run(self, rt: NodeRuntime, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, rt: NodeRuntime, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start, call `task_status.started()` once usable, then run until cancelled."""
 
     async def shutdown(self, rt: NodeRuntime) -> None:
@@ -85,6 +88,15 @@ class P2PNode:
     def peer_id(self) -> str:
         return self.key.peer_id
 
+    @property
+    def running(self) -> bool:
+        """The P2P thread is up (started and not stopped or crashed)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def stream_stats(self) -> StreamStats | None:
+        """The `/lloom/llm/1.0.0` stream counters (None before the node started)."""
+        return self.stream_handler.stats if self.stream_handler is not None else None
+
     async def start(self, timeout: float = 30.0) -> list[str]:
         """Start the trio thread; returns the bound listen addresses (with /p2p/)."""
         if self._thread is not None:
@@ -112,11 +124,11 @@ class P2PNode:
             raise TimeoutError("P2P thread did not stop")
         self._thread = None
 
-    async def call(self, fn, *args):
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run `fn(runtime, *args)` in the trio thread (peer listings, publishing, ...)."""
         assert self.bridge is not None
 
-        async def run():
+        async def run() -> T:
             return await fn(self.runtime, *args)
 
         return await self.bridge.call_trio(run)
@@ -181,7 +193,7 @@ class P2PNode:
         self._stop.set()
 
 
-async def _supervised(service: NodeService, rt: NodeRuntime, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+async def _supervised(service: NodeService, rt: NodeRuntime, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """A subsystem that fails is logged once; it does not take the node down."""
     try:
         await service.run(rt, task_status=task_status)

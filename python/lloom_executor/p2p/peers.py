@@ -1,11 +1,16 @@
 """Peer bookkeeping: who is connected, how, since when, speaking what — the data behind `peers list`."""
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from multiaddr import Multiaddr
+
+PeerListener = Callable[[str, str], None]
+"""`(event, peer_id)`: event is "connected" or "disconnected"."""
 
 
 @dataclass
@@ -40,12 +45,12 @@ class PeerBook(INotifee):
 
     def __init__(self) -> None:
         self.peers: dict[str, PeerRecord] = {}
-        self._listeners: list = []
+        self._listeners: list[PeerListener] = []
 
-    def add_listener(self, callback) -> None:
+    def add_listener(self, callback: PeerListener) -> None:
         self._listeners.append(callback)
 
-    def remove_listener(self, callback) -> None:
+    def remove_listener(self, callback: PeerListener) -> None:
         """A stopped service stops listening (no error if it was not registered)."""
         if callback in self._listeners:
             self._listeners.remove(callback)
@@ -58,7 +63,7 @@ class PeerBook(INotifee):
         peer_id = str(conn.muxed_conn.peer_id)
         record = self.peers.get(peer_id)
         first = record is None
-        if first:
+        if record is None:
             record = self.peers[peer_id] = PeerRecord(peer_id, connected_since=time.time())
         record.connections += 1
         direction = getattr(conn, "_direction", None)

@@ -4,6 +4,7 @@ Reference rust peers do not serve ping: a peer that refuses the protocol is
 remembered and not asked again while it stays connected; every failure is
 silent (debug log only).
 """
+
 from __future__ import annotations
 
 import logging
@@ -11,12 +12,14 @@ import secrets
 import time
 
 import trio
+from libp2p.abc import IHost
 from libp2p.host.ping import ID as PING_PROTOCOL_ID
 from libp2p.io.utils import read_exactly
 from libp2p.peer.id import ID
 
 from .node import NodeRuntime
 from .streams import reset_quietly
+from .task_status import TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +27,7 @@ PING_BYTES = 32
 PING_TIMEOUT_SECS = 5.0
 
 
-async def ping_once(host, peer: ID, timeout: float = PING_TIMEOUT_SECS) -> float | None:
+async def ping_once(host: IHost, peer: ID, timeout: float = PING_TIMEOUT_SECS) -> float | None:
     """One round trip in milliseconds (float: loopback is well under 1 ms), or None."""
     stream = None
     with trio.move_on_after(timeout):
@@ -54,7 +57,7 @@ class PingService:
         self._pinged_at: dict[str, float] = {}
         self._wake = trio.Event()
 
-    async def run(self, rt: NodeRuntime, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, rt: NodeRuntime, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         def on_peer(event: str, peer_id: str) -> None:
             if event == "disconnected":
                 self.no_ping.discard(peer_id)
@@ -68,7 +71,7 @@ class PingService:
             while True:
                 self._wake = trio.Event()
                 async with trio.open_nursery() as nursery:
-                    for peer_id, record in list(rt.peers.peers.items()):
+                    for peer_id in list(rt.peers.peers):
                         if peer_id in self.no_ping:
                             continue
                         if time.monotonic() - self._pinged_at.get(peer_id, -1e9) < self.interval_secs * 0.9:

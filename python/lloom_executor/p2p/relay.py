@@ -13,6 +13,7 @@
 - Not done by py-libp2p 0.8.1 here: relay discovery (auto-relay via DHT) and
   DCUtR hole punching; only the configured relays are used.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,7 +21,7 @@ import random
 
 import multiaddr
 import trio
-from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.relay.circuit_v2.config import RelayConfig
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL_ID
 from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
@@ -28,6 +29,7 @@ from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
 
 from .node import NodeRuntime
+from .task_status import TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ class RelayClientService:
 
     def __init__(self, addresses: tuple[str, ...] = ()) -> None:
         self._addresses = addresses
-        self.reserved: dict[str, int] = {}  # relay address -> reservation expiry (unix seconds)
+        self.reserved: dict[str, float] = {}  # relay address -> reservation expiry (unix seconds)
         self.protocol: CircuitV2Protocol | None = None
         self.transport: CircuitV2Transport | None = None
         self._reported: set[str] = set()
@@ -56,7 +58,7 @@ class RelayClientService:
     def _circuit(relay_addr: str) -> str:
         return f"{relay_addr}/p2p-circuit"
 
-    async def run(self, rt: NodeRuntime, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, rt: NodeRuntime, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         addresses = self._addresses or rt.network.relay_addresses
         self.protocol = CircuitV2Protocol(rt.host, allow_hop=False)
         self.transport = CircuitV2Transport(rt.host, self.protocol, RelayConfig())
@@ -96,7 +98,8 @@ class RelayClientService:
                         await rt.host.connect(info)
                     ok = await self._reserve(rt, info, nursery)
                 if ok:
-                    self.reserved[address] = self.transport._reservations.get(info.peer_id, 0)  # type: ignore[union-attr]
+                    assert self.transport is not None  # _reserve just used it
+                    self.reserved[address] = self.transport._reservations.get(info.peer_id, 0)
                     log.info("relay: reserved on %s; reachable at %s", address, self._circuit(address))
                     self._reported.discard(address)
                     backoff = INITIAL_BACKOFF_SECS
@@ -109,7 +112,7 @@ class RelayClientService:
             await trio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, MAX_BACKOFF_SECS)
 
-    async def _reserve(self, rt: NodeRuntime, info, nursery: trio.Nursery) -> bool:
+    async def _reserve(self, rt: NodeRuntime, info: PeerInfo, nursery: trio.Nursery) -> bool:
         assert self.transport is not None
         stream = await rt.host.new_stream(info.peer_id, [HOP_PROTOCOL_ID])
         try:

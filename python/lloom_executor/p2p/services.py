@@ -3,6 +3,7 @@
 Keyword arguments only tune timings (tests shorten them) and the mDNS
 service name; the switches alone decide what runs.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -53,7 +54,7 @@ async def update_models(node: P2PNode, catalog: ModelCatalog, models: Iterable[M
     The catalog is only touched in the trio thread (through the bridge), so it needs no lock.
     """
 
-    async def apply(rt: NodeRuntime, items: list) -> bool:
+    async def apply(rt: NodeRuntime, items: list[ModelConfig | Mapping[str, Any]]) -> bool:
         gossip = rt.services.get("gossip")
         if isinstance(gossip, GossipService) and gossip.catalog is catalog:
             return await gossip.update_models(items)

@@ -3,6 +3,7 @@
 `read()` raises `StreamEOF` at the end of a stream instead of returning b"",
 and a reset of an already closed stream raises: both are handled here once.
 """
+
 from __future__ import annotations
 
 import trio

@@ -21,6 +21,7 @@ Patterns come from the operator and are trusted; the text is not.  A
 backtracking pattern on long input can be slow, so keep `max_prompt_length`
 set when patterns are used.  With `enabled = false` nothing is checked.
 """
+
 from __future__ import annotations
 
 import logging

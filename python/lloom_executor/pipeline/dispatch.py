@@ -4,7 +4,7 @@ queues and are let through to the backend in priority order, in per-model batche
 How a request moves (`Dispatcher.slot`, used by the serving path):
 
 1. `push` into the scheduler at its priority with its signed deadline; a full
-   queue refuses at once (`NotDispatched`, code "queue_full", the scheduler's
+   queue refuses at once (a `Refusal`, code "queue_full", the scheduler's
    "normal queue full (200/200)"); nothing waits unbounded.
 2. `pump` (run after every push, every finished call and on a timer) pops ready
    batches while fewer than `max_concurrent_requests` calls are running or
@@ -49,6 +49,7 @@ criterion: demoting large `max_tokens` would punish clients that send none (the
 reference client's default) or reward leaving it out, and size is already paid
 for. Without `[priority]` every request is normal and its queue size applies.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -70,11 +71,12 @@ from .._fast.scheduler import (
     Scheduler,
     monotonic,
 )
-from .pricing import exact_multiplier, scale_up
+from ..config import PriorityConfig
+from ..outcome import Refusal, RefusalCode
 
 if TYPE_CHECKING:
     from ..config import Config, ModelConfig
-    from .pricing import PricingEngine
+    from .model_registry import ModelRegistry
     from .resources import ResourceGovernor
 
 log = logging.getLogger(__name__)
@@ -83,17 +85,14 @@ CPU_RECHECK_SECS = 0.25  # how often held-back work looks at the CPU again
 RECENT_BATCHES = 256
 
 QUEUED, HELD, THROTTLED, RUNNING, DONE, EXPIRED, WITHDRAWN = (
-    "queued", "held", "throttled", "running", "done", "expired", "withdrawn"
+    "queued",
+    "held",
+    "throttled",
+    "running",
+    "done",
+    "expired",
+    "withdrawn",
 )
-
-
-class NotDispatched(Exception):
-    """The request never reached the backend: `reason` for the client, `code` for metrics."""
-
-    def __init__(self, reason: str, code: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.code = code
 
 
 @dataclass(eq=False)
@@ -112,6 +111,12 @@ class Job:
     @property
     def deadline(self) -> float:
         return self.handle.deadline if self.handle is not None else float("inf")
+
+    @property
+    def place(self) -> Handle:
+        """Its entry in the scheduler (every job is pushed as soon as it is made)."""
+        assert self.handle is not None
+        return self.handle
 
 
 @dataclass
@@ -165,24 +170,14 @@ class Dispatcher:
         offered_out: int,
         *,
         signed: bool,
-        pricing: PricingEngine | None = None,
+        registry: ModelRegistry,
     ) -> int:
         """HIGH / NORMAL / LOW for one admitted request (module doc: who gets which)."""
         if self.priority_multiplier is None:
             return NORMAL
         if not signed:
             return LOW
-        if pricing is not None:
-            try:
-                high = pricing.is_high_priority(model.name, offered_in, offered_out, self.priority_multiplier)
-                return HIGH if high else NORMAL
-            except KeyError:  # a model added after the pricing engine was built: its config price
-                pass
-        price_in, price_out = model.inbound_price_wei, model.outbound_price_wei
-        if price_in == 0 and price_out == 0:
-            return NORMAL
-        m = exact_multiplier(self.priority_multiplier)
-        return HIGH if offered_in >= scale_up(price_in, m) and offered_out >= scale_up(price_out, m) else NORMAL
+        return HIGH if registry.is_high_priority(model, offered_in, offered_out, self.priority_multiplier) else NORMAL
 
     # -- the request's side --------------------------------------------------------------
     @asynccontextmanager
@@ -197,7 +192,7 @@ class Dispatcher:
     ) -> AsyncIterator[Job]:
         """Wait for this request's turn; inside the block it holds a backend slot.
 
-        `deadline`: monotonic seconds (None: none). Raises `NotDispatched` for a
+        `deadline`: monotonic seconds (None: none). Raises `Refusal` for a
         full queue or a deadline reached before the turn came. Cancelling the
         waiter (the request timeout) takes the request out of line.
         `on_enqueue(job)` is called once the request is in line, so a caller
@@ -220,6 +215,8 @@ class Dispatcher:
             self._release(job)
 
     def _enqueue(self, model: str, priority: int, deadline: float | None, limit: int | None) -> Job:
+        if self.resources is not None and (reason := self.resources.refusal(model)):
+            raise Refusal(reason, RefusalCode.RESOURCES)  # can never run here: not queued at all
         now = self.clock()
         job = Job(model, limit, asyncio.get_running_loop().create_future(), enqueued_at=now)
         try:
@@ -229,9 +226,9 @@ class Dispatcher:
             if exc.reserved and self._expire_throttled(now):
                 return self._enqueue(model, priority, deadline, limit)
             log.info("refused: %s", exc.reason)
-            raise NotDispatched(f"{exc.reason}; try again later", "queue_full") from None
+            raise Refusal(f"{exc.reason}; try again later", RefusalCode.QUEUE_FULL) from None
         except DeadlinePassed:
-            raise NotDispatched("expired while queued: the request's deadline has passed", "expired") from None
+            raise Refusal("expired while queued: the request's deadline has passed", RefusalCode.EXPIRED) from None
         self.pump()
         return job
 
@@ -242,7 +239,7 @@ class Dispatcher:
             self._held.remove(job)
         elif job.state == THROTTLED:
             self._throttled.remove(job)
-            self.scheduler.release(job.handle.priority)
+            self.scheduler.release(job.place.priority)
         job.state = WITHDRAWN
         self.pump()
 
@@ -260,6 +257,15 @@ class Dispatcher:
         if self.resources is not None:
             self.resources.finished(job.model)
         self.pump()
+
+    def metered(self, model: str) -> bool:
+        """Whether `model`'s output tokens are paced ([[models]] max_tokens_per_second)."""
+        return self.resources is not None and self.resources.metered(model)
+
+    def charge(self, model: str, tokens: int) -> None:
+        """A call of `model` produced `tokens` output tokens (charged before its slot is freed)."""
+        if self.resources is not None:
+            self.resources.produced(model, tokens)
 
     # -- the dispatcher's side ------------------------------------------------------------
     @property
@@ -305,7 +311,7 @@ class Dispatcher:
                 break
             model, jobs = batch
             self.batches += 1
-            self.recent_batches.append((model, len(jobs)))
+            self.recent_batches.append((str(model) if model is not None else None, len(jobs)))
             log.debug("batch %d: %d request(s) for %s", self.batches, len(jobs), model)
             for job in jobs:
                 self._place(job, now)
@@ -337,20 +343,23 @@ class Dispatcher:
     def _throttle(self, job: Job) -> None:
         job.state = THROTTLED
         self._throttled.append(job)
-        self.scheduler.reserve(job.handle.priority)  # it just left its queue: the place it had
+        self.scheduler.reserve(job.place.priority)  # it just left its queue: the place it had
 
     def _release_throttled(self, now: float) -> None:
         """Jobs whose model's token rate allows a start again go to the front of the held line,
         high priority first, FIFO within one (they were popped before anything held now)."""
         waiting = self._unexpired(self._throttled, now)
-        ready_models = {m for m in {job.model for job in waiting} if self.resources.ready_in(m) <= 0}
+        resources = self.resources
+        assert resources is not None  # only the governor throttles
+        ready_models = {m for m in {job.model for job in waiting} if resources.ready_in(m) <= 0}
         self._throttled = [job for job in waiting if job.model not in ready_models]
         if not ready_models:
             return
-        ready = sorted((job for job in waiting if job.model in ready_models),
-                       key=lambda job: (-job.handle.priority, job.handle.seq))
+        ready = sorted(
+            (job for job in waiting if job.model in ready_models), key=lambda job: (-job.place.priority, job.place.seq)
+        )
         for job in ready:
-            self.scheduler.release(job.handle.priority)
+            self.scheduler.release(job.place.priority)
             job.state = HELD
         self._held.extendleft(reversed(ready))
 
@@ -385,15 +394,17 @@ class Dispatcher:
 
     def _expire(self, job: Job) -> None:
         if job.state == THROTTLED:
-            self.scheduler.release(job.handle.priority)
+            self.scheduler.release(job.place.priority)
         job.state = EXPIRED
         if not job.granted.done():
             waited = self.clock() - job.enqueued_at
             why = f" ({job.waiting_for})" if job.waiting_for else " before a backend slot was free"
-            job.granted.set_exception(NotDispatched(
-                f"expired while queued: the request's deadline passed after {waited:.1f} s in the queue{why}",
-                "expired",
-            ))
+            job.granted.set_exception(
+                Refusal(
+                    f"expired while queued: the request's deadline passed after {waited:.1f} s in the queue{why}",
+                    RefusalCode.EXPIRED,
+                )
+            )
 
     def _publish(self) -> None:
         """Queue sizes and throttled requests to the metrics, when they changed."""
@@ -421,7 +432,7 @@ class Dispatcher:
         for job in itertools.chain(self._held, self._throttled):
             if job.deadline != float("inf"):
                 waits.append(job.deadline - now)
-        if self._throttled:
+        if self._throttled and self.resources is not None:
             waits.extend(self.resources.ready_in(m) for m in {job.model for job in self._throttled})
         if self._timer is not None:
             self._timer.cancel()
@@ -445,11 +456,25 @@ def scheduler_from_config(config: Config, clock: Callable[[], float] | None = No
         if caps and not batching.group_by_model:
             log.warning(
                 "[[models]] max_batch_size of %s: not applied, [batching] group_by_model = false forms batches "
-                "across models (of up to [batching] max_batch_size = %d)", ", ".join(caps), batching.max_batch_size,
+                "across models (of up to [batching] max_batch_size = %d)",
+                ", ".join(caps),
+                batching.max_batch_size,
             )
-        return Scheduler(batching.max_batch_size, batching.batch_timeout_ms, batching.group_by_model,
-                         config.priority.queue_sizes, clock=clock, model_batch_sizes=caps)
+        return Scheduler(
+            batching.max_batch_size,
+            batching.batch_timeout_ms,
+            batching.group_by_model,
+            config.priority.queue_sizes,
+            clock=clock,
+            model_batch_sizes=caps,
+        )
     return Scheduler(1, 0, True, config.priority.queue_sizes, clock=clock)
+
+
+def direct_dispatcher(max_concurrent_requests: int, *, resources: ResourceGovernor | None = None) -> Dispatcher:
+    """The dispatcher of an executor without [priority] and [batching]: batches of one, one
+    priority, the default queue size (what `dispatcher_from_config` builds from such a config)."""
+    return Dispatcher(Scheduler(1, 0, True, PriorityConfig().queue_sizes), max_concurrent_requests, resources=resources)
 
 
 def dispatcher_from_config(
@@ -458,10 +483,10 @@ def dispatcher_from_config(
     resources: ResourceGovernor | None = None,
     on_sizes: Callable[[Mapping[str, int]], None] | None = None,
     on_throttled: Callable[[Mapping[str, int]], None] | None = None,
-) -> Dispatcher | None:
-    """A dispatcher when [priority] or [batching] is enabled; None keeps the direct path."""
-    if not (config.priority.enabled or config.batching.enabled):
-        return None
+) -> Dispatcher:
+    """The one path to a backend slot. Without [priority] and [batching] it is the direct
+    path: every request is a batch of one, at one priority, bounded by `max_concurrent_requests`
+    (and each model's own), waiting in line up to the normal queue's size."""
     return Dispatcher(
         scheduler_from_config(config),
         config.request_handling.max_concurrent_requests,

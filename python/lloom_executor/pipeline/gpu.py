@@ -21,7 +21,11 @@ GPU, and `[gpu_allocation]` spreads requests over them:
   the others anywhere, choosing the least loaded (pins are the point of it).
 
 `DevicePool` is itself an `LlmBackend`, so the request path needs no change.
+It adds no failures of its own to a call: a device backend's error (a
+`BackendError`, already redacted by that backend) passes through unchanged, so
+the request path sees the same classes with or without a pool.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,7 +33,7 @@ import itertools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
-from ..backends.base import Completion, CompletionStream, LlmBackend, ModelInfo
+from ..backends.base import Completion, CompletionRequest, CompletionStream, LlmBackend, ModelInfo
 from ..config.schema import Config, GpuAllocationConfig
 
 log = logging.getLogger(__name__)
@@ -70,9 +74,10 @@ class DevicePool(LlmBackend):
             self.affinity[model] = tuple(devices)
         self.in_flight: dict[int, int] = {d: 0 for d in self.devices}
         self.calls: dict[int, int] = {d: 0 for d in self.devices}  # calls made, per device
-        self._turns: dict[tuple[int, ...], itertools.count] = {}
+        self._turns: dict[tuple[int, ...], itertools.count[int]] = {}
 
     def candidates(self, model: str) -> tuple[int, ...]:
+        """The devices `model` may run on: its pins, else every device."""
         return self.affinity.get(model, self.devices)
 
     def choose(self, model: str) -> int:
@@ -83,34 +88,20 @@ class DevicePool(LlmBackend):
             return candidates[next(turn) % len(candidates)]
         return min(candidates, key=lambda d: self.in_flight[d])  # min keeps the first on a tie
 
-    async def complete(
-        self,
-        model: str,
-        prompt: str,
-        system_prompt: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-    ) -> Completion:
-        device = self.choose(model)
+    async def complete(self, request: CompletionRequest) -> Completion:
+        device = self.choose(request.model)
         self.in_flight[device] += 1
         self.calls[device] += 1
         try:
-            return await self.backends[device].complete(model, prompt, system_prompt, temperature, max_tokens)
+            return await self.backends[device].complete(request)
         finally:
             self.in_flight[device] -= 1
 
-    def stream(
-        self,
-        model: str,
-        prompt: str,
-        system_prompt: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-    ) -> CompletionStream:
+    def stream(self, request: CompletionRequest) -> CompletionStream:
         """The chosen device's own stream (diagnostics); streams are not counted as in flight."""
-        device = self.choose(model)
+        device = self.choose(request.model)
         self.calls[device] += 1
-        return self.backends[device].stream(model, prompt, system_prompt, temperature, max_tokens)
+        return self.backends[device].stream(request)
 
     async def list_models(self) -> list[str]:
         return [info.id for info in await self.model_details()]
@@ -122,7 +113,7 @@ class DevicePool(LlmBackend):
         if len(errors) == len(results):
             raise errors[0]
         merged: dict[str, ModelInfo] = {}
-        for device, result in zip(self.devices, results):
+        for device, result in zip(self.devices, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("gpu_allocation: device %s did not list its models: %s", device, result)
                 continue
@@ -153,20 +144,26 @@ def device_pool_from_config(config: Config) -> DevicePool:
     if len(config.gpu_allocation.devices) > 1 and DEVICE_PLACEHOLDER not in llm.base_url and llm.backend != "echo":
         log.warning(
             "[gpu_allocation] %d devices but [llm_client] base_url has no {device}: every device talks to %s",
-            len(config.gpu_allocation.devices), llm.base_url,
+            len(config.gpu_allocation.devices),
+            llm.base_url,
         )
 
     def backend_for(device: int) -> LlmBackend:
         if llm.backend == "echo":
             return create_backend("echo", models=[m.name for m in config.models])
         return create_backend(
-            llm.backend, base_url=device_url(llm.base_url, device), api_key=llm.api_key,
-            timeout_secs=llm.timeout_secs, max_retries=llm.max_retries,
+            llm.backend,
+            base_url=device_url(llm.base_url, device),
+            api_key=llm.api_key,
+            timeout_secs=llm.timeout_secs,
+            max_retries=llm.max_retries,
         )
 
     pool = device_pool(config.gpu_allocation, backend_for)
     log.info(
-        "gpu_allocation: %s over devices %s%s", pool.strategy, list(pool.devices),
+        "gpu_allocation: %s over devices %s%s",
+        pool.strategy,
+        list(pool.devices),
         "".join(f"; {m} on {list(d)}" for m, d in pool.affinity.items()),
     )
     return pool

@@ -34,6 +34,7 @@ the interval, clock injectable), not per request: load is sampled once per
 interval and clients see a price that holds long enough to pay it.  `version`
 changes whenever any price changes, so the caller can re-announce.
 """
+
 from __future__ import annotations
 
 import logging
@@ -92,9 +93,7 @@ def _median_up(values: list[int]) -> int:
     return -(-(values[mid - 1] + values[mid]) // 2)
 
 
-def market_median(
-    view: Mapping[str, Mapping[str, Any]], model: str, exclude: Iterable[str] = ()
-) -> Prices | None:
+def market_median(view: Mapping[str, Mapping[str, Any]], model: str, exclude: Iterable[str] = ()) -> Prices | None:
     """Median (input, output) price for `model` over a `network_view` snapshot; None without data.
 
     Each executor counts once.  From its `models` descriptors when present
@@ -174,7 +173,23 @@ class PricingEngine:
         self.load_sample: float | None = None
         self._prices: dict[str, Prices] = {}
         self._updated_at = 0.0
+        self._market_view: Mapping[str, Mapping[str, Any]] = {}
         self.refresh()
+
+    # -- what prices are computed from ------------------------------------------------
+    def set_models(self, models: Iterable[ModelConfig]) -> None:
+        """The priced set changes (model discovery): every model served is priced at once,
+        so no reader ever meets a served model without a price."""
+        self.models = {m.name: m for m in models}
+        self.refresh()
+
+    @property
+    def market_view(self) -> Mapping[str, Mapping[str, Any]]:
+        return self._market_view
+
+    def set_market_view(self, view: Mapping[str, Mapping[str, Any]]) -> None:
+        """The latest verified `network_view` snapshot, read by the market strategy at its next refresh."""
+        self._market_view = view
 
     # -- reading prices ---------------------------------------------------------------
     def current_price(self, model: str) -> Prices:
@@ -256,7 +271,7 @@ class PricingEngine:
         return {name: self._scaled(m, multiplier) for name, m in self.models.items()}
 
     def _market_prices(self) -> dict[str, Prices]:
-        view: Mapping[str, Mapping[str, Any]] = {}
+        view: Mapping[str, Mapping[str, Any]] = self._market_view
         if self._market is not None:
             try:
                 view = self._market() or {}

@@ -26,6 +26,7 @@ Rate-limit state is per process; with several worker processes each enforces
 the rules on its own share of the traffic (see ARCHITECTURE.md "Scaling past
 one core"): an exact shared limit needs a shared store behind this interface.
 """
+
 from __future__ import annotations
 
 import logging
@@ -73,7 +74,7 @@ class RuleState:
 
 
 def describe_rule(rule: RateLimitRule) -> str:
-    """"60 requests/minute (burst 20) and 100000 tokens/minute per peer_id"."""
+    """ "60 requests/minute (burst 20) and 100000 tokens/minute per peer_id"."""
     parts = []
     if rule.max_requests_per_minute is not None:
         burst = f" (burst {rule.burst_size})" if rule.burst_size is not None else ""

@@ -1,18 +1,22 @@
-"""Replay protection: a signed request is served once.
+"""Replay protection: a signed request is served once per signer.
 
-What identifies a request.  Reference clients send `nonce: 1` in every
-`LlmRequest` and no envelope nonce (PROTOCOL.md §5), so (signer, nonce) would
-refuse every second request of an honest client.  We key on the *signing
-digest* (keccak256 of the payload): a replay is a resent identical message.
-Two honest requests with the same payload (same prompt, prices, nonce,
-deadline) are indistinguishable from a replay and the second is refused;
-clients that want to repeat a request change the nonce or the deadline.
+What identifies a request (docs/PROTOCOL.md, "Replay protection").  Reference
+clients send `nonce: 1` in every `LlmRequest` and no envelope nonce, so
+(signer, nonce) would refuse every second request of an honest client; and the
+signing digest alone covers only the payload, which names no client, so two
+users of the reference client asking the same thing in the same second would
+collide.  A replay is the *same signer* resending the *same signed payload*:
+the key is (recovered signer address, signing digest) — `replay_key`, 20 + 32
+bytes.  Unsigned requests (served only with `allow_unsigned`) have no signer
+and are keyed on the digest alone (32 bytes, so the two kinds never collide).
+A frame whose signature was replaced by another signer's over the same payload
+is that other signer's request: served once for each.
 
 How long a digest is remembered.  The freshness check accepts an envelope
 timestamp up to 300 s old and up to 300 s in the future, so a digest must be
 remembered for `window_secs` = 300 + 300 s after it arrives.  But the envelope
 timestamp is *not* covered by the signature (the digest is over the payload
-only, PROTOCOL.md §4): anyone holding a captured request can resend it later
+only, docs/PROTOCOL.md §4): anyone holding a captured request can resend it later
 with a fresh timestamp.  The signed part that bounds a request's life is its
 `deadline`; so a digest is kept until the later of `now + window_secs` and
 the request's deadline (capped at `now + max_hold_secs`, so that a deadline in
@@ -20,16 +24,18 @@ the year 3000 cannot pin memory).  After that, only a request *without* a
 deadline (or one beyond the cap) could be replayed, by someone who captured it
 and rewrote its timestamp: clients that care set a deadline.
 
-Memory bound and what happens when full.  At most `max_entries` digests are
-held (about 300 bytes each in CPython, digest included: ~80 MB when the
-default 262144 are all live).  Expired entries go first, always.  When the store is full of live entries, the entry
+Memory bound and what happens when full.  At most `max_entries` keys are
+held (about 320 bytes each in CPython, the 52-byte key included).  The
+executor sizes it from `[request_handling] replay_rate_per_sec` (ours):
+`capacity_for(rate)` = rate x `window_secs` entries, so the default 1000/s
+holds 600,000 (~190 MB when all are live; memory is used only as traffic
+fills it).  Expired entries go first, always.  When the store is full of live entries, the entry
 whose protection ends *soonest* (with the plain window: the oldest) is
 forgotten to make room, counted in `forced_evictions` and logged as a warning
 (at most once a minute): from then on, a replay of that one request would be
 served again.  We never refuse new requests because the store is full (that
-would let anyone stop the executor by sending unique requests); size
-`max_entries` above the requests admitted within `window_secs` (the default
-covers ~430 requests/s for the whole window).
+would let anyone stop the executor by sending unique requests); the metrics
+show entries, capacity and `lloom_executor_replay_forced_evictions_total`.
 
 Cost: lookup O(1); remembering a new digest O(log n) (a heap orders expiries,
 which differ once deadlines count); expiry amortised O(log n) per entry.
@@ -40,6 +46,7 @@ single atomic operation on purpose, so a shared implementation maps it to one
 `INSERT ... ON CONFLICT DO NOTHING` (SQLite WAL) or `SET key 1 NX EXAT t`
 (Redis) and two workers cannot both admit the same digest.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -49,14 +56,37 @@ import time
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
+from .. import _native
+
 log = logging.getLogger(__name__)
 
-__all__ = ["ReplayStore", "ReplayGuard", "DEFAULT_WINDOW_SECS", "DEFAULT_MAX_ENTRIES", "DEFAULT_MAX_HOLD_SECS"]
+__all__ = [
+    "DEFAULT_MAX_ENTRIES",
+    "DEFAULT_MAX_HOLD_SECS",
+    "DEFAULT_WINDOW_SECS",
+    "ReplayGuard",
+    "ReplayStore",
+    "capacity_for",
+    "replay_key",
+]
 
 DEFAULT_WINDOW_SECS = 300 + 300  # MAX_MESSAGE_AGE_SECS + MAX_CLOCK_SKEW_SECS
 DEFAULT_MAX_ENTRIES = 262_144
 DEFAULT_MAX_HOLD_SECS = 24 * 3600
 _FULL_WARNING_EVERY_SECS = 60.0
+
+
+def capacity_for(rate_per_sec: int, window_secs: float = DEFAULT_WINDOW_SECS) -> int:
+    """Entries that hold a full window of requests arriving at `rate_per_sec`."""
+    return max(1, int(rate_per_sec * window_secs))
+
+
+def replay_key(decoded: _native.DecodedRequest) -> bytes:
+    """signer (20 bytes) + signing digest (32) for a validly signed request; the digest alone otherwise."""
+    digest = bytes(decoded.digest)
+    if decoded.is_signed and decoded.signature_valid and decoded.signer is not None:
+        return bytes(decoded.signer) + digest
+    return digest
 
 
 @runtime_checkable

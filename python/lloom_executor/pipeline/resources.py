@@ -51,6 +51,7 @@ whose need alone is above the total is refused.
 
 Refusal and wait reasons are sentences that go to the client in a signed error.
 """
+
 from __future__ import annotations
 
 import logging
@@ -152,7 +153,9 @@ class GpuProbe:
     pynvml. Without NVML (`available` false) nothing here is measured.
     """
 
-    def __init__(self, nvml: Any = None, sample_secs: float = DEFAULT_SAMPLE_SECS, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, nvml: Any = None, sample_secs: float = DEFAULT_SAMPLE_SECS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._nvml = nvml
         self._handles: list[Any] = []
         self.sample_secs = sample_secs
@@ -270,7 +273,9 @@ class ResourceGovernor:
         budget = sum(max(0.0, totals[d] / GIB - reserved) for d in considered)
         log.info(
             "resources: gpu_memory_gb accounted against %.1f GB (GPUs %s, %g GB reserved on each)",
-            budget, considered, reserved,
+            budget,
+            considered,
+            reserved,
         )
         return budget
 
@@ -332,29 +337,31 @@ class ResourceGovernor:
         rate = self._rates.get(model)
         if rate is not None and (wait := rate.ready_in(self._clock())) > 0:
             return (
-                f"model {model!r} is over its max_tokens_per_second ({rate.rate:g} tokens/s): "
-                f"it may start again in {wait:.1f} s"
+                f"model {model!r} is over its max_tokens_per_second ({rate.rate:g} tokens/s): it may start again in {wait:.1f} s"
             )
         if self._running.get(model, 0) > 0:
             return None  # the model already holds what it needs
         # (the model's need, the budget it is accounted against (None: not enforced), why it waits)
         limits: tuple[tuple[Callable[[str], float], float | None, str], ...] = (
             (
-                self.memory_gb, self.config.max_memory_gb,
+                self.memory_gb,
+                self.config.max_memory_gb,
                 (
                     "not enough memory for model {model!r}: it needs {need:g} GB and {used:g} of "
                     "max_memory_gb {budget:g} GB are in use by {holders}"
                 ),
             ),
             (
-                self.gpu_memory_gb, self.gpu_budget_gb,
+                self.gpu_memory_gb,
+                self.gpu_budget_gb,
                 (
                     "not enough GPU memory for model {model!r}: it needs {need:g} GB (gpu_memory_gb) and "
                     "{used:g} of {budget:.1f} GB are in use by {holders}"
                 ),
             ),
             (
-                self.cpu_cores, self.cpu_total,
+                self.cpu_cores,
+                self.cpu_total,
                 (
                     "not enough CPU cores for model {model!r}: it needs {need} (cpu_cores) and {used} "
                     "of the {budget} this executor may use are in use by {holders}"

@@ -1,0 +1,274 @@
+"""Admission: the ordered checks a decoded request passes before any work is done for it.
+
+Cheapest check first, each refusal with its specific public reason (the
+limit, the price we charge, the models we serve, what is wrong with the
+frame): that helps the client and reveals nothing internal.
+
+The one step that must stay atomic is the replay guard's check-and-remember:
+it runs after every check that may refuse cheaply (so a request refused for
+its price can be resent as it is) and before the checks that may wait (the
+plugins' `check_request`, and later shared stores), so two copies of one
+request can never both pass. A refusal after it forgets the request again:
+nothing was done for it. A check may be a plain function or return an
+awaitable; plain ones cost no `await`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from .. import _native
+from ..config import ModelConfig, RequestHandlingConfig
+from ..events import RequestView
+from ..outcome import Refusal, RefusalCode
+from ..p2p.llm_protocol import RequestContext
+from ..pipeline.content_filter import ContentFilter
+from ..pipeline.model_registry import ModelRegistry
+from ..pipeline.ratelimits import RateLimitRules
+from ..pipeline.replay import ReplayGuard, replay_key
+from ..plugins import PluginHost
+
+MAX_MESSAGE_AGE_SECS = 300
+MAX_CLOCK_SKEW_SECS = 300
+TOKEN_ENCODING = "cl100k_base"
+
+
+def prompt_text(request: _native.LlmRequest) -> str:
+    """The text we count as the request's inbound tokens when the backend reports no usage."""
+    return request.prompt if request.system_prompt is None else request.system_prompt + "\n" + request.prompt
+
+
+@dataclass
+class Candidate:
+    """A decoded request on its way through admission; the checks fill in what they learn."""
+
+    decoded: _native.DecodedRequest
+    request: _native.LlmRequest
+    ctx: RequestContext
+    prompt_tokens: int
+    replay_key: bytes
+    model: ModelConfig | None = None  # resolved (aliases) once the model check passed
+    max_tokens: int = 0  # the output budget the backend gets
+    view: RequestView | None = None  # what plugins see, made once when a plugin checks
+
+    @property
+    def signed(self) -> bool:
+        return self.decoded.is_signed and self.decoded.signature_valid
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A request that passed admission: the model it runs on and its token budget."""
+
+    candidate: Candidate
+    model: ModelConfig
+    prompt_tokens: int
+    max_tokens: int
+
+
+Check = Callable[[Candidate], Awaitable[None] | None]
+
+
+class Admission:
+    """`before` checks, the atomic replay check-and-remember, then `after` checks."""
+
+    def __init__(self, before: Sequence[Check], replay: ReplayGuard, after: Sequence[Check] = ()) -> None:
+        self.before = tuple(before)
+        self.replay = replay
+        self.after = tuple(after)
+
+    async def admit(self, decoded: _native.DecodedRequest, ctx: RequestContext) -> Admitted:
+        request = decoded.request
+        assert request is not None  # validator messages never reach admission
+        candidate = Candidate(
+            decoded, request, ctx, _native.count_tokens(prompt_text(request), TOKEN_ENCODING), replay_key(decoded)
+        )
+        for check in self.before:
+            pending = check(candidate)
+            if pending is not None:
+                await pending
+        if not self.replay.check_and_remember(candidate.replay_key, deadline=request.deadline):
+            raise Refusal("replay: this signed request was already received", RefusalCode.REPLAY)
+        try:
+            for check in self.after:
+                pending = check(candidate)
+                if pending is not None:
+                    await pending
+        except BaseException:
+            self.replay.forget(candidate.replay_key)
+            raise
+        assert candidate.model is not None  # the model check is one of `before`
+        return Admitted(candidate, candidate.model, candidate.prompt_tokens, candidate.max_tokens)
+
+    def forget(self, admitted: Admitted) -> None:
+        """Lets the same signed request be sent again (it was refused before any work was done)."""
+        self.replay.forget(admitted.candidate.replay_key)
+
+
+# -- the checks, in the order `standard_admission` runs them ------------------------------
+
+
+def rate_limit_check(rules: RateLimitRules, limit: int, on_refused: Callable[[str], None] | None) -> Check:
+    def check(c: Candidate) -> None:
+        max_tokens = c.request.max_tokens
+        wanted = c.prompt_tokens + (max_tokens if max_tokens is not None else limit)
+        decision = rules.check(c.ctx.peer_id, c.ctx.remote_ip, wanted)
+        if not decision.allowed:
+            if on_refused is not None:
+                on_refused(decision.rule_description)
+            raise Refusal(decision.reason, RefusalCode.RATE_LIMITED)
+
+    return check
+
+
+def size_check(limit: int, content_filter: ContentFilter | None) -> Check:
+    def check(c: Candidate) -> None:
+        request = c.request
+        if request.max_tokens is not None and request.max_tokens > limit:
+            raise Refusal(f"max_tokens {request.max_tokens} exceeds this executor's limit of {limit}", RefusalCode.TOO_LARGE)
+        if content_filter is not None and (reason := content_filter.check_length(request.system_prompt, request.prompt)):
+            raise Refusal(reason, RefusalCode.TOO_LARGE)
+
+    return check
+
+
+def signature_check(allow_unsigned: bool) -> Check:
+    def check(c: Candidate) -> None:
+        now = int(time.time())
+        decoded = c.decoded
+        if decoded.is_signed:
+            if not decoded.signature_valid:
+                raise Refusal("invalid signature: it does not recover to the signer", RefusalCode.INVALID_SIGNATURE)
+            age = now - (decoded.timestamp or 0)
+            if age > MAX_MESSAGE_AGE_SECS:
+                raise Refusal(f"request too old: signed {age} s ago (limit {MAX_MESSAGE_AGE_SECS} s)", RefusalCode.STALE)
+            if -age > MAX_CLOCK_SKEW_SECS:
+                raise Refusal(f"request timestamp {-age} s in the future (limit {MAX_CLOCK_SKEW_SECS} s)", RefusalCode.STALE)
+        elif not allow_unsigned:
+            raise Refusal("unsigned requests are not accepted by this executor; send a SignedLlmRequest", RefusalCode.UNSIGNED)
+        if c.request.deadline and c.request.deadline < now:
+            raise Refusal(f"deadline {c.request.deadline} has passed", RefusalCode.EXPIRED)
+
+    return check
+
+
+def replay_seen_check(replay: ReplayGuard) -> Check:
+    """An early, read-only refusal of a replay, before the more expensive checks."""
+
+    def check(c: Candidate) -> None:
+        if replay.seen(c.replay_key):
+            raise Refusal("replay: this signed request was already received", RefusalCode.REPLAY)
+
+    return check
+
+
+def addressing_check(peer_id: str, evm_address: str) -> Check:
+    names_for_us = {peer_id, evm_address.lower()}
+
+    def check(c: Candidate) -> None:
+        target = c.request.executor_address.strip()
+        if target.lower() not in names_for_us and target not in names_for_us:
+            raise Refusal(f"request is addressed to {target}, not to this executor ({peer_id})", RefusalCode.WRONG_EXECUTOR)
+
+    return check
+
+
+def model_check(registry: ModelRegistry, limit: int) -> Check:
+    """Price syntax, the model (or alias) served, and the context length."""
+
+    def check(c: Candidate) -> None:
+        request = c.request
+        for side in ("inbound_price", "outbound_price"):
+            price = getattr(request, side)
+            if not (price.isascii() and price.isdigit()):
+                raise Refusal(f"{side} must be a whole number of wei in decimal, got {price!r}", RefusalCode.BAD_PRICE)
+        model = registry.resolve(request.model)
+        if model is None:
+            served = registry.served_names()
+            raise Refusal(f"model {request.model!r} is not served here; available: {served}", RefusalCode.UNKNOWN_MODEL)
+        room = model.context_length - c.prompt_tokens
+        max_tokens = request.max_tokens if request.max_tokens is not None else min(limit, room)
+        if max_tokens > room or room <= 0:
+            raise Refusal(
+                f"prompt ({c.prompt_tokens} tokens) plus max_tokens ({max_tokens}) exceeds the "
+                f"context length {model.context_length} of model {model.name!r}",
+                RefusalCode.TOO_LARGE,
+            )
+        c.model, c.max_tokens = model, max_tokens
+
+    return check
+
+
+def price_check(registry: ModelRegistry) -> Check:
+    def check(c: Candidate) -> None:
+        assert c.model is not None
+        if reason := registry.check_offer(c.model, int(c.request.inbound_price), int(c.request.outbound_price)):
+            raise Refusal(reason, RefusalCode.PRICE_TOO_LOW)
+
+    return check
+
+
+def prompt_filter_check(content_filter: ContentFilter) -> Check:
+    def check(c: Candidate) -> None:
+        if reason := content_filter.check_prompt(c.request.system_prompt, c.request.prompt):
+            raise Refusal(reason, RefusalCode.CONTENT_FILTERED)
+
+    return check
+
+
+def plugin_view(c: Candidate) -> RequestView:
+    """The plugins' view of an admitted request, made once (its event reuses it)."""
+    if c.view is None:
+        assert c.model is not None
+        c.view = RequestView.of(c.decoded, c.ctx.peer_id, c.ctx.remote_ip, c.model.name, c.prompt_tokens, c.max_tokens)
+    return c.view
+
+
+def plugin_check(plugins: PluginHost) -> Check:
+    """The plugins' check_request; which plugins check is known only once they are loaded."""
+
+    async def ask(c: Candidate) -> None:
+        refusal = await plugins.check_request(plugin_view(c))
+        if refusal is not None:
+            raise refusal
+
+    def check(c: Candidate) -> Awaitable[None] | None:
+        return ask(c) if plugins.checks_requests else None
+
+    return check
+
+
+def standard_admission(
+    *,
+    registry: ModelRegistry,
+    replay: ReplayGuard,
+    handling: RequestHandlingConfig,
+    allow_unsigned: bool,
+    peer_id: str,
+    evm_address: str,
+    rate_limits: RateLimitRules | None = None,
+    content_filter: ContentFilter | None = None,
+    plugins: PluginHost | None = None,
+    on_rate_limited: Callable[[str], None] | None = None,
+) -> Admission:
+    """The executor's admission, cheapest check first, from the stages that are configured."""
+    limit = handling.max_tokens_per_request
+    before: list[Check] = []
+    if rate_limits is not None:
+        before.append(rate_limit_check(rate_limits, limit, on_rate_limited))
+    before += [
+        size_check(limit, content_filter),
+        signature_check(allow_unsigned),
+        replay_seen_check(replay),
+        addressing_check(peer_id, evm_address),
+        model_check(registry, limit),
+        price_check(registry),
+    ]
+    if content_filter is not None:
+        before.append(prompt_filter_check(content_filter))
+    after: list[Check] = []
+    if plugins is not None:
+        after.append(plugin_check(plugins))
+    return Admission(before, replay, after)
