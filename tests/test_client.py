@@ -280,8 +280,12 @@ def test_rust_executor_discovered(rust_executor: RustExecutor, run, channel: str
 
     async def body() -> tuple[list[ExecutorInfo], Answer]:
         async with client(bootstrap=[rust_executor.addr], enable_kad=channel == "kad", enable_gossip=channel == "gossip") as c:
+            # over gossip, EXECUTOR_AVAILABLE may come before the (verified) model announcement: wait for both
             found = await c.find_executors(
-                timeout=15, until=lambda f: any(e.peer_id == rust_executor.peer_id and wanted <= e.via for e in f)
+                timeout=15,
+                until=lambda f: any(
+                    e.peer_id == rust_executor.peer_id and wanted <= e.via and (channel != "gossip" or e.models) for e in f
+                ),
             )
             target = next(e for e in found if e.peer_id == rust_executor.peer_id)
             return found, await c.request(target, MODEL, "discovered", inbound_price="2", outbound_price="3")

@@ -1,4 +1,6 @@
-"""The SQLite request ledger: exact rows, WAL, durability under SIGKILL, several writers, serving."""
+"""The SQLite request ledger: exact rows, WAL, durability under SIGKILL, several writers, group commit, serving.
+
+(What is kept of refusals under a flood: tests/test_ledger_flood.py; a full disk: tests/test_full_disk.py.)"""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from lloom_executor import _native
 from lloom_executor.backends import Completion, CompletionRequest, EchoBackend
 from lloom_executor.backends.base import BackendServerError
 from lloom_executor.config import ModelConfig
-from lloom_executor.ledger import STATUS_REFUSED, STATUS_SERVED, Ledger, LedgerEntry, LedgerError
+from lloom_executor.ledger import SCHEMA_VERSION, STATUS_REFUSED, STATUS_SERVED, Ledger, LedgerEntry, LedgerError, RefusalBook
 from lloom_executor.metrics import Metrics
 from lloom_executor.p2p.llm_protocol import RequestContext
 from lloom_executor.service import build_request_handler
@@ -92,6 +94,7 @@ def test_wal_full_sync_and_exact_row(tmp_path: Path) -> None:
         "queued_ms": 1.5,
         "backend_ms": 2.5,
         "total_ms": 4.0,
+        "code": None,
     }
     # another connection (another process would be the same) sees WAL mode on the file itself
     conn = sqlite3.connect(tmp_path / "data" / "ledger.sqlite3")
@@ -287,12 +290,14 @@ def test_serving_records_served_and_refused_rows(tmp_path: Path) -> None:
         "receipt_digest": "0x" + ok.receipt["digest"].hex(),
         "receipt_signature": "0x" + ok.receipt["signature"].hex(),
         "receipt_timestamp": ok.timestamp,
+        "code": None,
     }
     assert ok.total_cost == str(ok.inbound_tokens * BIG + ok.outbound_tokens * 5)
     assert served["queued_ms"] >= 0 and served["backend_ms"] >= 0 and served["total_ms"] >= served["backend_ms"]
     assert abs(served["time"] - time.time()) < 60
     # refused in admission: no receipt, no backend timings, reason recorded
     assert (unknown["status"], unknown["model"], unknown["reason"]) == ("refused", "", answers[1].error)
+    assert (served["code"], unknown["code"], failed["code"]) == (None, "unknown_model", "backend_failed")
     assert unknown["requested_model"] == "nope"
     assert unknown["receipt_digest"] is None and unknown["queued_ms"] is None and unknown["backend_ms"] is None
     assert (unknown["inbound_tokens"], unknown["outbound_tokens"], unknown["total_cost"]) == (0, 0, "0")
@@ -306,22 +311,31 @@ def test_serving_records_served_and_refused_rows(tmp_path: Path) -> None:
     assert totals.revenue == int(ok.total_cost)
 
 
-class SlowLedger(Ledger):
-    """Commits after a delay: the answer must wait for it, the event loop must not."""
+def hold_write_lock(path: Path, seconds: float) -> threading.Thread:
+    """Another connection (as `maintenance optimize-db` would) holds the write lock for `seconds`."""
+    taken = threading.Event()
 
-    def record(self, entry: LedgerEntry) -> int:
-        time.sleep(0.3)
-        rowid = super().record(entry)
-        self.committed_at = time.monotonic()
-        return rowid
+    def hold() -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        taken.set()
+        time.sleep(seconds)  # the lock holder's work: what the writer must wait for
+        conn.execute("COMMIT")
+        conn.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert taken.wait(10)
+    return holder
 
 
 def test_answer_waits_for_the_row_without_blocking_the_loop(tmp_path: Path) -> None:
+    """The served answer leaves only once its row is committed; meanwhile the loop keeps running."""
     executor, client = _native.PrivateKey.generate(), _native.PrivateKey.generate()
-    ledger = SlowLedger(tmp_path / "l.db")
+    ledger = Ledger(tmp_path / "l.db")
     h = handler(executor, ledger)
 
-    async def body() -> tuple[float, int]:
+    async def body() -> tuple[float, float, int]:
         ticks = 0
         done = asyncio.Event()
 
@@ -332,36 +346,134 @@ def test_answer_waits_for_the_row_without_blocking_the_loop(tmp_path: Path) -> N
                 await asyncio.sleep(0.01)
 
         t = asyncio.create_task(ticker())
-        await h(signed(client, executor, "hello"), CTX)
+        holder = hold_write_lock(ledger.path, 0.3)
+        sent = time.monotonic()
+        answer = _native.decode_response(await h(signed(client, executor, "hello"), CTX))
         answered = time.monotonic()
+        assert answer.error is None
         done.set()
         await t
-        return answered, ticks
+        holder.join()
+        return sent, answered, ticks
 
-    answered, ticks = asyncio.run(body())
-    assert ledger.committed_at <= answered and ledger.count() == 1
-    assert ticks >= 10  # the loop kept running during the 0.3 s write
+    sent, answered, ticks = asyncio.run(body())
+    assert answered - sent >= 0.25 and ledger.count() == 1  # it waited for the lock holder, then committed
+    assert ticks >= 10  # the loop kept running during the wait
     ledger.close()
 
 
-class BrokenLedger(Ledger):
-    def record(self, entry: LedgerEntry) -> int:
-        raise LedgerError("disk full")
-
-
 def test_unrecordable_request_is_not_served(tmp_path: Path) -> None:
+    """A write that fails (here: the lock held past busy_timeout) turns the answer into a signed
+    ledger_error refusal; the ledger reports itself not writable until a write succeeds again."""
     executor, client = _native.PrivateKey.generate(), _native.PrivateKey.generate()
     metrics = Metrics()
-    h = handler(executor, BrokenLedger(tmp_path / "l.db"), receipt_domain=DOMAIN, metrics=metrics)
+    ledger = Ledger(tmp_path / "l.db", busy_timeout=0.1)
+    h = handler(executor, ledger, receipt_domain=DOMAIN, metrics=metrics)
+    holder = hold_write_lock(ledger.path, 1.0)
     answer = _native.decode_response(asyncio.run(h(signed(client, executor, "hello"), CTX)))
     assert answer.signature_valid and answer.content == "" and answer.total_cost == "0"
     assert "could not record" in answer.error
     assert answer.receipt["success"] is False
+    status = ledger.status()
+    assert not status.writable and status.write_errors >= 1 and "locked" in (status.last_error or "")
     # The metrics count what the client got: an error, no revenue, no tokens sold.
     text = generate_latest(metrics.registry).decode()
     assert f'lloom_executor_requests_total{{model="{MODEL}",status="ledger_error"}} 1.0' in text
     assert 'status="success"' not in text
+    assert "lloom_executor_ledger_writable 0.0" in text and "lloom_executor_ledger_write_errors_total" in text
     assert metrics.revenue_wei == 0
+    holder.join()
+    again = _native.decode_response(asyncio.run(h(signed(client, executor, "hello again"), CTX)))
+    assert again.error is None and ledger.status().writable
+    rows = ledger.entries()
+    assert [(r["status"], r["code"]) for r in rows] == [("refused", "ledger_error"), ("served", None)]
+    assert "lloom_executor_ledger_writable 1.0" in generate_latest(metrics.registry).decode()
+    ledger.close()
+
+
+# -- group commit ----------------------------------------------------------------------------------
+def test_rows_arriving_during_a_commit_share_the_next_one(tmp_path: Path) -> None:
+    """64 submitters at once while the writer is held up: far fewer commits than rows, every
+    row exact, and each submitter got its own row's id."""
+    with Ledger(tmp_path / "l.db") as ledger:
+        before = ledger.status().commits
+
+        async def burst() -> list[int]:
+            holder = hold_write_lock(ledger.path, 0.2)  # the first commit waits: the rest queue behind it
+            ids = await asyncio.gather(*(ledger.record_async(entry(i)) for i in range(1, 65)))
+            holder.join()
+            return list(ids)
+
+        ids = asyncio.run(burst())
+        commits = ledger.status().commits - before
+        rows = {r["id"]: r for r in ledger.entries()}
+    assert sorted(ids) == sorted(rows) and len(set(ids)) == 64
+    assert [rows[rowid]["peer_id"] for rowid in ids] == [f"peer-{i}" for i in range(1, 65)]
+    assert 1 <= commits <= 3, commits  # the first row alone (maybe), then the rest together
+
+
+def test_a_lone_row_commits_at_once(tmp_path: Path) -> None:
+    """No timer while idle: one row, one commit, straight away (well under the refusal flush)."""
+    with Ledger(tmp_path / "l.db", refusals=RefusalBook(flush_secs=30.0)) as ledger:
+        before = ledger.status().commits
+        started = time.monotonic()
+        ledger.record(entry(1))
+        assert time.monotonic() - started < 5.0 and ledger.status().commits == before + 1
+
+
+def test_refusal_rows_ride_with_the_next_served_commit(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.db", refusals=RefusalBook(flush_secs=30.0)) as ledger:
+        before = ledger.status().commits
+        for i in range(5):
+            ledger.record_refusal(entry(i, status=STATUS_REFUSED, total_cost="0", reason="replay"), "replay")
+        assert ledger.status().commits == before and ledger.status().refusals_pending == 5  # nobody waited
+        ledger.record(entry(9))
+        status = ledger.status()
+        assert status.commits == before + 1 and status.refusals_pending == 0  # one transaction for all six
+        rows = ledger.entries()
+    assert [(r["status"], r["code"]) for r in rows].count(("refused", "replay")) == 5 and len(rows) == 6
+
+
+def test_version_1_ledger_is_migrated(tmp_path: Path) -> None:
+    """A ledger written by the previous schema opens, keeps its rows, and takes new ones."""
+    path = tmp_path / "l.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    columns = ", ".join(f"{c} TEXT" for c in ("status", "reason", "client_address", "peer_id", "model", "requested_model"))
+    conn.execute(
+        f"CREATE TABLE requests (id INTEGER PRIMARY KEY, time REAL NOT NULL, {columns}, inbound_tokens INTEGER,"
+        " outbound_tokens INTEGER, inbound_price TEXT, outbound_price TEXT, total_cost TEXT, request_digest TEXT,"
+        " request_hash TEXT, receipt_digest TEXT, receipt_signature TEXT, receipt_timestamp INTEGER, queued_ms REAL,"
+        " backend_ms REAL, total_ms REAL)"
+    )
+    conn.execute(
+        "CREATE TABLE model_totals (model TEXT PRIMARY KEY, served INTEGER NOT NULL DEFAULT 0, refused INTEGER NOT NULL"
+        " DEFAULT 0, inbound_tokens INTEGER NOT NULL DEFAULT 0, outbound_tokens INTEGER NOT NULL DEFAULT 0,"
+        " revenue TEXT NOT NULL DEFAULT '0')"
+    )
+    conn.execute(
+        "INSERT INTO requests (time, status, model, requested_model, inbound_tokens, outbound_tokens, inbound_price,"
+        " outbound_price, total_cost) VALUES (1.0, 'served', 'm', 'm', 1, 1, '1', '1', '2')"
+    )
+    conn.execute("INSERT INTO model_totals VALUES ('m', 1, 0, 1, 1, '2')")
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    with Ledger(path) as ledger:
+        ledger.record(entry(3))
+        rows = ledger.entries()
+        totals = ledger.totals().by_model["m"]
+    assert [r["code"] for r in rows] == [None, None] and rows[0]["total_cost"] == "2"
+    assert totals.served == 2 and totals.revenue == 2 + 3 * BIG + 18
+    check = sqlite3.connect(path)
+    # still schema 1, grown by addition only: an older release (an `update apply` rollback) opens
+    # it and writes its rows as before, `code` left NULL
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+    check.execute(
+        "INSERT INTO requests (time, status, model, requested_model, inbound_tokens, outbound_tokens, inbound_price,"
+        " outbound_price, total_cost) VALUES (2.0, 'served', 'm', 'm', 1, 1, '1', '1', '2')"
+    )
+    check.commit()
+    check.close()
 
 
 def test_ledger_usable_from_threads(tmp_path: Path) -> None:

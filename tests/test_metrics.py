@@ -19,6 +19,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -548,3 +549,36 @@ def test_custom_metrics_are_prometheus_client_types_exposed_as_before() -> None:
         for metric in (counter, gauge, histogram):
             unregister_metric(metric)
     assert "test_types" not in generate_latest(Metrics(gpus=NoGpus()).registry).decode()
+
+
+def test_a_running_executor_exports_every_family_it_wires(tmp_path: Path) -> None:
+    """What `service.py` wires beyond the request counters: the replay guard, the ledger writer,
+    connection admission, threads and the loop's tasks, read from a real node's /metrics."""
+    import asyncio
+
+    from lloom_executor.identity import load_identity
+    from lloom_executor.service import ExecutorService
+    from service_rig import echo_service_config
+
+    config = echo_service_config(tmp_path)
+
+    async def scrape_running() -> str:
+        service = ExecutorService(config, load_identity(config.identity, environ={}))
+        await service.start()
+        try:
+            assert service.metrics_server is not None and service.metrics_server.url is not None
+            url = service.metrics_server.url
+            async with httpx.AsyncClient(trust_env=False) as http:
+                return (await http.get(url)).text
+        finally:
+            await service.stop()
+
+    text = asyncio.run(scrape_running())
+    assert value(text, "lloom_executor_replay_capacity") == 600_000  # replay_rate_per_sec 1000 x 600 s
+    assert value(text, "lloom_executor_replay_entries") == 0
+    assert value(text, "lloom_executor_replay_forced_evictions_total") == 0
+    assert value(text, "lloom_executor_ledger_writable") == 1
+    assert value(text, "lloom_executor_threads") >= 1 and value(text, "lloom_executor_asyncio_tasks") >= 1
+    names = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+    assert {"lloom_executor_ledger_commits_total", "lloom_executor_ledger_write_errors_total"} <= names
+    assert {"lloom_executor_handshake_timeouts_total", "lloom_executor_inbound_connections"} <= names

@@ -264,15 +264,30 @@ def test_no_receipt_for_refusals_unsigned_or_without_domain() -> None:
     assert answer.error is None and answer.receipt is None
 
 
-def test_uncommittable_price_answers_without_receipt() -> None:
-    """A price of 2**256 wei or more has no uint256 commitment: the answer goes out, without a receipt."""
+@pytest.mark.parametrize(
+    "price, temperature, refused",
+    [
+        (str(2**256 - 1), None, False),
+        (str(2**256), None, True),  # no uint256 holds it
+        # temperature travels as an f32; these two are neighbouring f32 values around the uint32 edge
+        ("1", 429_496.71875, False),  # round(t x 10000) = 4294967188 < 2**32: fits the uint32
+        ("1", 429_496.75, True),  # 4294967500: does not
+        ("1", -1.0, True),
+    ],
+)
+def test_values_a_receipt_cannot_hold_are_refused_at_admission(price: str, temperature: float | None, refused: bool) -> None:
+    """Never served and charged without a receipt a contract could verify: a price of 2**256 wei or
+    more, or a temperature outside the receipt's uint32 of round(t x 10000), is refused up front."""
     executor, client = _native.PrivateKey.generate(), _native.PrivateKey.generate()
     now = int(time.time())
     frame = _native.encode_signed_request(
-        client, MODEL, "hello", None, None, 8, executor.peer_id, str(2**256), "2", 1, now + 60, now
+        client, MODEL, "hello", None, temperature, 8, executor.peer_id, price, "2", 1, now + 60, now
     )
     answer = _native.decode_response(run(_handler(executor)(frame, CTX)))
-    assert answer.error is None and answer.receipt is None
+    if refused:
+        assert answer.error is not None and "in the receipt" in answer.error and answer.receipt is None
+    else:
+        assert answer.error is None and answer.receipt is not None
 
 
 # -- over the wire ------------------------------------------------------------------------------

@@ -2,15 +2,18 @@
 
 Endpoints (JSON):
 
-  GET /health            {"status": "healthy"|"degraded"|"unhealthy"}; 200, or 503 when unhealthy.
+  GET /health            {"status": "healthy"|"degraded"|"unhealthy"}; 200, or 503 when unhealthy;
+                         and "ledger": "not writable" while the ledger cannot write.
                          Always open, even with an auth_token: load balancers and the
                          manual's `curl http://localhost:8080/health` send no token, and
-                         it tells nothing beyond up/down.
+                         it tells nothing beyond up/down and why.
   GET /health/detailed   the manual's fields: status, uptime_seconds, models_loaded,
                          active_requests, total_requests, backend_status, p2p_peers;
                          and throttled_models: {model: {resume_in_seconds,
                          waiting_requests}} for each model over its [[models]]
-                         max_tokens_per_second now (empty when none is).
+                         max_tokens_per_second now (empty when none is); while the
+                         ledger cannot write also "ledger": "not writable",
+                         "ledger_error" (SQLite's message) and "ledger_write_errors".
   GET /admin/peers       connected peers (PeerBook snapshot: peer_id, addresses, direction,
                          connected_since, protocols, latency_ms, roles).
   GET /admin/models      configured models with prices (wei per token), aliases, enabled and
@@ -21,9 +24,12 @@ Auth: with `auth_token` set, every path except `/health` needs
 `Authorization: Bearer <token>` (compared in constant time), else 401.
 TLS: with `tls_cert`/`tls_key` set the server speaks HTTPS only.
 
-Status: "unhealthy" while the P2P node is not running or the executor is
-draining (shutting down: route elsewhere); "degraded" while the backend is
-unreachable or no model is enabled; else "healthy".
+Status: "unhealthy" while the P2P node is not running, the executor is
+draining (shutting down: route elsewhere) or the ledger cannot write (a full
+disk: every request that would be served is refused, since nothing is served
+without its row; it turns healthy by itself once a write succeeds again, which
+the ledger retries every second); "degraded" while the backend is unreachable
+or no model is enabled; else "healthy".
 
 The backend is never contacted per HTTP request: `BackendProbe` lists its
 models every `probe_interval_secs` (and once before the API starts), and every
@@ -51,6 +57,7 @@ from .backends.base import BackendError, BackendTimeout, LlmBackend, ModelInfo
 from .config import ApiConfig, Config
 from .diagnostics import model_rows
 from .httpserve import EmbeddedHttpServer, split_host_port
+from .ledger import LedgerStatus
 from .p2p.llm_protocol import StreamStats
 
 log = logging.getLogger(__name__)
@@ -165,6 +172,11 @@ class NodeView(Protocol):
 
     def throttled_models(self) -> dict[str, dict[str, Any]]: ...
 
+    def ledger_status(self) -> LedgerStatus: ...
+
+
+NOT_WRITABLE = "not writable"
+
 
 class ApiState:
     """What the endpoints read: the node's view, the config and the cached backend probe."""
@@ -175,11 +187,18 @@ class ApiState:
         self.probe = probe
 
     def status(self) -> str:
-        if not self.node.running or self.node.draining:
+        if not self.node.running or self.node.draining or not self.node.ledger_status().writable:
             return "unhealthy"
         if not self.probe.connected or not self.node.served_models():
             return "degraded"
         return "healthy"
+
+    def health(self) -> dict[str, Any]:
+        """`/health`: the status, and the reason when it is the ledger (no detail: the path is open)."""
+        body: dict[str, Any] = {"status": self.status()}
+        if not self.node.ledger_status().writable:
+            body["ledger"] = NOT_WRITABLE
+        return body
 
     async def peers(self) -> list[dict[str, Any]]:
         return await self.node.peers()
@@ -195,7 +214,14 @@ class ApiState:
             "backend_status": self.probe.status,
             "p2p_peers": len(await self.node.peers()),
             "throttled_models": self.node.throttled_models(),
+            **self._ledger_problem(),
         }
+
+    def _ledger_problem(self) -> dict[str, Any]:
+        ledger = self.node.ledger_status()
+        if ledger.writable:
+            return {}
+        return {"ledger": NOT_WRITABLE, "ledger_error": ledger.last_error, "ledger_write_errors": ledger.write_errors}
 
     async def models(self) -> dict[str, Any]:
         rows, status = await model_rows(self.config, self.probe, self.node.prices())
@@ -215,8 +241,8 @@ class ApiState:
 
 def build_app(state: ApiState, auth_token: str | None) -> Starlette:
     async def health(request: Request) -> Response:
-        status = state.status()
-        return json_response({"status": status}, 503 if status == "unhealthy" else 200)
+        body = state.health()
+        return json_response(body, 503 if body["status"] == "unhealthy" else 200)
 
     async def health_detailed(request: Request) -> Response:
         data = await state.detailed()

@@ -2,8 +2,8 @@
 
 `RefusalCode` is the one list of outcome labels. It is an external contract:
 the `status` label of `lloom_executor_requests_total`, `data.code` of webhook
-`error` events and plugin events, and the refusal's code in the ledger's
-`reason` column all use these strings, so renaming one is a breaking change
+`error` events and plugin events, and the ledger's `code` column (and its
+`refusal_counts` table) all use these strings, so renaming one is a breaking change
 (the README lists them).
 
 `Reply` is the `LlmResponse` payload about to be signed, `Timings` where the
@@ -35,6 +35,7 @@ class RefusalCode(StrEnum):
     REPLAY = "replay"
     WRONG_EXECUTOR = "wrong_executor"
     BAD_PRICE = "bad_price"
+    UNCOMMITTABLE = "uncommittable"  # a value the EIP-712 receipt cannot hold (price >= 2**256, temperature)
     UNKNOWN_MODEL = "unknown_model"
     PRICE_TOO_LOW = "price_too_low"
     CONTENT_FILTERED = "content_filtered"

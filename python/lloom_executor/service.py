@@ -36,7 +36,7 @@ from .cache.base import ResponseCache
 from .config import Config, ModelConfig, RequestHandlingConfig, inactive_features
 from .events import model_data
 from .identity import Identity
-from .ledger import Ledger
+from .ledger import Ledger, LedgerStatus
 from .metrics import Metrics, MetricsServer, PushLoop
 from .model_discovery import DISCONNECTED, ModelDiscovery
 from .outcome import RefusalCode
@@ -103,6 +103,8 @@ def build_request_handler(
     replay = replay if replay is not None else ReplayGuard(max_entries=capacity_for(handling.replay_rate_per_sec))
     if metrics is not None:
         metrics.watch_replay(lambda: (len(replay), replay.max_entries, replay.forced_evictions))
+        if ledger is not None:
+            metrics.watch_ledger(ledger.status)
     admission = standard_admission(
         registry=registry,
         replay=replay,
@@ -207,6 +209,7 @@ class ExecutorService:
             self.handler,
             default_services(config.network, self.catalog, **service_options),
         )
+        self.metrics.watch_connections(self.node.connection_counts)
         self.discovery = self._discovery(discovery_options or {}) if config.model_discovery.enabled else None
         self.started_at: float | None = None
         self.api: ApiServer | None = None
@@ -283,6 +286,7 @@ class ExecutorService:
         else:
             log.info("serving models: %s", ", ".join(served) if served else "none (add [[models]] entries)")
         log.info("ledger: %s", self.ledger.path)
+        self.metrics.watch_process(Metrics.tasks_of(asyncio.get_running_loop()))  # the loop the node serves on
         await self._start_http()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="lloom-housekeeping")
         if self.webhooks is not None:
@@ -384,6 +388,10 @@ class ExecutorService:
 
     def prices(self) -> dict[str, tuple[int, int]]:
         return self.registry.prices()
+
+    def ledger_status(self) -> LedgerStatus:
+        """Whether the ledger can write now (while it cannot, /health says unhealthy)."""
+        return self.ledger.status()
 
     def throttled_models(self) -> dict[str, dict[str, Any]]:
         """Models over their max_tokens_per_second now: when they resume and who waits."""

@@ -33,11 +33,15 @@ pub enum JVal {
 }
 
 impl Serialize for JVal {
-    /// Mirrors `serde_json::Value`'s `Serialize` (null is a unit), plus the
-    /// f32 and bytes cases above.
+    /// Mirrors `serde_json::Value`'s `Serialize`, plus the f32 and bytes cases
+    /// above, and one fix: in CBOR a null is written as CBOR null (0xf6).
+    /// serde_json::Value writes a unit, which cbor4ii encodes as an empty
+    /// array, so a null did not survive a CBOR trip and a signature over it no
+    /// longer verified (found by `fuzz_tests`). JSON is unchanged (`null`).
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            JVal::Null => s.serialize_unit(),
+            JVal::Null if s.is_human_readable() => s.serialize_unit(),
+            JVal::Null => s.serialize_none(),
             JVal::Bool(b) => s.serialize_bool(*b),
             JVal::U64(n) => s.serialize_u64(*n),
             JVal::I64(n) => s.serialize_i64(*n),

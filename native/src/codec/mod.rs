@@ -37,3 +37,6 @@ pub use py::register;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fuzz_tests;

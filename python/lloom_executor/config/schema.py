@@ -140,6 +140,21 @@ class NetworkConfig:
     relay_addresses: tuple[str, ...] = setting((), convert=check_peer_multiaddr, doc="circuit-relay v2 relays to reserve on")
     announce_interval_secs: int = setting(300, minimum=1)
     protocols: ProtocolsConfig = setting(factory=ProtocolsConfig)
+    # ours: inbound connection admission (p2p/admission.py); pending = before noise + muxer finished
+    max_pending_per_ip: int = setting(32, minimum=1, maximum=65536, doc="ours: inbound handshakes at once from one address")
+    max_pending_per_prefix: int = setting(
+        128, minimum=1, maximum=65536, doc="ours: inbound handshakes at once from one /24 (IPv4) or /64 (IPv6)"
+    )
+    max_pending_total: int = setting(1024, minimum=1, maximum=65536, doc="ours: inbound handshakes at once, all sources")
+    max_connections_per_ip: int = setting(
+        64, minimum=1, maximum=65536, doc="ours: inbound TCP connections (pending + established) from one address"
+    )
+    max_connections_per_peer: int = setting(
+        8, minimum=1, maximum=1024, doc="ours: connections with one PeerId (relayed clients are counted here)"
+    )
+    handshake_timeout_secs: float = setting(
+        10.0, minimum=0.1, maximum=120.0, doc="ours: accept to a registered connection (multistream, noise, muxer)"
+    )
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,9 @@ Exposed families (names and labels as in the manual's "Monitoring > Prometheus M
   lloom_executor_revenue_per_request{model}                   gauge: ETH per successful request
   lloom_executor_gpu_utilization_percent{device}              gauge, only where NVML sees a GPU
   lloom_executor_memory_usage_bytes                           gauge: RSS of this process
+  lloom_executor_threads                                      gauge: threads of this process
+  lloom_executor_asyncio_tasks                                gauge: unfinished tasks on the node's asyncio
+                                                              loop (once `watch_process` was called)
   lloom_executor_model_load_time_seconds{model}               gauge, set by `model_loaded`
   lloom_executor_p2p_peers                                    gauge
   lloom_executor_rate_limited_total{rule}                     counter
@@ -32,6 +35,20 @@ Exposed families (names and labels as in the manual's "Monitoring > Prometheus M
   lloom_executor_plugin_refusals_total{plugin,hook}           counter: requests or answers a check hook refused
   lloom_executor_plugin_errors_total{plugin,hook,kind}        counter, kind exception|timeout|bad_result|dropped
                                                               (`plugins/`)
+  lloom_executor_ledger_writable                              gauge: 1 while the ledger can write, 0 while
+                                                              its last transaction failed (full disk, I/O
+                                                              error): served requests are refused then
+  lloom_executor_ledger_write_errors_total                    counter: ledger transactions that failed
+  lloom_executor_ledger_commits_total                         counter: ledger transactions committed (each
+                                                              one fsync; group commit shares it among rows)
+  lloom_executor_connections_refused_total{reason}           counter: inbound connections closed at accept or
+                                                              registration, reason pending_per_ip|
+                                                              pending_per_prefix|pending_total|
+                                                              connections_per_ip|connections_per_peer
+                                                              ([network] caps; p2p/admission.py)
+  lloom_executor_handshake_timeouts_total                     counter: inbound connections cut at
+                                                              handshake_timeout_secs
+  lloom_executor_inbound_connections{state}                   gauge, state pending|established (inbound TCP)
 
 Families appear once they have a sample (webhooks and plugins only when configured,
 throttled_requests once a model with max_tokens_per_second has had a throttled request).
@@ -66,12 +83,14 @@ the series without bound.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import collections
 import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
@@ -139,6 +158,35 @@ class _Window:
         return [v for _, v in self.items]
 
 
+class LedgerHealth(Protocol):
+    """What the metrics read of the ledger (`ledger.LedgerStatus` has it)."""
+
+    @property
+    def writable(self) -> bool: ...
+
+    @property
+    def write_errors(self) -> int: ...
+
+    @property
+    def commits(self) -> int: ...
+
+
+class ConnectionHealth(Protocol):
+    """What the metrics read of inbound connection admission (`p2p.admission.ConnectionCounts` has it)."""
+
+    @property
+    def refused(self) -> Mapping[str, int]: ...
+
+    @property
+    def handshake_timeouts(self) -> int: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def established(self) -> int: ...
+
+
 class _ModelStats:
     """Everything kept per model label value (one lock, the collector's, guards it)."""
 
@@ -197,6 +245,9 @@ class Metrics:
         self._plugin_errors: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self.revenue_wei = 0
         self._replay: Callable[[], tuple[int, int, int]] | None = None
+        self._ledger: Callable[[], LedgerHealth] | None = None
+        self._tasks: Callable[[], int] | None = None
+        self._connections: Callable[[], ConnectionHealth] | None = None
         self.registry.register(self)
 
     # -- what the pipeline and the node call ------------------------------------------
@@ -216,6 +267,31 @@ class Metrics:
         eviction means the guard was full of live entries: a replay of the evicted request would be
         served, so it is the signal to raise [request_handling] replay_rate_per_sec."""
         self._replay = stats
+
+    def watch_process(self, tasks: Callable[[], int]) -> None:
+        """Read at scrape time: how many tasks the node's asyncio loop has (`tasks_of(loop)`).
+        With the thread count beside it, this shows a leak that RSS hides for hours: a task or
+        thread per request that never ends (benches/soak.py watches both over a long run)."""
+        self._tasks = tasks
+
+    @staticmethod
+    def tasks_of(loop: asyncio.AbstractEventLoop) -> Callable[[], int]:
+        """A counter of `loop`'s unfinished tasks that any thread may call: scrapes run on the loop
+        itself, pushes (push.py) in a thread. `asyncio.all_tasks(loop)` copies the interpreter's
+        task set, retrying when another thread changes it meanwhile, and only then filters by loop;
+        so no lock is needed, and nothing is scheduled on a loop that may be busy or closing."""
+        return lambda: len(asyncio.all_tasks(loop))
+
+    def watch_connections(self, counts: Callable[[], ConnectionHealth]) -> None:
+        """Read at scrape time: inbound connections refused by reason, cut at the handshake
+        timeout, pending and established (`P2PNode.connection_counts`). A refusal count that
+        climbs while clients report dial failures means a cap in [network] is too low for them."""
+        self._connections = counts
+
+    def watch_ledger(self, status: Callable[[], LedgerHealth]) -> None:
+        """Read at scrape time: the ledger's status (`Ledger.status`). Not writable means
+        every request that would be served is refused (`ledger_error`)."""
+        self._ledger = status
 
     def request_finished(
         self, model: str, status: str, duration_s: float, inbound_tokens: int = 0, outbound_tokens: int = 0, cost_wei: int = 0
@@ -382,6 +458,13 @@ class Metrics:
                 plugin_errors.add_sample(plugin_errors.name + "_total", {"plugin": plugin, "hook": hook, "kind": kind}, n)
 
         memory.add_sample(memory.name, {}, process_rss())
+        threads = family("threads", "Threads of the executor process that Python knows of.", "gauge")
+        threads.add_sample(threads.name, {}, threading.active_count())
+        process = [memory, threads]
+        if self._tasks is not None:
+            tasks = family("asyncio_tasks", "Unfinished tasks on the executor's asyncio loop.", "gauge")
+            tasks.add_sample(tasks.name, {}, self._tasks())
+            process.append(tasks)
         out = [requests, summary, histogram, queue] + ([throttled] if throttled.samples else [])
         out += [tokens, tps, revenue, per_request]
         if self.gpus.available:
@@ -389,7 +472,7 @@ class Metrics:
             for device, percent in self.gpus.sample().items():
                 gpu.add_sample(gpu.name, {"device": device}, percent)
             out.append(gpu)
-        out += [memory, load_time, peers, limited, cache]
+        out += [*process, load_time, peers, limited, cache]
         if self._webhooks:
             out.append(webhooks)
         out += [f for f in (plugin_calls, plugin_refusals, plugin_errors) if f.samples]
@@ -402,5 +485,29 @@ class Metrics:
             evicted = family("replay_forced_evictions", "Live replay entries forgotten because the guard was full.", "counter")
             evicted.add_sample(evicted.name + "_total", {}, evictions)
             out += [held, room, evicted]
+        if self._ledger is not None:
+            ledger = self._ledger()
+            writable, errors, commits = ledger.writable, ledger.write_errors, ledger.commits
+            can_write = family("ledger_writable", "1 while the ledger can write, 0 while it cannot.", "gauge")
+            can_write.add_sample(can_write.name, {}, 1 if writable else 0)
+            failed = family("ledger_write_errors", "Ledger transactions that failed.", "counter")
+            failed.add_sample(failed.name + "_total", {}, errors)
+            committed = family("ledger_commits", "Ledger transactions committed (one fsync each).", "counter")
+            committed.add_sample(committed.name + "_total", {}, commits)
+            out += [can_write, failed, committed]
+        if self._connections is not None:
+            out += _connection_families(self._connections(), family)
         out += custom_families()
         return out
+
+
+def _connection_families(counts: ConnectionHealth, family: Callable[[str, str, str], Metric]) -> list[Metric]:
+    refused = family("connections_refused", "Inbound connections refused, by the cap that refused them.", "counter")
+    for reason, n in sorted(counts.refused.items()):
+        refused.add_sample(refused.name + "_total", {"reason": reason}, n)
+    timeouts = family("handshake_timeouts", "Inbound connections cut at the handshake timeout.", "counter")
+    timeouts.add_sample(timeouts.name + "_total", {}, counts.handshake_timeouts)
+    inbound = family("inbound_connections", "Inbound TCP connections, by state (pending: in the handshake).", "gauge")
+    inbound.add_sample(inbound.name, {"state": "pending"}, counts.pending)
+    inbound.add_sample(inbound.name, {"state": "established"}, counts.established)
+    return [refused, timeouts, inbound]

@@ -23,6 +23,8 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "revenue_per_request": "gauge",
     "gpu_utilization_percent": "gauge",
     "memory_usage_bytes": "gauge",
+    "threads": "gauge",
+    "asyncio_tasks": "gauge",
     "model_load_time_seconds": "gauge",
     "p2p_peers": "gauge",
     "rate_limited": "counter",
@@ -34,6 +36,12 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "replay_entries": "gauge",
     "replay_capacity": "gauge",
     "replay_forced_evictions": "counter",
+    "ledger_writable": "gauge",
+    "ledger_write_errors": "counter",
+    "ledger_commits": "counter",
+    "connections_refused": "counter",
+    "handshake_timeouts": "counter",
+    "inbound_connections": "gauge",
 }
 
 _SAMPLE_SUFFIXES: dict[str, tuple[str, ...]] = {

@@ -24,7 +24,9 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from .._native import PrivateKey
+from .admission import InboundAdmission
 from .inbound_fix import bound_inbound_handlers
+from .inbound_gate import install_inbound_gate
 
 
 def build_host(
@@ -32,6 +34,7 @@ def build_host(
     *,
     announce_addrs: Sequence[str] = (),
     enable_mdns: bool = False,
+    admission: InboundAdmission | None = None,
 ) -> IHost:
     """A host that speaks exactly the reference stack.
 
@@ -39,6 +42,9 @@ def build_host(
     do not serve identify, so every connection would log an error and nothing
     may depend on it (docs/PROTOCOL.md §2). We keep serving identify and ping, but do
     not ask for it.
+
+    `admission` (per-source connection caps, handshake deadline; inbound_gate.py) replaces
+    py-libp2p's single shared inbound pool; without it the host keeps py-libp2p's own limits.
     """
     key_pair = create_new_key_pair(key.to_bytes())
     security = {TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(key_pair, noise_privkey=new_x25519_key_pair().private_key)}
@@ -56,6 +62,8 @@ def build_host(
     # replacing the method on this one instance is the point (hence the ignore)
     cast(BasicHost, host)._schedule_identify = _no_identify  # type: ignore[method-assign]
     bound_inbound_handlers(host.get_network())  # py-libp2p 0.8.1 inbound leak, see inbound_fix.py
+    if admission is not None:  # after inbound_fix: the gate calls its wrapper
+        install_inbound_gate(host.get_network(), admission)
     if str(host.get_id()) != key.peer_id:
         raise RuntimeError(f"py-libp2p derived PeerId {host.get_id()} but the key's PeerId is {key.peer_id}")
     return host

@@ -51,6 +51,15 @@ class StreamStats:
     read_timeouts: int = 0
     refused_busy: int = 0
     failed: int = 0
+    evicted: int = 0  # stalled reads cut to make room for a peer holding fewer streams
+
+
+@dataclass(eq=False)
+class _Read:
+    """A stream still reading its request: the only kind that may be evicted."""
+
+    scope: trio.CancelScope
+    evicted: bool = False
 
 
 class LlmStreamHandler:
@@ -73,14 +82,16 @@ class LlmStreamHandler:
         self._max_inflight = max_inflight
         self._max_per_peer = max_inflight_per_peer or max_inflight
         self._per_peer: dict[str, int] = {}
+        self._reading: dict[str, dict[_Read, None]] = {}  # per peer, oldest first
         self.stats = StreamStats()
 
     async def __call__(self, stream: INetStream) -> None:
-        """Admits the stream under both limits: one peer cannot take every slot."""
+        """Admits the stream under both limits: one peer cannot take every slot, and many peers
+        together cannot lock a newcomer out (see `_make_room`)."""
         stats = self.stats
         peer = str(stream.muxed_conn.peer_id)
         held = self._per_peer.get(peer, 0)
-        if stats.inflight >= self._max_inflight or held >= self._max_per_peer:
+        if held >= self._max_per_peer or (stats.inflight >= self._max_inflight and not self._make_room(held)):
             stats.refused_busy += 1
             await reset_quietly(stream)
             return
@@ -102,17 +113,44 @@ class LlmStreamHandler:
             else:
                 del self._per_peer[peer]
 
+    def _make_room(self, held: int) -> bool:
+        """All slots taken: cut the oldest stalled read of the peer that has the most streams
+        still reading, if that is more than the newcomer's peer would then hold (a fair share).
+
+        Why: the per-peer cap alone does not stop many peers (PeerIds are free) from filling
+        every slot with streams that never finish their request, and a legitimate client
+        would then be refused until they time out. Streams past their read (at the backend)
+        are never cut: their slots are bounded by the backend's own limits and timeouts."""
+        busiest = max(self._reading.values(), key=len, default=None)
+        if busiest is None or len(busiest) <= held + 1:
+            return False
+        victim = next(iter(busiest))
+        del busiest[victim]  # it cannot be picked twice
+        victim.evicted = True
+        victim.scope.cancel()
+        self.stats.evicted += 1
+        return True
+
     async def _serve(self, stream: INetStream) -> None:
         frame = b""
+        peer = str(stream.muxed_conn.peer_id)
         with trio.move_on_after(self._read_timeout) as scope:
+            read = _Read(scope)
+            reading = self._reading.setdefault(peer, {})
+            reading[read] = None
             try:
                 frame = await read_to_eof(stream, self._limit)
             except FrameTooLarge:
                 self.stats.too_large += 1
                 await reset_quietly(stream)
                 return
+            finally:
+                reading.pop(read, None)
+                if not reading and self._reading.get(peer) is reading:
+                    del self._reading[peer]
         if scope.cancelled_caught:
-            self.stats.read_timeouts += 1
+            if not read.evicted:
+                self.stats.read_timeouts += 1
             await reset_quietly(stream)
             return
         remote = stream.get_remote_address()

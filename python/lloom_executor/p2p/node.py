@@ -23,7 +23,9 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from .._native import PrivateKey
 from ..bridge import TrioBridge
 from ..config import NetworkConfig, RequestHandlingConfig
+from .admission import AdmissionLimits, ConnectionCounts, InboundAdmission
 from .host import build_host, listen_multiaddrs
+from .inbound_gate import widen_accept_backlog
 from .llm_protocol import LLM_PROTOCOL, LlmStreamHandler, RequestHandler, StreamStats
 from .peers import PeerBook
 from .task_status import TaskStatus
@@ -75,6 +77,8 @@ class P2PNode:
         self.handling = handling
         self._handler = handler
         self._services = list(services)
+        # per-source caps on inbound connections (p2p/admission.py); counted for metrics from here
+        self.admission = InboundAdmission(AdmissionLimits.from_network(network))
         self.bridge: TrioBridge | None = None
         self.runtime: NodeRuntime | None = None
         self.stream_handler: LlmStreamHandler | None = None
@@ -92,6 +96,10 @@ class P2PNode:
     def running(self) -> bool:
         """The P2P thread is up (started and not stopped or crashed)."""
         return self._thread is not None and self._thread.is_alive()
+
+    def connection_counts(self) -> ConnectionCounts:
+        """Inbound connections refused, timed out, pending and established (any thread may read)."""
+        return self.admission.counts()
 
     def stream_stats(self) -> StreamStats | None:
         """The `/lloom/llm/1.0.0` stream counters (None before the node started)."""
@@ -151,9 +159,11 @@ class P2PNode:
             self.key,
             announce_addrs=self.network.external_address,
             enable_mdns=False,  # mDNS runs as its own service (p2p/mdns.py) when enabled
+            admission=self.admission,
         )
         listen = [multiaddr.Multiaddr(a) for a in self.network.listen_address]
         async with host.run(listen_addrs=listen):
+            widen_accept_backlog(host.get_network())
             peers = PeerBook()
             host.get_network().register_notifee(peers)
             if self._handler is not None:  # None: a client node, it serves no requests

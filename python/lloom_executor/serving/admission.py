@@ -201,6 +201,26 @@ def model_check(registry: ModelRegistry, limit: int) -> Check:
     return check
 
 
+UINT256_LIMIT = 2**256
+MAX_COMMITTED_TEMPERATURE = (2**32 - 0.5) / 10_000  # the receipt holds round(t x 10000) as a uint32
+
+
+def commitment_check(c: Candidate) -> None:
+    """A signed answer carries an EIP-712 receipt that commits to the request's prices and
+    temperature; a request with values the receipt's uint types cannot hold is refused rather
+    than served and charged without a receipt a contract could verify."""
+    request = c.request
+    for side in ("inbound_price", "outbound_price"):
+        if int(getattr(request, side)) >= UINT256_LIMIT:
+            raise Refusal(f"{side} must be below 2**256 wei (a uint256 in the receipt)", RefusalCode.UNCOMMITTABLE)
+    t = request.temperature
+    if t is not None and not 0.0 <= t < MAX_COMMITTED_TEMPERATURE:
+        raise Refusal(
+            f"temperature must be between 0 and {MAX_COMMITTED_TEMPERATURE:.4f} (a uint32 of t x 10000 in the receipt)",
+            RefusalCode.UNCOMMITTABLE,
+        )
+
+
 def price_check(registry: ModelRegistry) -> Check:
     def check(c: Candidate) -> None:
         assert c.model is not None
@@ -264,6 +284,7 @@ def standard_admission(
         replay_seen_check(replay),
         addressing_check(peer_id, evm_address),
         model_check(registry, limit),
+        commitment_check,
         price_check(registry),
     ]
     if content_filter is not None:

@@ -1,15 +1,17 @@
 """Turning a reply into the signed answer: receipt, ledger row, observers, wire bytes.
 
-Order matters: the ledger row is committed before the answer leaves, so
-nothing is served that the ledger does not hold; a failed write turns a
-would-be served answer into a signed error (`ledger_error`). The metrics, the
+Order matters: a served answer's ledger row is committed (and synced) before
+the answer leaves, so nothing is served that the ledger does not hold; a
+failed write turns a would-be served answer into a signed error
+(`ledger_error`). A refusal's record is handed to the ledger without waiting
+for a write (what is kept of refusals is bounded: `ledger/refusals.py`), so
+a flood of cheap refusals is not a flood of fsyncs. The metrics, the
 webhooks and the plugins then see one `AnsweredRequest`, the answer as the
 client got it, so they cannot disagree with the ledger.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -96,14 +98,15 @@ class AnswerWriter:
             cached=timings.cached,
         )
         if self.ledger is not None:
-            try:
-                await asyncio.to_thread(self.ledger.record, ledger_entry(answered))
-            except Exception as exc:
-                log.error("ledger write failed; answering request from %s with an error: %s", ctx.peer_id, exc)
-                if reply.error is None:  # never serve what the ledger does not hold
+            if answered.served:
+                try:
+                    await self.ledger.record_async(ledger_entry(answered))  # committed and synced
+                except Exception as exc:  # never serve what the ledger does not hold
+                    log.debug("ledger write failed; answering request from %s with an error: %s", ctx.peer_id, exc)
                     reply = Reply.refusal(request.model, LEDGER_FAILED)
                     receipt = sign_receipt(domain, self.key, decoded, reply, timestamp) if domain is not None else None
                     answered = replace(answered, reply=reply, receipt=receipt, code=RefusalCode.LEDGER_ERROR)
+            self._record_refusal(answered)
         self._report(answered)
         return _native.encode_signed_response(
             self.key,
@@ -117,6 +120,16 @@ class AnswerWriter:
             None,
             receipt.envelope() if receipt is not None else None,
         )
+
+    def _record_refusal(self, answered: AnsweredRequest) -> None:
+        """A refusal is kept without waiting for a write (`ledger/refusals.py`: bounded under a
+        flood); the signed refusal leaves at once. A served answer has its row already."""
+        if answered.served or self.ledger is None:
+            return
+        try:
+            self.ledger.record_refusal(ledger_entry(answered), str(answered.code))
+        except Exception:  # the refusal is sent either way
+            log.exception("could not keep the ledger record of a refusal")
 
     def _report(self, answered: AnsweredRequest) -> None:
         metrics = self.observers.metrics

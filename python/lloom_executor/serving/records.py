@@ -7,8 +7,9 @@ signer as `client`, so a cached answer served to another client carries a
 receipt naming that client, never the first one. Unsigned requests (no client
 to name) and refusals during admission get none.
 
-Ledger row: one per answered request (served or refused; malformed frames and
-validator messages are not requests), committed before the answer leaves.
+Ledger row: one per served request, committed before the answer leaves;
+refusals are handed over without waiting (`ledger/refusals.py` says what is
+kept). Malformed frames and validator messages are not requests.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def sign_receipt(
             timestamp,
             reply.error is None,
         )
-    except (TypeError, ValueError) as exc:  # e.g. a price of 2**256 wei or more: not committable
+    except (TypeError, ValueError) as exc:  # admission refuses what cannot be committed; a last guard
         log.warning("no receipt for a request from 0x%s: %s", client.hex(), exc)
         return None
     return Receipt(request_hash, client, timestamp, reply.error is None, bytes(digest), bytes(signature))
