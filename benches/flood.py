@@ -503,6 +503,7 @@ class Report:
     flood: dict[str, Any]
     refusal_log_lines: int
     duration_secs: float
+    p99_bound_ms: float = 1000.0
 
     @property
     def problems(self) -> list[str]:
@@ -510,8 +511,8 @@ class Report:
         c = self.client
         if c.answered != c.sent:
             out.append(f"{c.sent - c.answered} of {c.sent} requests not answered: {c.failures[:3]}")
-        if not c.quantile_ms(0.99) < 1000:
-            out.append(f"p99 latency {c.quantile_ms(0.99)} ms (not under 1 s)")
+        if not c.quantile_ms(0.99) < self.p99_bound_ms:
+            out.append(f"p99 latency {c.quantile_ms(0.99)} ms (not under {self.p99_bound_ms:g} ms)")
         if self.peak_fds > self.fd_bound:
             out.append(f"fds peaked at {self.peak_fds} > bound {self.fd_bound}")
         if self.peak_rss > self.baseline_rss + RSS_BOUND_MIB:
@@ -559,6 +560,7 @@ def run_scenario(
     fd_bound_over_baseline: int,
     settle_secs: float,
     min_secs: float = 0.0,
+    p99_bound_ms: float = 1000.0,
 ) -> Report:
     """Baseline, then the attack (a generator: set up, yield its stats once the flood stands,
     tear down), the client batches during it, then settle until the fds are back."""
@@ -591,6 +593,7 @@ def run_scenario(
         flood,
         log_lines,
         time.monotonic() - started,
+        p99_bound_ms,
     )
 
 
@@ -631,12 +634,15 @@ class Sizes:
     batches: int = 5
     requests: int = 40
     single_address_min_secs: float = HANDSHAKE_CUT_SECS
+    p99_bound_ms: float = 1000.0  # the issue's bound; the CI test on 2 shared cores allows more
 
 
 def run_all(binary: Path, executor: Executor, sizes: Sizes) -> list[Report]:
     """The three scenarios one after the other against one executor (a size of 0 skips one)."""
     reports = []
-    common: dict[str, Any] = dict(batches=sizes.batches, per_batch=sizes.requests, concurrency=8, settle_secs=30)
+    common: dict[str, Any] = dict(
+        batches=sizes.batches, per_batch=sizes.requests, concurrency=8, settle_secs=30, p99_bound_ms=sizes.p99_bound_ms
+    )
     if sizes.junk:
         attack = connection_attack(executor, ["127.0.0.2"], sizes.junk, sizes.reopen)
         bound = 32 + FD_SLACK  # max_pending_per_ip

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from collections.abc import Coroutine
 from decimal import Decimal
@@ -365,7 +366,9 @@ def test_serving_turns_a_limit_into_a_signed_error() -> None:
     assert ok.error is None and ok.content == "echo: hello"
     refused = _native.decode_response(run(answer(2)))
     assert refused.signature_valid and refused.recovered == executor.address_bytes
-    # Our own limit's text is the one backend refusal a client reads whole (serving's public_failure).
-    assert refused.error is not None
-    assert refused.error.startswith("[openai_limits] max_requests_per_minute = 1 reached; the next request is allowed in")
+    # Our own limit: the client learns that it is reached and when to retry, not the operator's settings.
+    assert refused.error is not None and re.fullmatch(
+        r"this executor's usage limit for the backend is reached; try again in \d+ s", refused.error
+    )
+    assert "openai_limits" not in refused.error and "max_requests_per_minute" not in refused.error
     assert inner.calls == 1

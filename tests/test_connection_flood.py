@@ -47,8 +47,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
 import flood  # noqa: E402
 
 # CI size: as much as fits in about a minute on two cores
+# Smaller than benches/flood.py's full size, and a looser latency bound: on CI's two cores the attacker,
+# the node and the client share the CPU, so p99 of 30 requests is their maximum. The full-size run
+# (README) holds the 1 s; here every request must still be answered within 3 s.
 CI_SIZES = flood.Sizes(
-    junk=3000, junk_prefix=1000, reopen=3, streams=1500, stream_peers=15, batches=3, requests=30, single_address_min_secs=12.0
+    junk=3000,
+    junk_prefix=1000,
+    reopen=3,
+    streams=1500,
+    stream_peers=15,
+    batches=3,
+    requests=30,
+    single_address_min_secs=12.0,
+    p99_bound_ms=3000.0,
 )
 
 

@@ -204,7 +204,8 @@ def test_backend_down_at_start_then_models_announced_when_it_comes_up() -> None:
                     await until(lambda: discovery.backend_status == CONNECTED, "connected once the server is up")
                     await until(lambda: "test-model" in service.registry.models, "test-model served")
                     assert discovery.last_error is None
-                    assert [m["model_id"] for m in service.catalog.models] == ["test-model"]
+                    # the registry first, then the gossip catalog across the bridge
+                    await until(lambda: [m["model_id"] for m in service.catalog.models] == ["test-model"], "announced")
                     assert (await published(service)).get("Update", 0) == updates + 1
                     answer = await ask(client, service, "test-model")
                     assert answer.error is None and answer.content == "echo: hello there"

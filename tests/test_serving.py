@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
@@ -345,3 +346,35 @@ def test_output_tokens_are_counted_once(monkeypatch: pytest.MonkeyPatch) -> None
     decoded = answer(asyncio.run(h(frame(), CTX)))
     assert decoded.error is None and counted.count("the answer, uncounted") == 1
     assert produced == [decoded.outbound_tokens] and decoded.outbound_tokens == real("the answer, uncounted", "cl100k_base")
+
+
+def test_a_start_that_fails_closes_what_it_opened(tmp_path: Path) -> None:
+    """The listen port is taken: start raises, and the ledger's writer and the P2P thread are gone
+    (nothing start opened is left behind)."""
+    import socket
+    import threading
+
+    from lloom_executor.identity import load_identity
+    from lloom_executor.service import ExecutorService
+    from service_rig import echo_service_config
+
+    def ours() -> set[str]:
+        return {t.name for t in threading.enumerate() if t.name.startswith(("lloom-ledger", "lloom-p2p"))}
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = echo_service_config(
+            tmp_path,
+            network={
+                "listen_address": f"/ip4/127.0.0.1/tcp/{port}",
+                "protocols": {"enable_mdns": False, "enable_autonat": False, "enable_relay": False},
+            },
+        )
+        before = ours()
+        service = ExecutorService(config, load_identity(config.identity, environ={}))
+        assert ours() - before  # the ledger's writer runs from construction
+        with pytest.raises(Exception):  # noqa: B017  (whatever py-libp2p raises for a taken port)
+            asyncio.run(service.start())
+    assert not service.node.running and ours() == before

@@ -59,19 +59,22 @@ class RefusalCode(StrEnum):
     BACKEND_UNREACHABLE = "backend_unreachable"
 
 
-@dataclass(frozen=True)
 class Refusal(Exception):
     """A request answered with a signed error instead of content.
 
     `reason` is what the client reads: specific for admission refusals (it
     helps the client and reveals nothing internal), a fixed sentence for
-    backend and internal failures. `detail` is for the operator's logs only and
-    never leaves the process in a signed answer.
+    backend and internal failures. `detail` is for the operator's log only and
+    never leaves the process in a signed answer. A plain exception class, not a
+    frozen dataclass: the interpreter and contextlib set `__traceback__` on
+    exceptions that pass through them.
     """
 
-    reason: str
-    code: RefusalCode
-    detail: str | None = None
+    def __init__(self, reason: str, code: RefusalCode, detail: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+        self.detail = detail
 
     def __str__(self) -> str:
         return f"{self.code}: {self.reason}"

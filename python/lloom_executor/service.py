@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import signal
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -178,10 +178,34 @@ class ExecutorService:
             if config.plugins
             else None
         )
+        self.started_at: float | None = None
+        self.api: ApiServer | None = None
+        self.metrics_server: MetricsServer | None = None
+        self.push_loop: PushLoop | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._price_version: int | None = None
+        self._catalog_lock = asyncio.Lock()
         self.cache = build_cache(config.cache) if config.cache.enabled else None
         data_dir = Path(config.storage.data_dir).expanduser()  # defaults are written with ~
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.ledger = Ledger.in_directory(data_dir)
+        try:
+            self._assemble(config, identity, handling, dispatcher, resources, discovery_options, service_options)
+        except BaseException:
+            self.ledger.close()  # its writer thread and connections: nothing else here holds a resource yet
+            raise
+
+    def _assemble(
+        self,
+        config: Config,
+        identity: Identity,
+        handling: RequestHandlingConfig,
+        dispatcher: Dispatcher,
+        resources: ResourceGovernor | None,
+        discovery_options: dict[str, Any] | None,
+        service_options: dict[str, Any],
+    ) -> None:
+        """The request path and the node, from the parts the constructor made."""
         chain = config.blockchain  # the receipt domain, also with blockchain.enabled = false (docs/PROTOCOL.md §7)
         self.handler = build_request_handler(
             identity.eth_key,
@@ -211,13 +235,6 @@ class ExecutorService:
         )
         self.metrics.watch_connections(self.node.connection_counts)
         self.discovery = self._discovery(discovery_options or {}) if config.model_discovery.enabled else None
-        self.started_at: float | None = None
-        self.api: ApiServer | None = None
-        self.metrics_server: MetricsServer | None = None
-        self.push_loop: PushLoop | None = None
-        self._housekeeping: asyncio.Task[None] | None = None
-        self._price_version: int | None = None
-        self._catalog_lock = asyncio.Lock()
 
     def _discovery(self, options: dict[str, Any]) -> ModelDiscovery:
         """[model_discovery]: the backend's listing decides the served set (started once the node is up)."""
@@ -234,9 +251,8 @@ class ExecutorService:
 
         def on_status(status: str, error: str | None) -> None:
             if self.webhooks is not None and status == DISCONNECTED and not self.handler.draining:
-                self.webhooks.operational_error(
-                    RefusalCode.BACKEND_UNREACHABLE, f"model discovery: the backend is unreachable ({error})"
-                )
+                # the error text may name the backend's host: it stays in the log (model_discovery logs it)
+                self.webhooks.operational_error(RefusalCode.BACKEND_UNREACHABLE, "model discovery: the backend is unreachable")
 
         return ModelDiscovery(
             self.backend,
@@ -255,13 +271,12 @@ class ExecutorService:
         started raises PluginError before anything listens."""
         for feature in inactive_features(self.config):
             log.warning("configured but not active in this version: %s", feature)
-        if self.plugins is not None:
-            await self.plugins.start()
         try:
+            if self.plugins is not None:
+                await self.plugins.start()
             return await self._start()
         except BaseException:
-            if self.plugins is not None:
-                await self.plugins.stop()
+            await self._close_parts(cut_off=0)  # nothing that start opened stays open
             raise
 
     async def _start(self) -> list[str]:
@@ -417,10 +432,42 @@ class ExecutorService:
         left = self.inflight()
         if left:
             log.warning("drain timeout: %d request(s) still in flight are cut off", left)
+        await self._close_parts(cut_off=left)
+        log.info("executor stopped")
+
+    async def _close_parts(self, cut_off: int) -> None:
+        """Everything `start` may have opened, in order; one part failing to close does not
+        keep the others open (each failure is logged). Safe on parts never started."""
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        if self.discovery is not None:
+            steps.append(("model discovery", self.discovery.stop))
+        steps += [
+            ("housekeeping", self._stop_housekeeping),
+            ("the admin API and metrics", self._stop_http),
+            ("the P2P node", self.node.stop),
+        ]
+        if self.plugins is not None:  # no request is left to check; their queued events are delivered first
+            steps.append(("the plugins", self.plugins.stop))
+        steps.append(("the backend", self.backend.close))
+        if self.cache is not None:
+            steps.append(("the response cache", self.cache.close))
+        steps.append(("the ledger", lambda: asyncio.to_thread(self.ledger.close)))
+        if self.webhooks is not None:
+            steps.append(("the webhooks", lambda: self._stop_webhooks(cut_off)))
+        for what, step in steps:
+            try:
+                await step()
+            except Exception:
+                log.exception("stopping %s failed", what)
+
+    async def _stop_housekeeping(self) -> None:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
+            self._housekeeping = None
+
+    async def _stop_http(self) -> None:
         if self.api is not None:
             await self.api.stop()
             self.api = None
@@ -430,18 +477,13 @@ class ExecutorService:
         if self.metrics_server is not None:
             await self.metrics_server.stop()
             self.metrics_server = None
-        await self.node.stop()
-        if self.plugins is not None:  # no request is left to check; their queued events are delivered first
-            await self.plugins.stop()
-        await self.backend.close()
-        if self.cache is not None:
-            await self.cache.close()
-        await asyncio.to_thread(self.ledger.close)
-        if self.webhooks is not None:
-            uptime = time.monotonic() - self.started_at if self.started_at is not None else 0.0
-            self.webhooks.emit("stopped", {"uptime_secs": round(uptime, 3), "cut_off": left})
-            await self.webhooks.stop()
-        log.info("executor stopped")
+
+    async def _stop_webhooks(self, cut_off: int) -> None:
+        assert self.webhooks is not None
+        if self.started_at is not None:  # a node that never served says nothing
+            uptime = time.monotonic() - self.started_at
+            self.webhooks.emit("stopped", {"uptime_secs": round(uptime, 3), "cut_off": cut_off})
+        await self.webhooks.stop()
 
     async def run_until_signal(self) -> None:
         """Serve until SIGINT/SIGTERM; a signal during start-up stops the node once it is up."""

@@ -177,6 +177,17 @@ class LedgerWriter:
 
     # -- the writer thread -----------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug of ours: fail every submitter, refuse new ones, never hang them
+            log.exception("ledger writer stopped")
+            with self._cond:
+                self._closing, self._writable = True, False
+                self._last_error = f"the ledger writer stopped: {type(exc).__name__}"
+                waiting, self._queue = self._queue, []
+            self._tell(waiting, None, RuntimeError(self._last_error))
+
+    def _loop(self) -> None:
         held = 0
         while True:
             with self._cond:

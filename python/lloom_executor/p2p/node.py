@@ -117,6 +117,11 @@ class P2PNode:
             raise RuntimeError(f"P2P node failed to start: {self._error}") from self._error
         if not ok:
             raise TimeoutError("P2P node did not start in time")
+        if self.network.listen_address and not self.listen_addrs:
+            # py-libp2p logs a listener that failed to bind (port taken, address not ours) and runs on
+            # without it; an executor that nobody can reach must not look started
+            await self.stop()
+            raise OSError(f"could not listen on {', '.join(self.network.listen_address)} (see the log above)")
         return self.listen_addrs
 
     async def stop(self, timeout: float = 30.0) -> None:

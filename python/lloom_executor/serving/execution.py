@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,12 +54,11 @@ INTERNAL_ERROR = "this executor failed on this request"
 def public_failure(exc: BaseException, model: str) -> Refusal:
     """The signed error a backend (or internal) failure becomes: a fixed sentence per class.
 
-    Only our own `[openai_limits]` refusals keep their text: it names our
-    configured limit and when to retry, which helps the client and reveals
-    nothing internal. Everything else keeps its detail out of the answer.
+    Our own `[openai_limits]` refusals say when to retry, nothing more: their
+    full text names the operator's spend and budget, which stays in the log.
     """
     if isinstance(exc, (UsageLimitExceeded, BudgetExceeded)):
-        return Refusal(str(exc), RefusalCode.USAGE_LIMITED)
+        return Refusal(usage_limited_reason(exc.retry_after), RefusalCode.USAGE_LIMITED)
     if isinstance(exc, BackendRateLimited):
         return Refusal(BACKEND_BUSY, RefusalCode.BACKEND_BUSY)
     if isinstance(exc, BackendTimeout):
@@ -70,6 +70,13 @@ def public_failure(exc: BaseException, model: str) -> Refusal:
     if isinstance(exc, BackendError):
         return Refusal(BACKEND_FAILED, RefusalCode.BACKEND_FAILED)
     return Refusal(INTERNAL_ERROR, RefusalCode.INTERNAL_ERROR)
+
+
+def usage_limited_reason(retry_after: float | None) -> str:
+    """The public sentence of an `[openai_limits]` refusal: that a limit is reached, and when to retry."""
+    if retry_after is None or math.isinf(retry_after):
+        return "this executor's usage limit for the backend is reached; try another executor"
+    return f"this executor's usage limit for the backend is reached; try again in {math.ceil(retry_after)} s"
 
 
 def outbound_tokens(completion: Completion) -> int:
@@ -178,6 +185,10 @@ class Execution:
         except Refusal:
             if running is None:
                 timings.queued_ms = (time.monotonic() - waiting) * 1000.0
+                forget()
+            raise
+        except asyncio.CancelledError:  # the node is stopping, or the stream went away, before any work
+            if running is None:
                 forget()
             raise
         except Exception as exc:  # a backend failure is the client's signed error, not a dropped stream

@@ -25,7 +25,7 @@ from ..pipeline.model_registry import ModelRegistry
 from ..plugins import PluginHost
 from .admission import Admission, Admitted, plugin_view
 from .answer import AnswerWriter
-from .execution import Execution, Produced, outbound_tokens, public_failure
+from .execution import INTERNAL_ERROR, Execution, Produced, outbound_tokens, public_failure
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,18 @@ class RequestHandler:
             reply = await self._serve(admitted, timings)
         except Refusal as refused:
             reply, code = Reply.refusal(request.model, refused.reason), refused.code
+            if refused.detail:
+                log.debug("refused a request from %s (%s): %s", ctx.peer_id, refused.code, refused.detail)
         except Exception as exc:  # a bug of ours: the client still gets a signed answer, the log the detail
             log.exception("request from %s failed inside the executor", ctx.peer_id)
             failure = public_failure(exc, request.model)
             reply, code = Reply.refusal(request.model, failure.reason), failure.code
         served = admitted.model if admitted is not None else self.registry.resolve(request.model)
-        return await self.answers.answer(decoded, ctx, admitted, reply, timings, code, served.name if served else "")
+        try:
+            return await self.answers.answer(decoded, ctx, admitted, reply, timings, code, served.name if served else "")
+        except Exception:  # a bug of ours while answering: still a signed answer, never a dropped stream
+            log.exception("answering a request from %s failed inside the executor", ctx.peer_id)
+            return self.answers.error(request.model, INTERNAL_ERROR)
 
     async def _serve(self, admitted: Admitted, timings: Timings) -> Reply:
         """The backend turn, then the response checks, then the price; `model_used` names the
