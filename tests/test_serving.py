@@ -358,8 +358,8 @@ def test_a_start_that_fails_closes_what_it_opened(tmp_path: Path) -> None:
     from lloom_executor.service import ExecutorService
     from service_rig import echo_service_config
 
-    def ours() -> set[str]:
-        return {t.name for t in threading.enumerate() if t.name.startswith(("lloom-ledger", "lloom-p2p"))}
+    def ours() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith(("lloom-ledger", "lloom-p2p"))}
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

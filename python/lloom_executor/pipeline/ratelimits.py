@@ -23,8 +23,8 @@ all such clients would let one of them starve the rest.
 
 Not thread-safe (neither are the limiters): call from the event loop only.
 Rate-limit state is per process; with several worker processes each enforces
-the rules on its own share of the traffic (see ARCHITECTURE.md "Scaling past
-one core"): an exact shared limit needs a shared store behind this interface.
+the rules on its own share of the traffic: an exact shared limit needs a
+shared store behind this interface.
 """
 
 from __future__ import annotations

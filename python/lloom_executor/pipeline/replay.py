@@ -40,7 +40,7 @@ show entries, capacity and `lloom_executor_replay_forced_evictions_total`.
 Cost: lookup O(1); remembering a new digest O(log n) (a heap orders expiries,
 which differ once deadlines count); expiry amortised O(log n) per entry.
 
-Several worker processes (ARCHITECTURE.md "Scaling past one core") need one
+Several worker processes (one executor on every core) need one
 shared store: `ReplayStore` is the interface.  `check_and_remember` is a
 single atomic operation on purpose, so a shared implementation maps it to one
 `INSERT ... ON CONFLICT DO NOTHING` (SQLite WAL) or `SET key 1 NX EXAT t`
