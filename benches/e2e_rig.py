@@ -38,9 +38,8 @@ START_TIMEOUT_SECS = 60.0
 STOP_TIMEOUT_SECS = 30.0
 BARE_NODE_SCRIPT = Path(__file__).resolve().parent / "e2e_bare_node.py"
 
-# What the product config charges (ETH per token) and what the client offers (wei per token):
-# the offer covers both the product's price (10^12 / 2*10^12 wei) and the bare node's (1 / 2 wei).
-PRICE_IN_ETH, PRICE_OUT_ETH = "0.000001", "0.000002"
+# The product config (the suite's `write_operator_config`) charges 0.000001 / 0.000002 ETH per token:
+# the client's offer covers both that (10^12 / 2*10^12 wei) and the bare node's price (1 / 2 wei).
 # Chain id and contract of the EIP-712 receipt domain (receipts are signed with blockchain.enabled = false too).
 RECEIPT_CHAIN_ID, RECEIPT_CONTRACT = 8453, "0x" + "42" * 20
 # Rate limits on, per PeerId and per IP, far above what one bench run sends (so nothing is refused
@@ -59,39 +58,12 @@ def product_config(directory: Path, *, model: str, llm: str, max_concurrent_requ
     left out keeps `start`'s default (10, as the bare handler's `RequestHandlingConfig()`).
     """
     handling = "" if max_concurrent_requests is None else f"max_concurrent_requests = {max_concurrent_requests}"
-    secret = _native.PrivateKey.generate().to_hex()
-    keys = [directory / "identity_key", directory / "eth_key"]
-    for path in keys:
-        path.write_text(secret)
-        path.chmod(0o600)
-    path = directory / "config.toml"
-    path.write_text(
-        f"""
-[network]
-listen_address = "/ip4/127.0.0.1/tcp/0"
-[network.protocols]
-enable_mdns = false
-enable_autonat = false
-enable_relay = false
-[identity]
-private_key_path = "{keys[0]}"
-ethereum_private_key_path = "{keys[1]}"
-[llm_client]
-{llm}
-[[models]]
-name = "{model}"
-inbound_price = "{PRICE_IN_ETH}"
-outbound_price = "{PRICE_OUT_ETH}"
+    extra = f"""
 [request_handling]
 {handling}
 [blockchain]
 chain_id = {RECEIPT_CHAIN_ID}
 contract_address = "{RECEIPT_CONTRACT}"
-[metrics]
-enabled = true
-endpoint = "127.0.0.1:0"
-[api]
-enabled = false
 [rate_limiting]
 enabled = true
 [[rate_limiting.rules]]
@@ -101,13 +73,12 @@ max_tokens_per_minute = {TOKEN_LIMIT_PER_MINUTE}
 [[rate_limiting.rules]]
 identifier = "ip_address"
 max_requests_per_minute = {RATE_LIMIT_PER_MINUTE}
-[storage]
-data_dir = "{directory / "data"}"
 [logging]
 level = "info"
 """
+    return interop.write_operator_config(
+        directory, llm=llm, models=[model], metrics='enabled = true\nendpoint = "127.0.0.1:0"', extra=extra
     )
-    return path
 
 
 def product_command(config: Path) -> list[str]:

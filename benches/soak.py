@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the suite's harness, `interop` (operator config, the Rust peer)
 MODEL = "soak-model"
 PRICE_IN, PRICE_OUT = "1000000000000", "2000000000000"  # wei per token: exactly the node's 0.000001 / 0.000002 ETH
 ACTION_LIMIT_SECS = 60.0
@@ -357,40 +358,11 @@ class Executor:
     """`lloom-executor start` in a subprocess, its output in a log file."""
 
     def __init__(self, workdir: Path) -> None:
-        from lloom_executor import _native
+        import interop  # tests/interop.py: the suite's operator config
 
         self.workdir = workdir
-        key = _native.PrivateKey.generate().to_hex()
-        for name in ("identity_key", "eth_key"):
-            (workdir / name).write_text(key)
-            (workdir / name).chmod(0o600)
         self.ledger_path = workdir / "data" / "ledger.sqlite3"
-        self.config = workdir / "config.toml"
-        self.config.write_text(
-            f"""[network]
-listen_address = "/ip4/127.0.0.1/tcp/0"
-[network.protocols]
-enable_mdns = false
-enable_autonat = false
-enable_relay = false
-[identity]
-private_key_path = "{workdir / "identity_key"}"
-ethereum_private_key_path = "{workdir / "eth_key"}"
-[llm_client]
-backend = "echo"
-[metrics]
-enabled = true
-endpoint = "127.0.0.1:0"
-[api]
-enabled = false
-[storage]
-data_dir = "{workdir / "data"}"
-[[models]]
-name = "{MODEL}"
-inbound_price = "0.000001"
-outbound_price = "0.000002"
-"""
-        )
+        self.config = interop.write_operator_config(workdir, models=[MODEL], metrics='enabled = true\nendpoint = "127.0.0.1:0"')
         self.log_path = workdir / "executor.log"
         script = Path(sys.executable).with_name("lloom-executor")
         command = [str(script)] if script.exists() else [sys.executable, "-m", "lloom_executor"]
@@ -508,7 +480,6 @@ def check_ledger(path: Path, workers: list[dict[str, Any]], runners: list[RustRu
 def interop_binary(given: str | None) -> Path:
     if given:
         return Path(given)
-    sys.path.insert(0, str(REPO / "tests"))
     import interop  # tests/interop.py: builds the peer once with cargo (a no-op when built)
 
     return interop.interop_peer_binary()

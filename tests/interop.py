@@ -478,12 +478,13 @@ def write_operator_config(
     llm: str = 'backend = "echo"',
     models: Sequence[str] = (),
     api: str = "enabled = false",
+    metrics: str = "enabled = false",
     extra: str = "",
     name: str = "config.toml",
 ) -> Path:
     """A config file as an operator writes one, for a node on loopback: key files (0600) beside it
     (created once per directory, so two configs there share the node's key), the data dir beside
-    it, mDNS/AutoNAT/relay and metrics off, `[api]` as given. `llm` is the `[llm_client]` body;
+    it, mDNS/AutoNAT/relay off, `[metrics]` and `[api]` as given. `llm` is the `[llm_client]` body;
     `extra` adds whole sections; each model costs 0.000001 / 0.000002 ETH per input / output token."""
     from lloom_executor import _native
 
@@ -509,7 +510,7 @@ ethereum_private_key_path = "{keys[1]}"
 [llm_client]
 {llm}
 [metrics]
-enabled = false
+{metrics}
 [api]
 {api}
 [storage]
