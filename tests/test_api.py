@@ -47,6 +47,7 @@ DETAILED_FIELDS = {
     "backend_status",
     "p2p_peers",
     "throttled_models",
+    "backends",
 }
 
 

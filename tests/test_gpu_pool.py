@@ -1,7 +1,8 @@
 """The `[gpu_allocation]` device pool's failures, against real OpenAI-wire servers (one per
 device): a device's `BackendError` reaches the caller unchanged (same class, status and
-redacted message naming that device's URL), the pool's in-flight count recovers, and the
-listing survives a device that is down. Strategies are tested through the request path in
+redacted message naming that device's URL), the pool's in-flight count recovers, a call
+refused before any answer goes to the other device, and the listing survives a device
+that is down. Health, circuit breaking and probes are tested in test_backend_pool.py. Strategies are tested through the request path in
 test_dispatch.py."""
 
 from __future__ import annotations
@@ -69,20 +70,27 @@ def test_a_device_error_passes_through_unchanged(servers: list[OpenAIServer]) ->
     assert pool.calls == {0: 2, 1: 1}
 
 
-def test_an_unreachable_device_streams_its_own_error(servers: list[OpenAIServer]) -> None:
-    dead = refused_url()
+def test_a_stream_fails_over_before_its_first_chunk_and_else_ends_with_the_device_error(
+    servers: list[OpenAIServer],
+) -> None:
+    dead, also_dead = refused_url(), refused_url()
     pool = DevicePool({0: device(dead), 1: device(servers[1].base_url)}, "round_robin")
+    all_dead = DevicePool({0: device(dead), 1: device(also_dead)}, "round_robin")
 
-    async def scenario() -> BaseException:
+    async def scenario() -> tuple[str, BaseException]:
         try:
+            streamed = await pool.complete_streaming(REQUEST)  # device 0 refuses: device 1 answers
             with pytest.raises(BackendUnavailable) as failed:
-                await pool.complete_streaming(REQUEST)
-            return failed.value
+                await all_dead.complete_streaming(REQUEST)
+            return streamed.content, failed.value
         finally:
             await pool.close()
+            await all_dead.close()
 
-    exc = run(scenario())
-    assert str(exc).startswith(f"cannot connect to {dead}/chat/completions")
+    content, exc = run(scenario())
+    assert content == echo_content(REQUEST.prompt)
+    assert pool.calls == {0: 1, 1: 1} and pool.instances[0].retried_elsewhere == 1
+    assert str(exc).startswith(f"cannot connect to {also_dead}/chat/completions")  # the second device's own error
 
 
 def test_listing_survives_a_device_that_is_down(servers: list[OpenAIServer]) -> None:

@@ -13,7 +13,11 @@ Endpoints (JSON):
                          waiting_requests}} for each model over its [[models]]
                          max_tokens_per_second now (empty when none is); while the
                          ledger cannot write also "ledger": "not writable",
-                         "ledger_error" (SQLite's message) and "ledger_write_errors".
+                         "ledger_error" (SQLite's message) and "ledger_write_errors";
+                         backends: {name: {kind, strategy, models, max_concurrent_requests,
+                         instances: [{instance, up, in_flight, calls, failures,
+                         retried_elsewhere, last_error, down_for_secs}], instances_up}}
+                         ([llm_client] is "llm_client"; `up` is null where there is no pool).
   GET /admin/peers       connected peers (PeerBook snapshot: peer_id, addresses, direction,
                          connected_since, protocols, latency_ms, roles).
   GET /admin/models      configured models with prices (wei per token), aliases, enabled and
@@ -28,8 +32,8 @@ Status: "unhealthy" while the P2P node is not running, the executor is
 draining (shutting down: route elsewhere) or the ledger cannot write (a full
 disk: every request that would be served is refused, since nothing is served
 without its row; it turns healthy by itself once a write succeeds again, which
-the ledger retries every second); "degraded" while the backend is unreachable
-or no model is enabled; else "healthy".
+the ledger retries every second); "degraded" while the backend is unreachable,
+no model is enabled or a backend pool has an instance taken out; else "healthy".
 
 The backend is never contacted per HTTP request: `BackendProbe` lists its
 models every `probe_interval_secs` (and once before the API starts), and every
@@ -174,6 +178,8 @@ class NodeView(Protocol):
 
     def ledger_status(self) -> LedgerStatus: ...
 
+    def backend_health(self) -> dict[str, dict[str, Any]]: ...
+
 
 NOT_WRITABLE = "not writable"
 
@@ -189,9 +195,12 @@ class ApiState:
     def status(self) -> str:
         if not self.node.running or self.node.draining or not self.node.ledger_status().writable:
             return "unhealthy"
-        if not self.probe.connected or not self.node.served_models():
+        if not self.probe.connected or not self.node.served_models() or self._instance_down():
             return "degraded"
         return "healthy"
+
+    def _instance_down(self) -> bool:
+        return any(i.get("up") is False for b in self.node.backend_health().values() for i in b.get("instances", ()))
 
     def health(self) -> dict[str, Any]:
         """`/health`: the status, and the reason when it is the ledger (no detail: the path is open)."""
@@ -214,6 +223,7 @@ class ApiState:
             "backend_status": self.probe.status,
             "p2p_peers": len(await self.node.peers()),
             "throttled_models": self.node.throttled_models(),
+            "backends": self.node.backend_health(),
             **self._ledger_problem(),
         }
 

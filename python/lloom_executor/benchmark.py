@@ -196,8 +196,18 @@ class PathStats:
         return out
 
 
+Report = Callable[[int], None]
+"""Called with the number of timed requests finished so far, after each one (progress display)."""
+
+
 async def timed_round(
-    n: int, concurrency: int, one: Callable[[], Awaitable[Sample]], *, warmup: bool = False, with_cost: bool = False
+    n: int,
+    concurrency: int,
+    one: Callable[[], Awaitable[Sample]],
+    *,
+    warmup: bool = False,
+    with_cost: bool = False,
+    report: Report | None = None,
 ) -> PathStats:
     """`one()` n times with at most `concurrency` in flight, after one untimed warm-up call if asked.
 
@@ -211,6 +221,8 @@ async def timed_round(
     async def worker() -> None:
         for _ in remaining:  # one shared iterator: each request is taken by exactly one worker
             samples.append(await one())
+            if report is not None:
+                report(len(samples))
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, n)))))
@@ -225,7 +237,15 @@ def _describe(exc: BaseException) -> str:
 
 
 async def backend_round(
-    backend: LlmBackend, model: str, prompt: str, max_tokens: int | None, n: int, concurrency: int, *, warmup: bool = False
+    backend: LlmBackend,
+    model: str,
+    prompt: str,
+    max_tokens: int | None,
+    n: int,
+    concurrency: int,
+    *,
+    warmup: bool = False,
+    report: Report | None = None,
 ) -> PathStats:
     """N direct `backend.complete` calls, `concurrency` in flight (the baseline)."""
     from .serving.admission import TOKEN_ENCODING
@@ -247,7 +267,7 @@ async def backend_round(
             tokens_out = _native.count_tokens(completion.content, TOKEN_ENCODING)
         return Sample(True, now - started, now, tokens_in, tokens_out)
 
-    return await timed_round(n, concurrency, one, warmup=warmup)
+    return await timed_round(n, concurrency, one, warmup=warmup, report=report)
 
 
 @dataclass
@@ -321,6 +341,7 @@ async def executor_round(
     *,
     served_name: str | None = None,
     warmup: bool = False,
+    report: Report | None = None,
 ) -> PathStats:
     """N signed requests from the rig's client over libp2p, `concurrency` in flight, each
     offering the model's current price. `served_name`: the `[[models]]` entry `model`
@@ -355,7 +376,7 @@ async def executor_round(
             answer.receipt is not None and answer.receipt.valid,
         )
 
-    return await timed_round(n, concurrency, one, warmup=warmup, with_cost=True)
+    return await timed_round(n, concurrency, one, warmup=warmup, with_cost=True, report=report)
 
 
 # --- the command -----------------------------------------------------------------------
@@ -416,9 +437,11 @@ async def run_benchmark(
     max_tokens: int | None = DEFAULT_MAX_TOKENS,
     warmup: bool = True,
     workdir: Path | None = None,
+    progress: Callable[[str], Report] | None = None,
 ) -> BenchmarkResult:
     """Both paths, executor first, each after one untimed warm-up request (its latency is the
-    path's `first_answer_s`). Raises `UnknownModel` before starting anything."""
+    path's `first_answer_s`). Raises `UnknownModel` before starting anything. `progress(path)`
+    ("executor", "backend alone") gives the reporter of each path's timed requests."""
     from .service import backend_from_config
 
     served = resolve_model(config, model)
@@ -427,12 +450,29 @@ async def run_benchmark(
         async with running_rig(bench_config) as rig:
             price = rig.price(served.name)
             executor = await executor_round(
-                rig, model, prompt, max_tokens, requests, concurrency, served_name=served.name, warmup=warmup
+                rig,
+                model,
+                prompt,
+                max_tokens,
+                requests,
+                concurrency,
+                served_name=served.name,
+                warmup=warmup,
+                report=progress("executor") if progress else None,
             )
             listen = rig.listen
         backend = backend_from_config(bench_config)
         try:
-            backend_only = await backend_round(backend, served.name, prompt, max_tokens, requests, concurrency, warmup=warmup)
+            backend_only = await backend_round(
+                backend,
+                served.name,
+                prompt,
+                max_tokens,
+                requests,
+                concurrency,
+                warmup=warmup,
+                report=progress("backend alone") if progress else None,
+            )
         finally:
             await backend.close()
     llm = config.llm_client

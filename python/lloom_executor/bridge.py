@@ -11,9 +11,10 @@ Cancellation follows the call: cancelling the waiting side cancels the work.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import trio
 
@@ -24,11 +25,48 @@ class BridgeClosed(RuntimeError):
     """The other loop is not running (any more)."""
 
 
+class _Crossing:
+    """One trio -> asyncio call: what to run, the asyncio task running it, its outcome."""
+
+    __slots__ = ("fn", "args", "token", "done", "task", "cancelled")
+
+    def __init__(
+        self, fn: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...], token: trio.lowlevel.TrioToken
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.token = token
+        self.done = trio.Event()
+        self.task: asyncio.Task[Any] | None = None
+        self.cancelled = False
+
+    def finished_by(self, bridge: TrioBridge) -> Callable[[asyncio.Task[Any]], None]:
+        def finished(_: asyncio.Task[Any]) -> None:
+            bridge._post_to_trio(self)
+
+        return finished
+
+    def outcome(self) -> Any:
+        """The task's result, or its exception raised here (cancelled: CancelledError, as a
+        concurrent future reports it)."""
+        task = self.task
+        assert task is not None and task.done()
+        if task.cancelled():
+            raise concurrent.futures.CancelledError()
+        return task.result()
+
+
 class TrioBridge:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
+        # Batched trio -> asyncio crossings (see `call_asyncio`); each flag says a wake-up
+        # of the other loop is queued, so a new item needs none.
+        self._to_asyncio: collections.deque[_Crossing] = collections.deque()
+        self._asyncio_wakeup_pending = False
+        self._to_trio: collections.deque[_Crossing] = collections.deque()
+        self._trio_wakeup_pending = False
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -45,30 +83,77 @@ class TrioBridge:
 
     # -- trio -> asyncio ---------------------------------------------------------
     async def call_asyncio(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
-        """From trio: run `fn(*args)` on the asyncio loop and await its result.
+        """From trio: run `fn(*args)` as an asyncio task and await its outcome.
 
-        `fn` must return a coroutine (an `async def`), not just any awaitable:
-        `asyncio.run_coroutine_threadsafe` accepts nothing else.
+        Crossings travel in batches: a call queues itself and wakes the asyncio loop only if
+        no wake-up is pending yet; each finished task queues its outcome and wakes the trio
+        loop the same way. Under load that is one cross-thread wake-up per batch each way
+        instead of two per request (`run_coroutine_threadsafe` + `run_sync_soon`), and the
+        GIL changes hands correspondingly less often (measured with strace: futex calls and
+        wake-up sends per request; benches/bench_e2e.py).
         """
         if self._loop.is_closed():
             raise BridgeClosed("asyncio loop is closed")
-        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(fn(*args), self._loop)
-        done = trio.Event()
-        token = trio.lowlevel.current_trio_token()
-
-        def wake(_: concurrent.futures.Future[T]) -> None:
-            try:
-                token.run_sync_soon(done.set)
-            except trio.RunFinishedError:
-                pass
-
-        future.add_done_callback(wake)
+        crossing = _Crossing(fn, args, trio.lowlevel.current_trio_token())
+        self._post_to_asyncio(crossing)
         try:
-            await done.wait()
+            await crossing.done.wait()
         except trio.Cancelled:
-            future.cancel()
+            crossing.cancelled = True
+            task = crossing.task
+            if task is not None:  # running: cancel it there (the asyncio side checks the flag too)
+                try:
+                    self._loop.call_soon_threadsafe(task.cancel)
+                except RuntimeError:  # loop closed: the task is gone with it
+                    pass
             raise
-        return future.result()
+        return cast(T, crossing.outcome())
+
+    def _post_to_asyncio(self, crossing: _Crossing) -> None:
+        """Queue a call; wake the asyncio loop unless a wake-up is already on its way."""
+        self._to_asyncio.append(crossing)
+        if self._asyncio_wakeup_pending:
+            return
+        self._asyncio_wakeup_pending = True
+        try:
+            self._loop.call_soon_threadsafe(self._start_queued)
+        except RuntimeError:  # the loop is closed
+            self._asyncio_wakeup_pending = False
+            self._to_asyncio.clear()
+            raise BridgeClosed("asyncio loop is closed") from None
+
+    def _start_queued(self) -> None:
+        """asyncio side: start every queued call as a task (the flag first: see `_post_to_asyncio`)."""
+        self._asyncio_wakeup_pending = False
+        queue, loop = self._to_asyncio, self._loop
+        while queue:
+            crossing = queue.popleft()
+            if crossing.cancelled:
+                continue
+            task = loop.create_task(crossing.fn(*crossing.args))
+            crossing.task = task
+            if crossing.cancelled:  # cancelled between the check and `crossing.task` being set
+                task.cancel()
+            task.add_done_callback(crossing.finished_by(self))
+
+    def _post_to_trio(self, crossing: _Crossing) -> None:
+        """asyncio side: queue a finished call; wake the trio loop unless already on its way."""
+        self._to_trio.append(crossing)
+        if self._trio_wakeup_pending:
+            return
+        self._trio_wakeup_pending = True
+        try:
+            crossing.token.run_sync_soon(self._settle_queued)
+        except trio.RunFinishedError:  # the trio run ended: nobody waits any more
+            self._trio_wakeup_pending = False
+            self._to_trio.clear()
+
+    def _settle_queued(self) -> None:
+        """trio side: wake every caller whose task finished (the flag first, as above)."""
+        self._trio_wakeup_pending = False
+        queue = self._to_trio
+        while queue:
+            queue.popleft().done.set()
 
     # -- asyncio -> trio ---------------------------------------------------------
     async def call_trio(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:

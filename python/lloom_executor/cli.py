@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ import click
 
 from . import __version__
 from .cli_config import CONFIG_HELP, config_file, config_option, echo_problems, load_or_exit
+from .cli_dashboards import dashboards_group
 from .cli_maintenance import maintenance_group
 from .config import ConfigError, load_config
 
@@ -125,36 +127,56 @@ def print_table(headers: list[str], rows: list[list[object]]) -> None:
 @main.command("test-backend")
 @config_option
 def test_backend(config_path: Path | None) -> None:
-    """Connect to the LLM backend, list its models and run one short completion per enabled model."""
+    """Connect to each LLM backend, list its models and run one short completion per enabled model it serves."""
     import asyncio
+    import dataclasses
 
     from .backends.base import BackendError
+    from .cli_config import configured_backends, describe_backend
     from .diagnostics import check_backend
     from .service import backend_from_config
 
     config = load_or_exit(config_path).config
+    described = configured_backends(config)
 
-    async def run() -> tuple[list[str], list[ModelCheck]]:
-        backend = backend_from_config(config)
+    async def run() -> dict[str, tuple[list[str], list[ModelCheck]] | BackendError]:
+        backends = backend_from_config(config)
+        results: dict[str, tuple[list[str], list[ModelCheck]] | BackendError] = {}
         try:
-            return await check_backend(backend, config)
+            for name, entry in backends.entries.items():
+                served = tuple(m for m in config.models if backends.backend_of(m.name) == name)
+                try:
+                    results[name] = await check_backend(entry.serving, dataclasses.replace(config, models=served))
+                except BackendError as exc:
+                    results[name] = exc
+            return results
         finally:
-            await backend.close()
+            await backends.close()
 
-    llm = config.llm_client
-    click.echo(f"backend: {llm.backend} at {llm.base_url}")
-    try:
-        available, checks = asyncio.run(run())
-    except BackendError as exc:
-        raise click.ClickException(f"backend unreachable: {type(exc).__name__}: {exc}") from None
-    click.echo(f"models offered by the backend: {', '.join(available) if available else 'none'}")
-    if not checks:
+    results = asyncio.run(run())
+    checks: list[ModelCheck] = []
+    unreachable: list[str] = []
+    for name, result in results.items():
+        click.echo(f"backend {describe_backend(name, described[name])}")
+        if isinstance(result, BackendError):
+            problem = f"backend unreachable: {type(result).__name__}: {result}"
+            if len(results) == 1:
+                raise click.ClickException(problem)
+            unreachable.append(name)
+            click.echo(f"  {problem}")
+            continue
+        available, backend_checks = result
+        click.echo(f"  models offered by the backend: {', '.join(available) if available else 'none'}")
+        checks += backend_checks
+    if not checks and not unreachable:
         raise click.ClickException("no enabled [[models]] to test")
+    routes = {m: name for name, b in described.items() for m in b["models"]}
     print_table(
-        ["model", "result", "latency", "ttft", "tokens", "tokens/s", "detail"],
+        ["model", "backend", "result", "latency", "ttft", "tokens", "tokens/s", "detail"],
         [
             [
                 c.model,
+                routes.get(c.model, "-"),
                 "ok" if c.ok else "FAILED",
                 f"{c.latency_s * 1000:.0f} ms",
                 f"{c.ttft_s * 1000:.0f} ms" if c.ttft_s is not None else "-",
@@ -166,8 +188,10 @@ def test_backend(config_path: Path | None) -> None:
         ],
     )
     failed = [c for c in checks if not c.ok]
-    if failed:
-        raise click.ClickException(f"{len(failed)} of {len(checks)} model(s) failed")
+    problems = [f"{len(failed)} of {len(checks)} model(s) failed"] if failed else []
+    problems += [f"backend(s) unreachable: {', '.join(unreachable)}"] if unreachable else []
+    if problems:
+        raise click.ClickException("; ".join(problems))
 
 
 @main.group("models")
@@ -198,10 +222,13 @@ def models_list(config_path: Path | None, as_json: bool, offline: bool, insecure
     import json
 
     from .api import ApiRequestError, ApiUnreachable, api_base_url, api_get
+    from .cli_config import configured_backends, describe_backend
     from .diagnostics import model_rows
     from .service import backend_from_config
 
     config = load_or_exit(config_path).config
+    backends = configured_backends(config)
+    served_by = {m: name for name, b in backends.items() for m in b["models"]}
     if not offline and config.api.enabled:
         try:
             data = api_get(config.api, "/admin/models", insecure=insecure)
@@ -212,13 +239,16 @@ def models_list(config_path: Path | None, as_json: bool, offline: bool, insecure
             data = None
         if data is not None:
             data["source"] = api_base_url(config.api)
+            data["backends"] = backends
             if as_json:
                 click.echo(json.dumps(data, indent=2))
                 return
             click.echo(f"source: running executor at {data['source']}")
             click.echo(f"backend: {data['backend']['type']} ({data['backend_status']})")
+            for name, backend in backends.items():
+                click.echo(f"  {describe_backend(name, backend)}")
             print_table(
-                ["model", "aliases", "enabled", "context", "inbound wei/token", "outbound wei/token", "backend"],
+                ["model", "aliases", "enabled", "context", "inbound wei/token", "outbound wei/token", "backend", "served by"],
                 [
                     [
                         r["name"],
@@ -228,6 +258,7 @@ def models_list(config_path: Path | None, as_json: bool, offline: bool, insecure
                         r["inbound_price_wei"],
                         r["outbound_price_wei"],
                         r["backend_state"],
+                        served_by.get(r["name"], "-"),
                     ]
                     for r in data["models"]
                 ],
@@ -264,12 +295,22 @@ def models_list(config_path: Path | None, as_json: bool, offline: bool, insecure
     rows, status = asyncio.run(run())
     if as_json:
         click.echo(
-            json.dumps({"backend_status": status, "models": [dataclasses.asdict(r) for r in rows], "source": "config"}, indent=2)
+            json.dumps(
+                {
+                    "backend_status": status,
+                    "models": [dict(dataclasses.asdict(r), served_by=served_by.get(r.name)) for r in rows],
+                    "backends": backends,
+                    "source": "config",
+                },
+                indent=2,
+            )
         )
         return
     click.echo(f"backend: {config.llm_client.backend} ({status})")
+    for name, backend in backends.items():
+        click.echo(f"  {describe_backend(name, backend)}")
     print_table(
-        ["model", "aliases", "enabled", "context", "inbound wei/token", "outbound wei/token", "backend"],
+        ["model", "aliases", "enabled", "context", "inbound wei/token", "outbound wei/token", "backend", "served by"],
         [
             [
                 r.name,
@@ -279,6 +320,7 @@ def models_list(config_path: Path | None, as_json: bool, offline: bool, insecure
                 r.inbound_price_wei,
                 r.outbound_price_wei,
                 r.backend_state,
+                served_by.get(r.name, "-"),
             ]
             for r in rows
         ],
@@ -396,8 +438,21 @@ def _seconds(value: float | None) -> str:
     "--max-tokens", "max_tokens", type=click.IntRange(min=1), default=64, show_default=True, help="max_tokens of every request."
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--progress/--no-progress",
+    "show_progress",
+    default=None,
+    help="Show requests done and live req/s on stderr (default: on a terminal, not with --json).",
+)
 def benchmark(
-    config_path: Path | None, model: str, n_requests: int, concurrency: int, prompt: str | None, max_tokens: int, as_json: bool
+    config_path: Path | None,
+    model: str,
+    n_requests: int,
+    concurrency: int,
+    prompt: str | None,
+    max_tokens: int,
+    as_json: bool,
+    show_progress: bool | None,
 ) -> None:
     """Benchmark a model through the whole executor path, and the backend alone for comparison.
 
@@ -428,11 +483,31 @@ def benchmark(
             f"benchmarking {model} on {config.llm_client.backend}: {n_requests} requests,"
             f" {concurrency} in flight, max_tokens {max_tokens}"
         )
+    from .progress import Progress, wanted
+
+    enabled = wanted(show_progress, as_json=as_json)
+    bars: list[Progress] = []
+
+    def progress(path: str) -> Callable[[int], None]:
+        """One progress line per path (executor, then backend alone), the previous one ended."""
+        if bars:
+            bars[-1].finish()
+        bars.append(Progress(path, n_requests, unit="requests", rate=True, enabled=enabled))
+        return bars[-1].update
+
     result = uvloop.run(
         run_benchmark(
-            config, model, requests=n_requests, concurrency=concurrency, prompt=prompt or DEFAULT_PROMPT, max_tokens=max_tokens
+            config,
+            model,
+            requests=n_requests,
+            concurrency=concurrency,
+            prompt=prompt or DEFAULT_PROMPT,
+            max_tokens=max_tokens,
+            progress=progress,
         )
     )
+    if bars:
+        bars[-1].finish()
     data = result.to_dict()
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -521,3 +596,4 @@ main.add_command(
     _LazyUpdateGroup("update", short_help="Update this pip-installed executor: check, download, apply with rollback.")
 )
 main.add_command(maintenance_group)
+main.add_command(dashboards_group)

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .config import DEFAULT_CONFIG_PATH, ConfigError, LoadedConfig, load_config
+from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, LoadedConfig, load_config
 
 CONFIG_HELP = f"Config file (default {DEFAULT_CONFIG_PATH})."
 
@@ -44,3 +44,40 @@ def load_or_exit(config_path: Path | None) -> LoadedConfig:
             f"{path}: {len(exc.issues)} configuration error(s); see `lloom-executor config validate`"
         ) from None
     return loaded
+
+
+def configured_backends(config: Config) -> dict[str, dict[str, Any]]:
+    """From the config alone: each backend (`llm_client` first) with its kind, its instances
+    (credential-free URLs, or "device N") and the models it serves, for `models list`
+    and `test-backend`."""
+    from .backends.from_config import device_url, instance_label
+    from .backends.registry import DEFAULT_BASE_URLS
+    from .config.schema import DEFAULT_BACKEND
+
+    llm = config.llm_client
+    if config.gpu_allocation.devices:
+        instances = [f"device {d}: {instance_label(device_url(llm.base_url, d))}" for d in config.gpu_allocation.devices]
+    else:
+        instances = [instance_label(u) for u in (llm.base_urls or (llm.base_url,))]
+    out: dict[str, dict[str, Any]] = {
+        DEFAULT_BACKEND: {"kind": llm.backend, "instances": instances if llm.backend != "echo" else [], "models": []}
+    }
+    for entry in config.llm_backends:
+        default = DEFAULT_BASE_URLS.get(entry.backend)
+        urls = entry.base_urls or ((entry.base_url,) if entry.base_url else (default,) if default else ())
+        out[entry.name] = {
+            "kind": entry.backend,
+            "instances": [instance_label(u) for u in urls] if entry.backend != "echo" else [],
+            "models": [],
+        }
+    for model in config.models:
+        backend = out.get(model.backend or DEFAULT_BACKEND)
+        if backend is not None:  # an unknown name is a config error, reported by `config validate`
+            backend["models"].append(model.name)
+    return out
+
+
+def describe_backend(name: str, backend: dict[str, Any]) -> str:
+    """One line: "llm_client: lmstudio at http://a/v1, http://b/v1"."""
+    where = f" at {', '.join(backend['instances'])}" if backend["instances"] else ""
+    return f"{name}: {backend['kind']}{where}"

@@ -78,15 +78,31 @@ def maintenance_optimize_db(config_path: Path | None) -> None:
     help="The archive to write (.tar.gz), created with mode 0600.",
 )
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
-def maintenance_backup(config_path: Path | None, output: Path, force: bool) -> None:
+@click.option(
+    "--progress/--no-progress",
+    "show_progress",
+    default=None,
+    help="Show bytes archived on stderr (default: when stderr is a terminal).",
+)
+def maintenance_backup(config_path: Path | None, output: Path, force: bool, show_progress: bool | None) -> None:
     """Back up the config file, the key files and a consistent copy of the ledger into one .tar.gz."""
     from .maintenance import MaintenanceError, backup_node
+    from .progress import Progress, wanted
 
     loaded = load_or_exit(config_path)
+    bar = Progress("backup", unit="bytes", enabled=wanted(show_progress))
+
+    def progress(rows: int | None, done: int, total: int) -> None:
+        bar.label = "backup" if rows is None else f"backup (ledger: {rows} rows)"
+        bar.total = total
+        bar.update(done)
+
     try:
-        report = backup_node(loaded.config, loaded.path or config_file(config_path), output, force=force)
+        report = backup_node(loaded.config, loaded.path or config_file(config_path), output, force=force, progress=progress)
     except MaintenanceError as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        bar.finish()
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     for member in report.members:

@@ -35,9 +35,10 @@ import stat
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import __version__
 from .cache import clean_cache, parse_age
@@ -197,13 +198,36 @@ def _tarinfo(name: str, size: int, mode: int, mtime: float) -> tarfile.TarInfo:
     return info
 
 
+BackupProgress = Callable[[int | None, int, int], None]
+"""Called as (ledger rows or None, bytes archived so far, bytes to archive) while the archive is written."""
+
+
+class _CountingReader:
+    """A file read by tarfile, reporting the bytes read so far (for a progress display)."""
+
+    def __init__(self, handle: BinaryIO, on_read: Callable[[int], None]) -> None:
+        self.handle = handle
+        self.on_read = on_read
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.on_read(len(data))
+        return data
+
+
 def backup_node(
-    config: Config, config_file: str | os.PathLike[str], output: str | os.PathLike[str], *, force: bool = False
+    config: Config,
+    config_file: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    progress: BackupProgress | None = None,
 ) -> BackupReport:
     """Write a gzipped tar of the config file, the key files and a consistent ledger copy.
 
     `output` is created with mode 0600 and appears only when complete (temporary name,
-    then rename); an existing file is replaced only with `force`.
+    then rename); an existing file is replaced only with `force`. `progress` is told the
+    bytes archived as they are read (a ledger may take minutes to compress).
     """
     target = Path(output).expanduser()
     if target.exists() and not force:
@@ -228,6 +252,15 @@ def backup_node(
         else:
             report.warnings.append(f"no ledger at {ledger_file}; the backup holds no ledger")
 
+        to_archive = sum(path.stat().st_size for _, _, path, _ in staged)
+        archived = 0
+
+        def read(n: int) -> None:
+            nonlocal archived
+            archived += n
+            if progress is not None:
+                progress(report.ledger_rows, archived, to_archive)
+
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")  # mode 0600
         tmp = Path(tmp_name)
         try:
@@ -237,7 +270,7 @@ def backup_node(
                     for kind, name, path, mode in staged:
                         with open(path, "rb") as handle:  # streamed: a ledger may be large
                             info = os.fstat(handle.fileno())
-                            tar.addfile(_tarinfo(name, info.st_size, mode, info.st_mtime), handle)
+                            tar.addfile(_tarinfo(name, info.st_size, mode, info.st_mtime), _CountingReader(handle, read))
                         source = str(ledger_file) if kind == "ledger" else str(path)
                         report.members.append(BackupMember(name, kind, source, mode, info.st_size, _sha256(path)))
                     manifest = {

@@ -61,7 +61,8 @@ class ModelDiscovery:
     `models`: the configured `[[models]]` entries; `initial`: the set being served
     before the first poll (the first poll calls `on_change` if it differs; default:
     the enabled configured models). `interval` overrides `refresh_interval_secs`
-    (tests use fractions of a second); `poll_timeout` bounds one poll.
+    (tests use fractions of a second); `poll_timeout` bounds one poll. `backend_name`
+    names the backend in log lines (with several backends, `DiscoverySet` runs one each).
     """
 
     def __init__(
@@ -78,10 +79,13 @@ class ModelDiscovery:
         withdraw_after_failures: int = 3,
         should_stop: Callable[[], bool] | None = None,
         on_status: OnStatus | None = None,
+        backend_name: str | None = None,
     ) -> None:
         if withdraw_after_failures < 1:
             raise ValueError("withdraw_after_failures must be >= 1")
         self.backend = backend
+        self.backend_name = backend_name
+        self._who = f"model discovery ({backend_name})" if backend_name else "model discovery"
         self.config = config
         self.on_change = on_change
         self.configured = [m for m in models]
@@ -126,10 +130,10 @@ class ModelDiscovery:
             if why is None:
                 served.append(model)
                 if self._reported_unavailable.pop(model.name, None) is not None:
-                    log.info("model discovery: configured model %s is available again", model.name)
+                    log.info("%s: configured model %s is available again", self._who, model.name)
             elif self._reported_unavailable.get(model.name) != why:
                 self._reported_unavailable[model.name] = why
-                log.warning("model discovery: configured model %s is %s; not serving it", model.name, why)
+                log.warning("%s: configured model %s is %s; not serving it", self._who, model.name, why)
         extra = sorted(
             name
             for name, info in offered.items()
@@ -144,8 +148,9 @@ class ModelDiscovery:
             if new:
                 self._reported_unconfigured.update(new)
                 log.info(
-                    "model discovery: offered by the backend but not configured: %s "
+                    "%s: offered by the backend but not configured: %s "
                     "(not served without a price; add [[models]] entries to serve them)",
+                    self._who,
                     ", ".join(new),
                 )
         return served
@@ -167,7 +172,7 @@ class ModelDiscovery:
                 if isinstance(exc, TimeoutError) and not str(exc):
                     self.last_error = f"no model listing within {self.poll_timeout:g} s"
                 if self.backend_status != DISCONNECTED:
-                    log.warning("model discovery: backend disconnected (%s); retrying every %g s", self.last_error, self.interval)
+                    log.warning("%s: backend disconnected (%s); retrying every %g s", self._who, self.last_error, self.interval)
                     self._status_changed(DISCONNECTED)
                 self.backend_status = DISCONNECTED
                 if not self.ever_connected or self.failures >= self.withdraw_after_failures:
@@ -177,7 +182,7 @@ class ModelDiscovery:
             else:
                 connected = self.backend_status != CONNECTED
                 if connected:
-                    log.info("model discovery: backend connected (%d model(s) offered)", len(details))
+                    log.info("%s: backend connected (%d model(s) offered)", self._who, len(details))
                 self.backend_status = CONNECTED
                 self.ever_connected = True
                 self.failures = 0
@@ -194,12 +199,13 @@ class ModelDiscovery:
             try:
                 await self.on_change(list(new))
             except Exception:
-                log.exception("model discovery: applying the new model set failed; retrying at the next poll")
+                log.exception("%s: applying the new model set failed; retrying at the next poll", self._who)
                 return False
             self.served = list(new)
             self.changes += 1
             log.info(
-                "model discovery: now serving %s (added: %s; removed: %s)",
+                "%s: now serving %s (added: %s; removed: %s)",
+                self._who,
                 ", ".join(sorted(after)) or "no models",
                 ", ".join(sorted(after - before)) or "-",
                 ", ".join(sorted(before - after)) or "-",
@@ -212,7 +218,7 @@ class ModelDiscovery:
         try:
             self.on_status(status, self.last_error)
         except Exception:
-            log.exception("model discovery: on_status failed")
+            log.exception("%s: on_status failed", self._who)
 
     async def run(self) -> None:
         """Poll until cancelled (or `should_stop()` turns true)."""
@@ -222,7 +228,7 @@ class ModelDiscovery:
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug must not end discovery silently
-                log.exception("model discovery: poll failed unexpectedly")
+                log.exception("%s: poll failed unexpectedly", self._who)
             await asyncio.sleep(self.interval)
 
     def start(self) -> asyncio.Task:
@@ -259,4 +265,76 @@ class ModelDiscovery:
         }
 
 
-__all__ = ["CONNECTED", "DISCONNECTED", "ModelDiscovery"]
+class DiscoverySet:
+    """One `ModelDiscovery` per backend, their served sets merged: with several backends a
+    backend that goes away withdraws only its own models (after its own
+    `withdraw_after_failures`), and each is polled and logged under its name.
+
+    `members` maps backend name -> (its backend, its configured models). `on_change` gets
+    the merged set, in configured order, whenever one member's set changes; a member whose
+    change fails to apply keeps its old set and retries at its next poll, as a lone
+    `ModelDiscovery` does. Other keyword arguments go to every member.
+    """
+
+    def __init__(
+        self,
+        members: dict[str, tuple[LlmBackend, list[ModelConfig]]],
+        config: ModelDiscoveryConfig,
+        on_change: OnChange,
+        *,
+        initial: Iterable[ModelConfig] | None = None,
+        **options: Any,
+    ) -> None:
+        self.on_change = on_change
+        order = [m.name for _, models in members.values() for m in models]
+        self._order = {name: i for i, name in enumerate(order)}
+        start = list(initial) if initial is not None else None
+        self.members: dict[str, ModelDiscovery] = {}
+        for name, (backend, models) in members.items():
+            names = {m.name for m in models}
+            self.members[name] = ModelDiscovery(
+                backend,
+                config,
+                self._member_changed(name),
+                models=models,
+                initial=None if start is None else [m for m in start if m.name in names],
+                backend_name=name,
+                **options,
+            )
+
+    def _member_changed(self, name: str) -> OnChange:
+        async def changed(models: list[ModelConfig]) -> None:
+            merged = [m for other, d in self.members.items() if other != name for m in d.served] + list(models)
+            merged.sort(key=lambda m: self._order.get(m.name, len(self._order)))
+            await self.on_change(merged)
+
+        return changed
+
+    @property
+    def served(self) -> list[ModelConfig]:
+        return [m for d in self.members.values() for m in d.served]
+
+    @property
+    def running(self) -> bool:
+        return any(d.running for d in self.members.values())
+
+    def start(self) -> None:
+        for member in self.members.values():
+            member.start()
+
+    async def stop(self) -> None:
+        for member in self.members.values():
+            await member.stop()
+
+    async def poll_once(self) -> bool:
+        changed = False
+        for member in self.members.values():
+            changed = await member.poll_once() or changed
+        return changed
+
+    def status(self) -> dict[str, Any]:
+        """Each backend's `ModelDiscovery.status()`, by name."""
+        return {name: d.status() for name, d in self.members.items()}
+
+
+__all__ = ["CONNECTED", "DISCONNECTED", "DiscoverySet", "ModelDiscovery"]

@@ -29,8 +29,9 @@ from typing import Any
 from . import __version__, _native
 from .api import ApiServer
 from .backends.base import LlmBackend
+from .backends.from_config import build_backends
 from .backends.limits import with_limits
-from .backends.registry import create_backend
+from .backends.routing import BackendSet
 from .cache import build_cache
 from .cache.base import ResponseCache
 from .config import Config, ModelConfig, RequestHandlingConfig, inactive_features
@@ -38,7 +39,7 @@ from .events import model_data
 from .identity import Identity
 from .ledger import Ledger, LedgerStatus
 from .metrics import Metrics, MetricsServer, PushLoop
-from .model_discovery import DISCONNECTED, ModelDiscovery
+from .model_discovery import DISCONNECTED, DiscoverySet, ModelDiscovery
 from .outcome import RefusalCode
 from .p2p.announcements import ModelCatalog
 from .p2p.llm_protocol import StreamStats
@@ -46,7 +47,6 @@ from .p2p.node import P2PNode
 from .p2p.services import default_services, network_view, update_models
 from .pipeline.content_filter import ContentFilter
 from .pipeline.dispatch import Dispatcher, direct_dispatcher, dispatcher_from_config
-from .pipeline.gpu import device_pool_from_config
 from .pipeline.model_registry import ModelRegistry
 from .pipeline.pricing import PricingEngine, backend_load
 from .pipeline.ratelimits import RateLimitRules
@@ -61,15 +61,10 @@ log = logging.getLogger(__name__)
 HOUSEKEEPING_SECS = 5.0
 
 
-def backend_from_config(config: Config) -> LlmBackend:
-    if config.gpu_allocation.devices:  # one backend per device, chosen per request
-        return device_pool_from_config(config)
-    llm = config.llm_client
-    if llm.backend == "echo":
-        return create_backend("echo", models=[m.name for m in config.models])
-    return create_backend(
-        llm.backend, base_url=llm.base_url, api_key=llm.api_key, timeout_secs=llm.timeout_secs, max_retries=llm.max_retries
-    )
+def backend_from_config(config: Config) -> BackendSet:
+    """`[llm_client]` and every `[[llm_backends]]` entry (pools, bounds and limits applied), each
+    model routed to its backend: what the request path, `test-backend` and `models list` talk to."""
+    return build_backends(config)
 
 
 def build_request_handler(
@@ -149,8 +144,16 @@ class ExecutorService:
         self.config = config
         self.identity = identity
         handling = config.request_handling
-        self.backend = with_limits(backend or backend_from_config(config), config.openai_limits)
+        # A backend given by the caller (tests) is the one default backend; else the configured set.
+        self.backends: BackendSet | None = None
+        if backend is None:
+            self.backends = backend_from_config(config)
+            self.backend: LlmBackend = self.backends
+        else:
+            self.backend = with_limits(backend, config.openai_limits)
         self.metrics = Metrics()
+        if self.backends is not None:
+            self.metrics.watch_backends(self.backends.health)
         resources = governor_from_config(config)  # [resources] and [[models]] needs; warns what it cannot enforce
         self.resources = resources
         self.dispatcher = dispatcher_from_config(
@@ -236,8 +239,9 @@ class ExecutorService:
         self.metrics.watch_connections(self.node.connection_counts)
         self.discovery = self._discovery(discovery_options or {}) if config.model_discovery.enabled else None
 
-    def _discovery(self, options: dict[str, Any]) -> ModelDiscovery:
-        """[model_discovery]: the backend's listing decides the served set (started once the node is up)."""
+    def _discovery(self, options: dict[str, Any]) -> ModelDiscovery | DiscoverySet:
+        """[model_discovery]: the backends' listings decide the served set (started once the node is up);
+        with several backends, one discovery each (`DiscoverySet`)."""
         config = self.config.model_discovery
 
         async def on_change(models: list[ModelConfig]) -> None:
@@ -254,6 +258,21 @@ class ExecutorService:
                 # the error text may name the backend's host: it stays in the log (model_discovery logs it)
                 self.webhooks.operational_error(RefusalCode.BACKEND_UNREACHABLE, "model discovery: the backend is unreachable")
 
+        backends = self.backends
+        if backends is not None and len(backends.entries) > 1:
+            members = {
+                name: (entry.serving, [m for m in self.config.models if backends.backend_of(m.name) == name])
+                for name, entry in backends.entries.items()
+            }
+            return DiscoverySet(
+                members,
+                config,
+                on_change,
+                initial=self.registry.served(),
+                should_stop=lambda: self.handler.draining,
+                on_status=on_status,
+                **options,
+            )
         return ModelDiscovery(
             self.backend,
             config,
@@ -289,6 +308,8 @@ class ExecutorService:
             await check()
         addrs = await self.node.start()
         self.started_at = time.monotonic()
+        if self.backends is not None:
+            await self.backends.start()  # instance pools' health probes
         if self.webhooks is not None:
             self.webhooks.start()
         log.info("peer id %s, EVM address %s (%s)", self.identity.peer_id, self.identity.address, self.identity.source)
@@ -416,6 +437,10 @@ class ExecutorService:
             model: {"resume_in_seconds": round(secs, 3), "waiting_requests": waiting.get(model, 0)}
             for model, secs in sorted(over.items())
         }
+
+    def backend_health(self) -> dict[str, dict[str, Any]]:
+        """Each backend's instances: up, in flight, failures (empty for a backend given by the caller)."""
+        return self.backends.health() if self.backends is not None else {}
 
     def inflight(self) -> int:
         stats = self.node.stream_stats()

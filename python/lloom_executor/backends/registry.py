@@ -31,12 +31,14 @@ from .echo import EchoBackend
 ENTRY_POINT_GROUP = "lloom_executor.backends"
 
 BackendFactory = Callable[..., LlmBackend]
+DEFAULT_BASE_URLS = {"openai": "https://api.openai.com/v1", "lmstudio": "http://localhost:1234/v1"}
+"""Where a built-in kind talks to when no base_url is given."""
 
 
 def _openai(**options: Any) -> LlmBackend:
     from .openai_compat import OpenAICompatibleBackend
 
-    options.setdefault("base_url", "https://api.openai.com/v1")
+    options.setdefault("base_url", DEFAULT_BASE_URLS["openai"])
     if options.get("api_key") is None:
         options["api_key"] = os.environ.get("OPENAI_API_KEY") or None
     return OpenAICompatibleBackend(backend_type="openai", **options)
@@ -45,7 +47,7 @@ def _openai(**options: Any) -> LlmBackend:
 def _lmstudio(**options: Any) -> LlmBackend:
     from .openai_compat import OpenAICompatibleBackend
 
-    options.setdefault("base_url", "http://localhost:1234/v1")
+    options.setdefault("base_url", DEFAULT_BASE_URLS["lmstudio"])
     return OpenAICompatibleBackend(backend_type="lmstudio", **options)
 
 

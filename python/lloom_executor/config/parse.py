@@ -189,14 +189,20 @@ def _check(value: Any, path: str, meta: dict[str, Any], report: Report) -> Any:
 
 
 def parse_dataclass(cls: type, table: dict[str, Any], path: str, report: Report) -> Any:
-    """An instance of `cls` from `table`; bad values keep their defaults after being reported."""
+    """An instance of `cls` from `table`; bad values keep their defaults after being reported.
+    A class may name keys it refuses in `__rejected_keys__` (key -> what to write instead):
+    those are errors, where other unknown keys are warnings."""
     hints = typing.get_type_hints(cls)
     known: dict[str, dataclasses.Field[Any]] = {}
     for declared in dataclasses.fields(cls):
         known[declared.metadata.get("key") or declared.name] = declared
     values: dict[str, Any] = {}
+    rejected: dict[str, str] = getattr(cls, "__rejected_keys__", {})
     for key, raw in table.items():
         f = known.get(key)
+        if f is None and key in rejected:  # a key from another dialect: an error saying what to write instead
+            report.error(join(path, key), f"{key!r} is {rejected[key]}")
+            continue
         if f is None:
             close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else ""

@@ -8,7 +8,7 @@ import re
 from urllib.parse import urlsplit
 
 from .parse import Report
-from .schema import Config
+from .schema import DEFAULT_BACKEND, Config
 
 _BACKENDS = ("lmstudio", "openai", "echo")
 
@@ -22,11 +22,7 @@ def check_rules(config: Config, report: Report) -> None:
             report.error(f"models[{i}].name", f"duplicate model {model.name!r}")
     known = set(names)
 
-    backend = config.llm_client.backend
-    if backend not in _BACKENDS and not re.fullmatch(r"[\w.]+:[\w.]+", backend):
-        report.error("llm_client.backend", f"must be one of {', '.join(_BACKENDS)} or module:Class, got {backend!r}")
-    if backend == "openai" and not config.llm_client.api_key:
-        report.warning("llm_client.api_key", "the openai backend needs an API key (set it or OPENAI_API_KEY)")
+    check_backends(config, report)
 
     for alias, target in config.model_aliases.items():
         if target not in known:
@@ -39,6 +35,10 @@ def check_rules(config: Config, report: Report) -> None:
         where = f"gpu_allocation.model_affinity[{i}]"
         if rule.model not in known:
             report.error(f"{where}.model", f"{rule.model!r} is not a configured model")
+        elif backend_of(config, rule.model) != DEFAULT_BACKEND:
+            report.error(
+                f"{where}.model", f"{rule.model!r} is served by backend {backend_of(config, rule.model)!r}, not the device pool"
+            )
         missing = [d for d in rule.devices if d not in gpu.devices]
         if missing:
             report.error(f"{where}.devices", f"devices {missing} are not in gpu_allocation.devices {list(gpu.devices)}")
@@ -83,7 +83,7 @@ def check_rules(config: Config, report: Report) -> None:
             if key not in ("input_per_1k", "output_per_1k"):
                 report.error(f"openai_limits.model_prices_usd.{name}.{key}", "expected input_per_1k or output_per_1k")
     if limits.max_cost_per_day_usd is not None:
-        for name in known - set(limits.model_prices_usd):
+        for name in sorted(set(models_of(config, DEFAULT_BACKEND)) - set(limits.model_prices_usd)):
             report.error(
                 "openai_limits.max_cost_per_day_usd",
                 f"needs a USD price for model {name!r} in openai_limits.model_prices_usd",
@@ -96,6 +96,92 @@ def check_rules(config: Config, report: Report) -> None:
 
 
 _PLUGIN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+_BACKEND_NAME = _PLUGIN_NAME
+DEVICE_PLACEHOLDER = "{device}"
+
+
+def backend_of(config: Config, model: str) -> str:
+    """The name of the backend serving `model` ("llm_client" unless its entry names one)."""
+    for m in config.models:
+        if m.name == model:
+            return m.backend or DEFAULT_BACKEND
+    return DEFAULT_BACKEND
+
+
+def models_of(config: Config, backend: str) -> list[str]:
+    """The configured models the backend named `backend` serves."""
+    return [m.name for m in config.models if (m.backend or DEFAULT_BACKEND) == backend]
+
+
+def _check_kind(kind: str, api_key: str | None, where: str, report: Report) -> None:
+    if kind not in _BACKENDS and not re.fullmatch(r"[\w.]+:[\w.]+", kind):
+        report.error(f"{where}.backend", f"must be one of {', '.join(_BACKENDS)} or module:Class, got {kind!r}")
+    if kind == "openai" and not api_key:
+        report.warning(f"{where}.api_key", "the openai backend needs an API key (set it or OPENAI_API_KEY)")
+
+
+def _check_urls(urls: tuple[str, ...], where: str, report: Report) -> None:
+    seen: set[str] = set()
+    for j, url in enumerate(urls):
+        if url.rstrip("/") in seen:
+            report.error(f"{where}.base_urls[{j}]", f"duplicate instance {url!r}")
+        seen.add(url.rstrip("/"))
+
+
+def check_backends(config: Config, report: Report) -> None:
+    """[llm_client] and [[llm_backends]]: kinds, names, one way to give the URL(s), every
+    backend used by some model and every model's backend configured."""
+    llm = config.llm_client
+    _check_kind(llm.backend, llm.api_key, "llm_client", report)
+    _check_urls(llm.base_urls, "llm_client", report)
+    if llm.base_urls and config.gpu_allocation.devices:
+        report.error("llm_client.base_urls", "give either base_urls or [gpu_allocation] devices ({device} in base_url), not both")
+    names: dict[str, int] = {}
+    for i, entry in enumerate(config.llm_backends):
+        where = f"llm_backends[{i}]"
+        if not entry.name:
+            report.error(f"{where}.name", "required")
+        elif entry.name == DEFAULT_BACKEND:
+            report.error(f"{where}.name", f"{DEFAULT_BACKEND!r} is [llm_client]'s name; choose another")
+        elif not _BACKEND_NAME.fullmatch(entry.name):
+            report.error(
+                f"{where}.name",
+                f"must start with a letter and hold only letters, digits, '-' and '_' (at most 64), got {entry.name!r}",
+            )
+        elif entry.name in names:
+            report.error(f"{where}.name", f"duplicate backend name {entry.name!r}, also llm_backends[{names[entry.name]}]")
+        else:
+            names[entry.name] = i
+        _check_kind(entry.backend, entry.api_key, where, report)
+        if entry.base_url is not None and entry.base_urls:
+            report.error(f"{where}.base_urls", "give base_url (one instance) or base_urls (a pool), not both")
+        elif entry.base_url is None and not entry.base_urls and entry.backend not in ("echo", "openai"):
+            report.error(f"{where}.base_url", f"required for the {entry.backend} backend (or base_urls for a pool)")
+        for url in (entry.base_url, *entry.base_urls):
+            if url is not None and DEVICE_PLACEHOLDER in url:
+                report.error(
+                    f"{where}.base_url", "{device} belongs to [llm_client] with [gpu_allocation]; list base_urls instead"
+                )
+                break
+        _check_urls(entry.base_urls, where, report)
+        if not models_of(config, entry.name) and entry.name:
+            report.warning(where, f"backend {entry.name!r} serves no model (no [[models]] entry says backend = {entry.name!r})")
+        prices = entry.limits.model_prices_usd
+        for model, table in prices.items():
+            for key in table:
+                if key not in ("input_per_1k", "output_per_1k"):
+                    report.error(f"{where}.limits.model_prices_usd.{model}.{key}", "expected input_per_1k or output_per_1k")
+        if entry.limits.max_cost_per_day_usd is not None:
+            for model in models_of(config, entry.name):
+                if model not in prices:
+                    report.error(
+                        f"{where}.limits.max_cost_per_day_usd",
+                        f"needs a USD price for model {model!r} in limits.model_prices_usd",
+                    )
+    for i, served in enumerate(config.models):
+        if served.backend is not None and served.backend != DEFAULT_BACKEND and served.backend not in names:
+            known = ", ".join([DEFAULT_BACKEND, *names]) if names else f"{DEFAULT_BACKEND} only: there are no [[llm_backends]]"
+            report.error(f"models[{i}].backend", f"names backend {served.backend!r}, which is not configured (known: {known})")
 
 
 def plugin_location(path: str) -> tuple[str, str | None]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import multiaddr
 
@@ -166,14 +166,63 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True)
+class OpenAiLimitsConfig:
+    """[openai_limits]: enforced before the backend is called."""
+
+    max_requests_per_minute: int | None = setting(None, minimum=1)
+    max_tokens_per_minute: int | None = setting(None, minimum=1)
+    max_cost_per_day_usd: float | None = setting(None, minimum=0)
+    model_prices_usd: dict[str, dict[str, float]] = setting(
+        factory=dict, doc="per model: input_per_1k and output_per_1k in USD, for max_cost_per_day_usd"
+    )
+
+
+POOL_STRATEGIES = ("round_robin", "least_loaded")
+DEFAULT_BACKEND = "llm_client"
+"""The name [llm_client] goes by among the backends ([[models]] backend = "llm_client" is the default)."""
+
+
+@dataclass(frozen=True)
 class LlmClientConfig:
-    """[llm_client]"""
+    """[llm_client]: the default backend (models without `backend =` go here)."""
 
     backend: str = setting("lmstudio", doc="lmstudio, openai, echo, or module:Class of a custom backend")
     base_url: str = setting("http://localhost:1234/v1", convert=check_url)
+    base_urls: tuple[str, ...] = setting((), convert=check_url, doc="ours: an instance pool; replaces base_url")
     api_key: str | None = setting(None, secret=True)
     timeout_secs: float = setting(300.0, minimum=0.001)
     max_retries: int = setting(3, minimum=0)
+    strategy: str = setting("round_robin", choices=POOL_STRATEGIES, doc="ours: how base_urls share the calls")
+    failure_threshold: int = setting(3, minimum=1, maximum=1000, doc="ours: failures in a row that take a pool instance out")
+    health_check_interval_secs: float = setting(
+        10.0, minimum=0.1, maximum=3600, doc="ours: how often each pool instance is probed (a taken-out one comes back)"
+    )
+
+
+@dataclass(frozen=True)
+class LlmBackendConfig:
+    """One [[llm_backends]] entry (ours): a named backend beside [llm_client]; its models say
+    `backend = "<name>"` in their [[models]] entry. Keys as in [llm_client], plus its own limits."""
+
+    __rejected_keys__: ClassVar[dict[str, str]] = {
+        "endpoint": "the reference's name; use base_url (or base_urls for a pool of instances)",
+        "supported_models": (
+            'not accepted: which backend serves a model is said in its [[models]] entry, backend = "<this name>"'
+        ),
+    }
+
+    name: str = setting("", doc="unique; letters, digits, '-' and '_'; [[models]] backend = name")
+    backend: str = setting("openai", doc="lmstudio, openai, echo, or module:Class of a custom backend")
+    base_url: str | None = setting(None, convert=check_url)
+    base_urls: tuple[str, ...] = setting((), convert=check_url, doc="an instance pool")
+    api_key: str | None = setting(None, secret=True)
+    timeout_secs: float = setting(300.0, minimum=0.001)
+    max_retries: int = setting(3, minimum=0)
+    strategy: str = setting("round_robin", choices=POOL_STRATEGIES)
+    failure_threshold: int = setting(3, minimum=1, maximum=1000)
+    health_check_interval_secs: float = setting(10.0, minimum=0.1, maximum=3600)
+    max_concurrent_requests: int | None = setting(None, minimum=1, doc="calls in flight to this backend, all models")
+    limits: OpenAiLimitsConfig = setting(factory=OpenAiLimitsConfig, doc="[openai_limits]-style limits of this backend alone")
 
 
 @dataclass(frozen=True)
@@ -192,6 +241,7 @@ class ModelConfig:
         None, minimum=0.001, doc="ceiling on this model's output tokens per second, all its requests together"
     )
     max_concurrent_requests: int | None = setting(None, minimum=1)
+    backend: str | None = setting(None, doc="ours: the [[llm_backends]] name serving it; default [llm_client]")
     gpu_memory_gb: float | None = setting(None, minimum=0, doc="GPU memory it holds while it has calls in flight")
     cpu_cores: int | None = setting(None, minimum=1, doc="CPU cores it holds while it has calls in flight")
 
@@ -255,18 +305,6 @@ class LoggingConfig:
     max_size_mb: int = setting(100, minimum=1)
     max_backups: int = setting(5, minimum=0)
     compress: bool = setting(False)
-
-
-@dataclass(frozen=True)
-class OpenAiLimitsConfig:
-    """[openai_limits]: enforced before the backend is called."""
-
-    max_requests_per_minute: int | None = setting(None, minimum=1)
-    max_tokens_per_minute: int | None = setting(None, minimum=1)
-    max_cost_per_day_usd: float | None = setting(None, minimum=0)
-    model_prices_usd: dict[str, dict[str, float]] = setting(
-        factory=dict, doc="per model: input_per_1k and output_per_1k in USD, for max_cost_per_day_usd"
-    )
 
 
 @dataclass(frozen=True)
@@ -453,6 +491,7 @@ class Config:
     network: NetworkConfig = setting(factory=NetworkConfig)
     identity: IdentityConfig = setting(factory=IdentityConfig)
     llm_client: LlmClientConfig = setting(factory=LlmClientConfig)
+    llm_backends: tuple[LlmBackendConfig, ...] = setting(())
     models: tuple[ModelConfig, ...] = setting(())
     request_handling: RequestHandlingConfig = setting(factory=RequestHandlingConfig)
     pricing: PricingConfig = setting(factory=PricingConfig)

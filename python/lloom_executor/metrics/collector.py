@@ -49,6 +49,12 @@ Exposed families (names and labels as in the manual's "Monitoring > Prometheus M
   lloom_executor_handshake_timeouts_total                     counter: inbound connections cut at
                                                               handshake_timeout_secs
   lloom_executor_inbound_connections{state}                   gauge, state pending|established (inbound TCP)
+  lloom_executor_backend_instance_up{backend,instance}        gauge: 1 while a pool instance gets calls, 0 while
+                                                              it is taken out (backends/pool.py); a backend
+                                                              without a pool has no series
+  lloom_executor_backend_instance_in_flight{backend,instance} gauge: calls in flight on the instance
+  lloom_executor_backend_instance_failures_total{backend,instance}
+                                                              counter: failed calls and probes counted against it
 
 Families appear once they have a sample (webhooks and plugins only when configured,
 throttled_requests once a model with max_tokens_per_second has had a throttled request).
@@ -90,7 +96,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
@@ -187,6 +193,13 @@ class ConnectionHealth(Protocol):
     def established(self) -> int: ...
 
 
+class BackendHealth(Protocol):
+    """What the metrics read of the backends: `BackendSet.health()`'s shape, backend name ->
+    {"instances": [{"instance", "up", "in_flight", "failures", ...}], ...}."""
+
+    def __call__(self) -> Mapping[str, Mapping[str, Any]]: ...
+
+
 class _ModelStats:
     """Everything kept per model label value (one lock, the collector's, guards it)."""
 
@@ -248,6 +261,7 @@ class Metrics:
         self._ledger: Callable[[], LedgerHealth] | None = None
         self._tasks: Callable[[], int] | None = None
         self._connections: Callable[[], ConnectionHealth] | None = None
+        self._backends: BackendHealth | None = None
         self.registry.register(self)
 
     # -- what the pipeline and the node call ------------------------------------------
@@ -292,6 +306,11 @@ class Metrics:
         """Read at scrape time: the ledger's status (`Ledger.status`). Not writable means
         every request that would be served is refused (`ledger_error`)."""
         self._ledger = status
+
+    def watch_backends(self, health: BackendHealth) -> None:
+        """Read at scrape time: each backend's pool instances (`BackendSet.health`). An instance
+        at up 0 is taken out by its circuit breaker and gets no calls until a probe brings it back."""
+        self._backends = health
 
     def request_finished(
         self, model: str, status: str, duration_s: float, inbound_tokens: int = 0, outbound_tokens: int = 0, cost_wei: int = 0
@@ -497,6 +516,8 @@ class Metrics:
             out += [can_write, failed, committed]
         if self._connections is not None:
             out += _connection_families(self._connections(), family)
+        if self._backends is not None:
+            out += _backend_families(self._backends(), family)
         out += custom_families()
         return out
 
@@ -511,3 +532,18 @@ def _connection_families(counts: ConnectionHealth, family: Callable[[str, str, s
     inbound.add_sample(inbound.name, {"state": "pending"}, counts.pending)
     inbound.add_sample(inbound.name, {"state": "established"}, counts.established)
     return [refused, timeouts, inbound]
+
+
+def _backend_families(health: Mapping[str, Mapping[str, Any]], family: Callable[[str, str, str], Metric]) -> list[Metric]:
+    up = family("backend_instance_up", "1 while a backend pool instance gets calls, 0 while it is taken out.", "gauge")
+    in_flight = family("backend_instance_in_flight", "Calls in flight on a backend pool instance.", "gauge")
+    failures = family("backend_instance_failures", "Failed calls and probes counted against a backend pool instance.", "counter")
+    for backend, state in sorted(health.items()):
+        for instance in state.get("instances", ()):
+            if instance.get("up") is None:  # not a pool: nothing tracked
+                continue
+            labels = {"backend": str(backend), "instance": str(instance["instance"])}
+            up.add_sample(up.name, labels, 1 if instance["up"] else 0)
+            in_flight.add_sample(in_flight.name, labels, instance["in_flight"])
+            failures.add_sample(failures.name + "_total", labels, instance["failures"])
+    return [f for f in (up, in_flight, failures) if f.samples]

@@ -42,6 +42,9 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "connections_refused": "counter",
     "handshake_timeouts": "counter",
     "inbound_connections": "gauge",
+    "backend_instance_up": "gauge",
+    "backend_instance_in_flight": "gauge",
+    "backend_instance_failures": "counter",
 }
 
 _SAMPLE_SUFFIXES: dict[str, tuple[str, ...]] = {

@@ -18,7 +18,6 @@ from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.host.basic_host import BasicHost
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
-from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
@@ -27,6 +26,10 @@ from .._native import PrivateKey
 from .admission import InboundAdmission
 from .inbound_fix import bound_inbound_handlers
 from .inbound_gate import install_inbound_gate
+from .lean_multiselect import install as install_fast_negotiation
+from .lean_noise import BufferedNoiseTransport
+from .lean_yamux import install as install_yamux_window_policy
+from .lean_yamux import use_coalescing_yamux
 
 
 def build_host(
@@ -46,8 +49,9 @@ def build_host(
     `admission` (per-source connection caps, handshake deadline; inbound_gate.py) replaces
     py-libp2p's single shared inbound pool; without it the host keeps py-libp2p's own limits.
     """
+    install_yamux_window_policy()  # lean_yamux.py: WINDOW_UPDATE at half the window, as go/rust-yamux
     key_pair = create_new_key_pair(key.to_bytes())
-    security = {TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(key_pair, noise_privkey=new_x25519_key_pair().private_key)}
+    security = {TProtocol(NOISE_PROTOCOL_ID): BufferedNoiseTransport(key_pair, noise_privkey=new_x25519_key_pair().private_key)}
     muxers: OrderedDict[TProtocol, type[IMuxedConn]] = OrderedDict(
         [(TProtocol(YAMUX_PROTOCOL_ID), Yamux), (TProtocol(MPLEX_PROTOCOL_ID), Mplex)]
     )
@@ -61,6 +65,8 @@ def build_host(
     # private API of py-libp2p 0.8.1, see docstring; new_host builds a BasicHost, and
     # replacing the method on this one instance is the point (hence the ignore)
     cast(BasicHost, host)._schedule_identify = _no_identify  # type: ignore[method-assign]
+    install_fast_negotiation(cast(BasicHost, host).multiselect)  # lean_multiselect.py
+    use_coalescing_yamux(host.get_network())  # lean_yamux.py: one send per tick, not per frame
     bound_inbound_handlers(host.get_network())  # py-libp2p 0.8.1 inbound leak, see inbound_fix.py
     if admission is not None:  # after inbound_fix: the gate calls its wrapper
         install_inbound_gate(host.get_network(), admission)

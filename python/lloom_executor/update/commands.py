@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,40 @@ from .simple_api import DEFAULT_TIMEOUT_S
 from .versions import DIST_NAME
 
 _Decorated = TypeVar("_Decorated", bound=Callable[..., Any])
+
+
+class ByteLine:
+    """`download: 1.2 MiB` redrawn in place on stderr, at most every 0.1 s, then a newline.
+
+    Not lloom_executor.progress: this package must run on its own while `apply` replaces the
+    rest of lloom_executor (see __init__), so it carries this small copy. Called from pip's
+    watcher thread; click.echo writes whole strings, so lines do not interleave.
+    """
+
+    def __init__(self, label: str, min_interval: float = 0.1) -> None:
+        self.label = label
+        self.min_interval = min_interval
+        self.done: int | None = None
+        self._drawn_at = -min_interval
+
+    def text(self) -> str:
+        size = float(self.done or 0)
+        for unit in ("B", "KiB", "MiB", "GiB"):
+            if size < 1024 or unit == "GiB":
+                break
+            size /= 1024
+        return f"{self.label}: {size:.0f} B" if unit == "B" else f"{self.label}: {size:.1f} {unit}"
+
+    def update(self, done: int) -> None:
+        self.done = done
+        now = time.monotonic()
+        if now - self._drawn_at >= self.min_interval:
+            click.echo("\r" + self.text() + "   ", err=True, nl=False)
+            self._drawn_at = now
+
+    def finish(self) -> None:
+        if self.done is not None:
+            click.echo("\r" + self.text() + "   ", err=True)
 
 
 @dataclass(frozen=True)
@@ -143,7 +178,20 @@ def build_update_group(
     @click.option(
         "--version", "version", default=None, metavar="X", help="Download this version instead of the newest (even an older one)."
     )
-    def download_cmd(config_path: Path | None, index_url: str | None, pre: bool, timeout: float, version: str | None) -> None:
+    @click.option(
+        "--progress/--no-progress",
+        "show_progress",
+        default=None,
+        help="Show the bytes downloaded on stderr (default: when stderr is a terminal).",
+    )
+    def download_cmd(
+        config_path: Path | None,
+        index_url: str | None,
+        pre: bool,
+        timeout: float,
+        version: str | None,
+        show_progress: bool | None,
+    ) -> None:
         """Download and verify the wheel of the newest release (or --version) into data_dir/updates/<version>/.
 
         Uses `python -m pip download --no-deps --only-binary=:all:` of this
@@ -151,7 +199,12 @@ def build_update_group(
         published. Running it again keeps a wheel that is already there and valid.
         """
         paths = resolve_paths(config_path)
-        result = run_download(index_url, pre, timeout, paths.data_dir, version, click.echo)
+        line = ByteLine("download") if (sys.stderr.isatty() if show_progress is None else show_progress) else None
+        try:
+            result = run_download(index_url, pre, timeout, paths.data_dir, version, click.echo, line.update if line else None)
+        finally:
+            if line is not None:
+                line.finish()
         if result.nothing_newer:
             click.echo(
                 f"nothing to download: {DIST_NAME} {result.check.installed} is installed and the newest release installable here is {result.version}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,8 +106,57 @@ def _kept_earlier(target_dir: Path, by_name: dict[str, IndexFile]) -> Path | Non
         return None
 
 
+ByteReport = Callable[[int], None]
+"""Told the bytes pip has written so far while it downloads (a progress display)."""
+
+
+def tree_bytes(root: Path) -> int:
+    """Bytes of the files under `root` now (files pip renames or removes meanwhile are skipped)."""
+    total = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(folder, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+class _DownloadWatch:
+    """Reports the bytes under pip's private temporary directory every `interval` s while pip runs.
+
+    pip runs as a subprocess whose output is captured (its own progress bar draws only on a
+    terminal, and its text is parsed for errors), so the bytes are read off the disk instead:
+    the temporary directory is ours, so whatever grows there is this download.
+    """
+
+    def __init__(self, root: Path, report: ByteReport, interval: float = 0.2) -> None:
+        self.root = root
+        self.report = report
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lloom-update-download-watch", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.report(tree_bytes(self.root))
+
+    def __enter__(self) -> _DownloadWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _fetch(
-    result: CheckResult, version: Version, timeout: float, data_dir: Path, echo: Callable[[str], None]
+    result: CheckResult,
+    version: Version,
+    timeout: float,
+    data_dir: Path,
+    echo: Callable[[str], None],
+    progress: ByteReport | None = None,
 ) -> tuple[Path, IndexFile]:
     """Download the wheel with pip into a private temporary directory and verify it there; returns it and its index entry.
 
@@ -128,7 +178,15 @@ def _fetch(
         requirement.write_text(f"{DIST_NAME}=={version} " + " ".join(f"--hash={h}" for h in hashes) + "\n", encoding="utf-8")
         dest = tmp_dir / "wheel"
         echo(f"downloading {DIST_NAME} {version} from {redact(result.index_url)} with pip ...")
-        proc = run_pip(pip_download_args(timeout, dest, requirement), env=pip_download_env(result.index_url))
+        env = pip_download_env(result.index_url)
+        if progress is None:
+            proc = run_pip(pip_download_args(timeout, dest, requirement), env=env)
+        else:
+            pip_tmp = tmp_dir / "pip-tmp"  # pip downloads into TMPDIR before --dest: watch both
+            pip_tmp.mkdir()
+            env["TMPDIR"] = str(pip_tmp)
+            with _DownloadWatch(tmp_dir, progress):
+                proc = run_pip(pip_download_args(timeout, dest, requirement), env=env)
         output = proc.stdout + "\n" + proc.stderr
         if proc.returncode != 0:
             if "DO NOT MATCH THE HASHES" in output or "do not match the hashes" in output.lower():
@@ -147,6 +205,8 @@ def _fetch(
                 f"pip download left {len(wheels)} wheel(s) instead of one: {', '.join(w.name for w in wheels) or 'none'}"
             )
         wheel = wheels[0]
+        if progress is not None:
+            progress(wheel.stat().st_size)  # the final count: the whole file
         published = by_name.get(wheel.name)
         if published is None:
             raise UpdateError(
@@ -162,7 +222,13 @@ def _fetch(
 
 
 def run_download(
-    index_option: str | None, pre: bool, timeout: float, data_dir: Path, version: str | None, echo: Callable[[str], None]
+    index_option: str | None,
+    pre: bool,
+    timeout: float,
+    data_dir: Path,
+    version: str | None,
+    echo: Callable[[str], None],
+    progress: ByteReport | None = None,
 ) -> DownloadResult:
     result = run_check(index_option, pre, timeout, data_dir, version=version)
     sel = result.selection
@@ -180,7 +246,7 @@ def run_download(
             if existing is not None:
                 return DownloadResult(sel.version, existing, file_hash(existing), True, False, result)
             echo(f"the earlier download in {target_dir} is incomplete or does not match the index: downloading again")
-        final, published = _fetch(result, sel.version, timeout, data_dir, echo)
+        final, published = _fetch(result, sel.version, timeout, data_dir, echo, progress)
         remove_other_wheels(target_dir, final)
         sha = file_hash(final)
         write_json(
