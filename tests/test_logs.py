@@ -86,3 +86,21 @@ def test_libp2p_records_go_through_our_handlers_without_expected_noise(tmp_path:
     assert "DHT message" not in text and "protocols not supported" not in text and "new dials" not in text
     verbose = _libp2p_lines(tmp_path, "debug")
     assert "Failed to read DHT message from stream" in verbose and "protocols not supported" in verbose
+
+
+def test_http_client_traces_never_reach_the_log_even_at_debug(tmp_path: Path) -> None:
+    """httpcore's debug trace quotes request headers (the backend's API key) and httpx logs every
+    call's URL at info: both stay at warning at every configured level."""
+    log_file = tmp_path / "debug.log"
+    handlers = setup_logging(LoggingConfig(level="debug", file=str(log_file)), stderr=False)
+    try:
+        logging.getLogger("httpcore.http11").debug("send_request_headers.started request=<Authorization: Bearer sk-secret>")
+        logging.getLogger("httpx").info("HTTP Request: POST http://10.0.0.5:8000/v1/chat/completions 200 OK")
+        logging.getLogger("lloom_executor.test").debug("our own debug line")
+    finally:
+        for handler in handlers:
+            handler.close()
+            logging.getLogger().removeHandler(handler)
+    text = log_file.read_text()
+    assert "our own debug line" in text
+    assert "sk-secret" not in text and "10.0.0.5" not in text

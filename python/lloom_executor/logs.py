@@ -80,8 +80,9 @@ def setup_logging(config: LoggingConfig, *, stderr: bool = True) -> list[logging
     libp2p_root.setLevel(max(level, logging.WARNING) if level > logging.DEBUG else level)
     # httpx logs one info line per backend call ("HTTP Request: POST <url> ..."): a formatted
     # record per request on the serving loop (12% of its samples at 100 req/s, measured with
-    # py-spy) and the backend's URL in every line. Our backend logs what fails; httpx's lines
-    # return with `level = "debug"`.
+    # py-spy) and the backend's URL in every line; httpcore's debug trace quotes request headers,
+    # the API key among them. Our backend logs what fails, without secrets; these two stay at
+    # warning whatever the configured level (secrets are never logged).
     for chatty in ("httpx", "httpcore"):
-        logging.getLogger(chatty).setLevel(max(level, logging.WARNING) if level > logging.DEBUG else level)
+        logging.getLogger(chatty).setLevel(max(level, logging.WARNING))
     return handlers

@@ -57,6 +57,7 @@ from .base import (
     excerpt,
     redact,
 )
+from .http_transport import AiohttpTransport
 
 BACKEND_TYPES = ("openai", "lmstudio")
 DEFAULT_TOKEN_ENCODING = "cl100k_base"
@@ -120,7 +121,7 @@ class OpenAICompatibleBackend(LlmBackend):
         backoff_base_secs: float = 0.5,
         backoff_max_secs: float = 30.0,
         max_connections: int = 64,
-        max_keepalive_connections: int = 16,
+        max_keepalive_connections: int = 64,
         keepalive_expiry_secs: float = 30.0,
         extra_headers: dict[str, str] | None = None,
         max_tokens_field: str = "max_tokens",
@@ -152,15 +153,17 @@ class OpenAICompatibleBackend(LlmBackend):
             headers["Authorization"] = f"Bearer {self.api_key}"
         headers.update(extra_headers or {})
         self._secrets = credential_values(self.api_key, self.base_url, headers)
+        limits = httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_keepalive_connections,
+            keepalive_expiry=keepalive_expiry_secs,
+        )
         self._client = httpx.AsyncClient(
             headers=headers,
             timeout=httpx.Timeout(self.timeout_secs, connect=min(connect_timeout_secs, self.timeout_secs)),
-            limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max_keepalive_connections,
-                keepalive_expiry=keepalive_expiry_secs,
-            ),
-            transport=transport,
+            limits=limits,
+            # aiohttp's pool under httpx's API: a fifth of httpcore's CPU per call (http_transport.py)
+            transport=transport or AiohttpTransport(limits=limits),
             follow_redirects=False,
             trust_env=False,
         )

@@ -12,7 +12,9 @@ protocol's line by putting it back at the front of the stream's Yamux receive bu
 the protocol handler reads it as if never taken. Before it would wait for more input it
 first sends the replies so far, so an initiator that waits for our header (or for "na")
 before its next line is never stalled. The bytes on the wire are the same lines as
-py-libp2p's, in the same order; only their grouping into frames differs. Streams on any
+py-libp2p's, in the same order; only their grouping into frames differs, and our header goes
+out once the initiator's has arrived (as rust-libp2p's listener does; every initiator --
+go, rust, js, py -- sends its header first without waiting for ours). Streams on any
 other muxer (Mplex), and the multistream `ls` command, keep py-libp2p's negotiation.
 
 A replacement for one method of one `Multiselect` instance (the host's), documented so it

@@ -27,8 +27,9 @@ Both could go upstream as they are. `install()` applies the window policy to py-
 `YamuxStream` class (streams are created inside `Yamux.handle_incoming`, which names the
 class directly) and is idempotent; `use_coalescing_yamux(swarm)` makes one swarm build
 `CoalescingYamux` (py-libp2p 0.8.1's `MuxerMultistream.new_conn` builds `Yamux` by name for
-the Yamux protocol id, whatever class the muxer options give). tests/test_lean_yamux.py covers ordering, backpressure,
-failure, close and the frame counts; tests/test_interop_rust.py the wire.
+the Yamux protocol id, whatever class the muxer options give). tests/test_lean_streams.py
+covers ordering, backpressure, failure, close and the frame counts; tests/test_interop_rust.py
+the wire.
 """
 
 from __future__ import annotations
