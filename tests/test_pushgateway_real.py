@@ -17,6 +17,7 @@ import math
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -148,20 +149,36 @@ def test_the_gateway_exposes_what_the_executor_serves(tmp_path: Path, gateway: P
             return samples.get(key) == TOO_CHEAP
 
         wait_for(pushed_after_load, "a push taken after the load", 30)
-        served_text = httpx.get(metrics_url, trust_env=False).text
-        pushed_text = gateway.metrics()
+        # The refusals' ledger rows are committed up to a second after their answers (a
+        # `ledger_commits` tick may fall between a push and our read): compare once a push
+        # holds everything the executor serves, polling with a deadline.
+        last: dict[str, Any] = {}
 
-        assert grouping(pushed_text) == {("lloom_executor", service.identity.peer_id)}
-        executor_samples, executor_types = ours(served_text)
-        gateway_samples, gateway_types = ours(pushed_text, drop=GROUPING)
-        assert gateway_types == executor_types
-        assert set(gateway_samples) == set(executor_samples)
-        differ = {
-            key: (executor_samples[key], gateway_samples[key])
-            for key in executor_samples
-            if key[0] not in VOLATILE and not same(executor_samples[key], gateway_samples[key])
-        }
-        assert differ == {}
+        def gateway_equals_executor() -> bool:
+            served_text = httpx.get(metrics_url, trust_env=False).text
+            pushed_text = gateway.metrics()
+            executor_samples, executor_types = ours(served_text)
+            gateway_samples, gateway_types = ours(pushed_text, drop=GROUPING)
+            differ = {
+                key: (executor_samples.get(key), gateway_samples.get(key))
+                for key in set(executor_samples) | set(gateway_samples)
+                if key[0] not in VOLATILE
+                and (
+                    key not in executor_samples
+                    or key not in gateway_samples
+                    or not same(executor_samples[key], gateway_samples[key])
+                )
+            }
+            last.update(pushed_text=pushed_text, gateway_samples=gateway_samples, differ=differ)
+            last.update(types_equal=gateway_types == executor_types, keys_equal=set(gateway_samples) == set(executor_samples))
+            return not differ and gateway_types == executor_types and set(gateway_samples) == set(executor_samples)
+
+        try:
+            wait_for(gateway_equals_executor, "the gateway to expose what the executor serves", 30)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: last difference {last.get('differ')}") from None
+        assert grouping(last["pushed_text"]) == {("lloom_executor", service.identity.peer_id)}
+        gateway_samples = last["gateway_samples"]
         success = ("lloom_executor_requests_total", frozenset({("model", MODEL), ("status", "success")}))
         assert gateway_samples[success] == SERVED
         revenue = ("lloom_executor_revenue_total", frozenset({("currency", "ETH")}))

@@ -28,6 +28,7 @@ from typing import Any
 
 import trio
 from libp2p.custom_types import StreamHandlerFn, TProtocol
+from libp2p.network.connection.exceptions import RawConnError
 from libp2p.protocol_muxer.exceptions import MultiselectError
 from libp2p.protocol_muxer.multiselect import (
     DEFAULT_NEGOTIATE_TIMEOUT,
@@ -129,7 +130,10 @@ def install(multiselect: Multiselect) -> None:
                     if command != "ls" and protocol in handlers:
                         talk.replies.append(encode_delim(command.encode()))
                         await talk.flush()
-                        conn.unread(muxed_stream.stream_id, talk.received)
+                        try:
+                            conn.unread(muxed_stream.stream_id, talk.received)
+                        except RawConnError as exc:  # the stream closed meanwhile
+                            raise MultiselectError(str(exc)) from exc
                         return protocol, handlers[protocol]
                     if command == "ls":
                         listing = "\n".join(p for p in handlers if p is not None) + "\n"

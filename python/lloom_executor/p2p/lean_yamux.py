@@ -9,12 +9,13 @@ largest cost of the process (~28% of its samples in trio's socket send, ~20% und
 unchanged, a peer sees the same bytes, in fewer TCP segments):
 
 - **Batched writes** (`CoalescingYamux`): `_write_frame` appends the frame to an outbox and
-  returns; one flusher task per connection sends everything queued since its last send as
-  one Noise message (chunked at Noise's 65,519-byte limit as before) in one `send()`.
+  returns; one flusher task per connection (started with the muxer's reader) sends
+  everything queued since its last send as one Noise message (chunked at Noise's
+  65,519-byte limit as before) in one `send()`.
   Frames written in the same scheduler tick -- by one stream or by many -- leave together.
   A writer waits only when the outbox holds more than `OUTBOX_HIGH_WATER` bytes
   (backpressure). A send failure is kept and raised to every later writer, and the
-  connection is torn down as py-libp2p does on a read failure. Before the muxer's nursery
+  connection is torn down as py-libp2p does on a read failure. Before the muxer's reader
   runs (or once it is closing), writes go out directly, after whatever is queued.
 - **Window credit at half the window** (`credit_window_at_half`): py-libp2p 0.8.1 credits
   the sender after every read smaller than half the window (its "partial slack" path),
@@ -79,17 +80,21 @@ class CoalescingYamux(Yamux):
         self._outbox.append(data)
         self._outbox_bytes += len(data)
         self.frames_queued += 1
-        nursery = self._nursery
-        if self._direct_writes or nursery is None or self.event_shutting_down.is_set():
+        if self._direct_writes or not self._flusher_started or self.event_shutting_down.is_set():
             await self._send_outbox()
             return
-        if not self._flusher_started:
-            self._flusher_started = True
-            nursery.start_soon(self._flush_loop)
         self._outbox_ready.set()
         while self._outbox_bytes > OUTBOX_HIGH_WATER:
             await self._outbox_drained.wait()
             self._raise_if_failed()
+
+    async def _handle_incoming_with_ready_signal(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the flusher beside the reader, in the muxer's nursery (one task per connection
+        for its whole life, so a connection's task count does not change when it first writes)."""
+        if self._nursery is not None and not self._flusher_started:
+            self._flusher_started = True
+            self._nursery.start_soon(self._flush_loop)
+        await super()._handle_incoming_with_ready_signal(task_status)
 
     def _raise_if_failed(self) -> None:
         if self._send_failure is not None:
