@@ -170,7 +170,8 @@ pub enum CodecError {
     MissingKey { container: &'static str, key: &'static str },
     /// A Python value nested deeper than `limit`.
     NestedTooDeep { limit: usize },
-    /// An unsigned response has no envelope, so no receipt can travel with it.
+    /// An unsigned message has no envelope, so no receipt (response) or
+    /// commitment (request) can travel with it.
     ReceiptWithoutEnvelope,
     /// A gossip model whose metadata has more than one key (unverifiable:
     /// the reference keeps metadata in a `HashMap`).
@@ -311,7 +312,7 @@ impl fmt::Display for CodecError {
             PayloadJson(e) => write!(f, "payload JSON cannot be converted: {e}"),
             MissingKey { container, key } => write!(f, "{container} is missing {key:?}"),
             NestedTooDeep { limit } => write!(f, "value nested deeper than {limit} levels"),
-            ReceiptWithoutEnvelope => f.write_str("an unsigned LlmResponse has no envelope to carry a receipt"),
+            ReceiptWithoutEnvelope => f.write_str("an unsigned message has no envelope to carry a receipt or a commitment"),
             MultiKeyMetadata { model, keys } => write!(
                 f,
                 "models[{model}].capabilities.metadata has {keys} keys; at most one may be emitted, \

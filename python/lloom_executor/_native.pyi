@@ -184,6 +184,10 @@ class Decoded:
 class DecodedRequest(Decoded):
     @property
     def request(self) -> LlmRequest | None: ...
+    # envelope `commitment` (our extension, client/commitments.py): the value as received
+    # (a dict {executor: bytes, signature: bytes} when well-formed); None when absent
+    @property
+    def commitment(self) -> Any: ...
 
 class DecodedResponse(Decoded):
     @property
@@ -225,6 +229,7 @@ def encode_signed_request(
     deadline: int,
     timestamp: int,
     envelope_nonce: int | None = None,
+    commitment: dict[str, Any] | None = None,
 ) -> bytes: ...
 def encode_unsigned_request(
     model: str,

@@ -17,7 +17,10 @@ Endpoints (JSON):
                          backends: {name: {kind, strategy, models, max_concurrent_requests,
                          instances: [{instance, up, in_flight, calls, failures,
                          retried_elsewhere, last_error, down_for_secs}], instances_up}}
-                         ([llm_client] is "llm_client"; `up` is null where there is no pool).
+                         ([llm_client] is "llm_client"; `up` is null where there is no pool);
+                         with [blockchain] enabled, settlement: {rpc_up, chain_checked, states:
+                         {pending, submitted, confirmed, reverted, expired, unsettleable},
+                         oldest_pending_secs, gas_spent_wei, transactions_sent, last_error, ...}.
   GET /admin/peers       connected peers (PeerBook snapshot: peer_id, addresses, direction,
                          connected_since, protocols, latency_ms, roles).
   GET /admin/models      configured models with prices (wei per token), aliases, enabled and
@@ -180,6 +183,8 @@ class NodeView(Protocol):
 
     def backend_health(self) -> dict[str, dict[str, Any]]: ...
 
+    def settlement_status(self) -> dict[str, Any] | None: ...
+
 
 NOT_WRITABLE = "not writable"
 
@@ -225,7 +230,12 @@ class ApiState:
             "throttled_models": self.node.throttled_models(),
             "backends": self.node.backend_health(),
             **self._ledger_problem(),
+            **self._settlement(),
         }
+
+    def _settlement(self) -> dict[str, Any]:
+        status = self.node.settlement_status()
+        return {"settlement": status} if status is not None else {}
 
     def _ledger_problem(self) -> dict[str, Any]:
         ledger = self.node.ledger_status()

@@ -1,5 +1,5 @@
-"""What every command shares about `--config`: the option, the file it names, and loading it
-(or exiting with every problem, each with its key and line)."""
+"""What every command shares: `--config` (the option, the file it names, and loading it, or
+exiting with every problem, each with its key and line) and the plain-text tables they print."""
 
 from __future__ import annotations
 
@@ -81,3 +81,11 @@ def describe_backend(name: str, backend: dict[str, Any]) -> str:
     """One line: "llm_client: lmstudio at http://a/v1, http://b/v1"."""
     where = f" at {', '.join(backend['instances'])}" if backend["instances"] else ""
     return f"{name}: {backend['kind']}{where}"
+
+
+def print_table(headers: list[str], rows: list[list[object]]) -> None:
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False)))
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)))

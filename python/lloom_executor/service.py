@@ -54,6 +54,7 @@ from .pipeline.replay import ReplayGuard, capacity_for
 from .pipeline.resources import ResourceGovernor, governor_from_config
 from .plugins import PluginHost
 from .serving import AnswerWriter, Execution, Observers, RequestHandler, standard_admission
+from .settlement import SettlementCollector, Settler, load_settlement_key
 from .webhooks import Webhooks
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ def build_request_handler(
         content_filter=content_filter,
         plugins=plugins,
         on_rate_limited=metrics.rate_limited if metrics is not None else None,
+        commitment_domain=receipt_domain,  # a client's EIP-712 request signature is checked in our domain
     )
     execution = Execution(
         backend,
@@ -192,8 +194,10 @@ class ExecutorService:
         data_dir = Path(config.storage.data_dir).expanduser()  # defaults are written with ~
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.ledger = Ledger.in_directory(data_dir)
+        self.settler: Settler | None = None
         try:
             self._assemble(config, identity, handling, dispatcher, resources, discovery_options, service_options)
+            self.settler = self._settler(config, identity)
         except BaseException:
             self.ledger.close()  # its writer thread and connections: nothing else here holds a resource yet
             raise
@@ -238,6 +242,16 @@ class ExecutorService:
         )
         self.metrics.watch_connections(self.node.connection_counts)
         self.discovery = self._discovery(discovery_options or {}) if config.model_discovery.enabled else None
+
+    def _settler(self, config: Config, identity: Identity) -> Settler | None:
+        """[blockchain] enabled: the settlement loop, with its own funded key (a missing key or the
+        zero contract address raises SettlementError here, before anything starts)."""
+        if not config.blockchain.enabled:
+            return None
+        key = load_settlement_key(config.blockchain, identity.address)
+        settler = Settler(config.blockchain, self.ledger.path, bytes(identity.eth_key.address_bytes), key)
+        self.metrics.registry.register(SettlementCollector(settler))
+        return settler
 
     def _discovery(self, options: dict[str, Any]) -> ModelDiscovery | DiscoverySet:
         """[model_discovery]: the backends' listings decide the served set (started once the node is up);
@@ -322,6 +336,14 @@ class ExecutorService:
         else:
             log.info("serving models: %s", ", ".join(served) if served else "none (add [[models]] entries)")
         log.info("ledger: %s", self.ledger.path)
+        if self.settler is not None:  # a wrong chain or no contract code refuses to start (SettlementError)
+            await self.settler.start()
+            log.info(
+                "settlement: %s on chain %d from %s",
+                self.config.blockchain.contract_address,
+                self.config.blockchain.chain_id,
+                self.settler.sender,
+            )
         self.metrics.watch_process(Metrics.tasks_of(asyncio.get_running_loop()))  # the loop the node serves on
         await self._start_http()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="lloom-housekeeping")
@@ -442,6 +464,10 @@ class ExecutorService:
         """Each backend's instances: up, in flight, failures (empty for a backend given by the caller)."""
         return self.backends.health() if self.backends is not None else {}
 
+    def settlement_status(self) -> dict[str, Any] | None:
+        """[blockchain] settlement's state for /health/detailed (None: not enabled)."""
+        return self.settler.snapshot() if self.settler is not None else None
+
     def inflight(self) -> int:
         stats = self.node.stream_stats()
         return stats.inflight if stats else 0
@@ -473,6 +499,8 @@ class ExecutorService:
         ]
         if self.plugins is not None:  # no request is left to check; their queued events are delivered first
             steps.append(("the plugins", self.plugins.stop))
+        if self.settler is not None:
+            steps.append(("settlement", self.settler.stop))
         steps.append(("the backend", self.backend.close))
         if self.cache is not None:
             steps.append(("the response cache", self.cache.close))

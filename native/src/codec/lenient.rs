@@ -150,3 +150,11 @@ pub fn receipt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<EnvelopeReceipt
         value => Some(EnvelopeReceipt::from_jval(value)),
     })
 }
+
+/// An envelope extension kept as any JSON-like value; `null` is absent.
+pub fn extension<'de, D: Deserializer<'de>>(d: D) -> Result<Option<JVal>, D::Error> {
+    Ok(match JVal::deserialize(d)? {
+        JVal::Null => None,
+        value => Some(value),
+    })
+}

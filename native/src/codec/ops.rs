@@ -2,6 +2,7 @@
 //! decode a frame and check its signature, or build and sign a frame.
 
 use super::sign::{self, Verification};
+use super::jval::JVal;
 use super::types::*;
 use super::wire::{self, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
 use crate::error::CodecError;
@@ -16,6 +17,8 @@ pub struct Envelope {
     pub nonce: Option<u64>,
     /// The `receipt` entry, when the envelope carries one (responses).
     pub receipt: Option<EnvelopeReceipt>,
+    /// The `commitment` entry, when the envelope carries one (requests).
+    pub commitment: Option<JVal>,
 }
 
 /// What any decode yields besides the typed payload.
@@ -35,6 +38,7 @@ pub(super) fn open<T: serde::Serialize>(variant: &'static str, m: SignedMessage<
         timestamp: m.timestamp,
         nonce: m.nonce,
         receipt: m.receipt,
+        commitment: m.commitment,
     };
     Ok((
         m.payload,
@@ -99,15 +103,23 @@ pub struct Signer {
     pub address: [u8; 20],
 }
 
+/// `commitment` goes in the signed envelope (after `nonce`); an unsigned
+/// request has no envelope, so a commitment there is an error.
 pub fn encode_request(
     signer: Option<&Signer>,
     r: LlmRequest,
     timestamp: u64,
     nonce: Option<u64>,
+    commitment: Option<JVal>,
 ) -> Result<Vec<u8>, CodecError> {
     let msg = match signer {
+        None if commitment.is_some() => return Err(CodecError::ReceiptWithoutEnvelope),
         None => RequestMessage::LlmRequest(r),
-        Some(s) => RequestMessage::SignedLlmRequest(sign::signed(&s.secret, s.address, r, timestamp, nonce)?),
+        Some(s) => {
+            let mut m = sign::signed(&s.secret, s.address, r, timestamp, nonce)?;
+            m.commitment = commitment;
+            RequestMessage::SignedLlmRequest(m)
+        }
     };
     wire::encode_cbor(&msg)
 }

@@ -354,6 +354,16 @@ impl DecodedRequest {
     fn request(&self, py: Python<'_>) -> Option<Py<PyLlmRequest>> {
         self.request.as_ref().map(|r| r.clone_ref(py))
     }
+    /// The envelope's `commitment` extension (see `encode_signed_request`) as
+    /// received: a dict (byte strings as bytes) or any other value for the
+    /// caller to judge; None when absent or the message is unsigned.
+    #[getter]
+    fn commitment(slf: PyRef<'_, Self>, py: Python<'_>) -> PyResult<PyObject> {
+        match slf.as_super().envelope.as_ref().and_then(|e| e.commitment.as_ref()) {
+            None => Ok(py.None()),
+            Some(v) => jval_to_py(py, v),
+        }
+    }
 }
 
 /// A decoded `ResponseMessage`; `response` and the flat LLM fields are set
@@ -514,10 +524,12 @@ fn build_request(
 
 /// Client side: a `SignedLlmRequest` frame signed by `key`. `temperature`
 /// travels as an f32 (CBOR 0xfa). `nonce` is the payload's, `envelope_nonce`
-/// the `SignedMessage`'s (reference clients send none).
+/// the `SignedMessage`'s (reference clients send none). `commitment`: an
+/// optional JSON-like dict written as the envelope's `commitment` entry
+/// (bytes stay CBOR byte strings); it is outside the signed payload.
 #[pyfunction]
 #[pyo3(signature = (key, model, prompt, system_prompt, temperature, max_tokens, executor_address,
-                    inbound_price, outbound_price, nonce, deadline, timestamp, envelope_nonce=None))]
+                    inbound_price, outbound_price, nonce, deadline, timestamp, envelope_nonce=None, commitment=None))]
 #[allow(clippy::too_many_arguments)]
 fn encode_signed_request<'py>(
     py: Python<'py>,
@@ -534,8 +546,13 @@ fn encode_signed_request<'py>(
     deadline: u64,
     timestamp: u64,
     envelope_nonce: Option<u64>,
+    commitment: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let signer = signer_of(key)?;
+    let commitment = match commitment {
+        Some(obj) if !obj.is_none() => Some(py_to_jval(obj, 0)?),
+        _ => None,
+    };
     let r = build_request(
         model,
         prompt,
@@ -548,7 +565,7 @@ fn encode_signed_request<'py>(
         nonce,
         deadline,
     )?;
-    let frame = py.allow_threads(|| ops::encode_request(Some(&signer), r, timestamp, envelope_nonce))?;
+    let frame = py.allow_threads(|| ops::encode_request(Some(&signer), r, timestamp, envelope_nonce, commitment))?;
     Ok(PyBytes::new(py, &frame))
 }
 
@@ -583,7 +600,7 @@ fn encode_unsigned_request<'py>(
         nonce,
         deadline,
     )?;
-    let frame = py.allow_threads(|| ops::encode_request(None, r, 0, None))?;
+    let frame = py.allow_threads(|| ops::encode_request(None, r, 0, None, None))?;
     Ok(PyBytes::new(py, &frame))
 }
 

@@ -129,5 +129,6 @@ pub fn signed<T: Serialize>(
         timestamp,
         nonce,
         receipt: None,
+        commitment: None,
     })
 }

@@ -45,7 +45,7 @@ fn response() -> LlmResponse {
 }
 
 fn signed_request_frame() -> Vec<u8> {
-    ops::encode_request(Some(&signer()), request(), 1_700_000_000, None).unwrap()
+    ops::encode_request(Some(&signer()), request(), 1_700_000_000, None, None).unwrap()
 }
 
 /// The class of a failed request decode (panics on success).
@@ -78,7 +78,7 @@ fn signed_request_round_trips_and_verifies() {
 
 #[test]
 fn unsigned_messages_round_trip_with_a_digest() {
-    let frame = ops::encode_request(None, request(), 0, None).unwrap();
+    let frame = ops::encode_request(None, request(), 0, None, None).unwrap();
     let (decoded, opened) = ops::decode_request(&frame).unwrap();
     assert_eq!(decoded.unwrap(), request());
     assert!(opened.envelope.is_none() && !opened.check.valid);
@@ -108,6 +108,27 @@ fn signed_response_with_receipt_round_trips() {
     assert_eq!(envelope.receipt, Some(EnvelopeReceipt::Typed(receipt.clone())));
 
     let err = ops::encode_response(None, response(), 0, None, Some(receipt)).unwrap_err();
+    assert!(matches!(err, CodecError::ReceiptWithoutEnvelope));
+}
+
+#[test]
+fn signed_request_with_commitment_round_trips_and_keeps_the_digest() {
+    let mut ext = indexmap::IndexMap::new();
+    ext.insert("executor".to_string(), JVal::Bytes(vec![7u8; 20]));
+    ext.insert("signature".to_string(), JVal::Bytes(vec![8u8; 65]));
+    let commitment = JVal::Object(ext);
+    let plain = ops::encode_request(Some(&signer()), request(), 10, None, None).unwrap();
+    let frame = ops::encode_request(Some(&signer()), request(), 10, None, Some(commitment.clone())).unwrap();
+    assert!(frame.len() > plain.len());
+    let (decoded, opened) = ops::decode_request(&frame).unwrap();
+    assert_eq!(decoded.unwrap(), request());
+    assert!(opened.check.valid);
+    let (_, plain_opened) = ops::decode_request(&plain).unwrap();
+    assert_eq!(opened.check.digest, plain_opened.check.digest); // the payload's signature is untouched
+    assert_eq!(opened.envelope.unwrap().commitment, Some(commitment.clone()));
+    assert_eq!(plain_opened.envelope.unwrap().commitment, None);
+
+    let err = ops::encode_request(None, request(), 0, None, Some(commitment)).unwrap_err();
     assert!(matches!(err, CodecError::ReceiptWithoutEnvelope));
 }
 

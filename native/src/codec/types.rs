@@ -55,6 +55,20 @@ pub struct SignedMessage<T> {
     /// other message is byte-identical to the reference's; `null` reads as absent.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient::receipt")]
     pub receipt: Option<EnvelopeReceipt>,
+    /// Our request-side envelope extension: the client's EIP-712
+    /// `LlmRequestCommitment` signature and the commitment fields the request
+    /// does not carry (PROTOCOL.md §7), for on-chain settlement. Kept as the
+    /// JSON-like value it is (its meaning is the executor's business, not the
+    /// codec's); written only when set, `null` reads as absent, and reference
+    /// decoders ignore the unknown key, as they ignore `receipt`.
+    ///
+    /// ```text
+    /// SignedLlmRequest = { "payload": LlmRequest, "signer": bytes(20), "signature": bytes(65),
+    ///                      "timestamp": uint, "nonce": uint / null,
+    ///                      ? "commitment": { "executor": bytes(20), "signature": bytes(65) } }
+    /// ```
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient::extension")]
+    pub commitment: Option<JVal>,
 }
 
 /// The executor's EIP-712 `LlmResponseCommitment` receipt (PROTOCOL.md §7),

@@ -142,6 +142,16 @@ class BackendRequestError(BackendError):
     """The backend rejected the request itself (4xx other than 401/403/404/429)."""
 
 
+class BackendContextExceeded(BackendRequestError):
+    """The server's tokenizer says the prompt (plus the answer's room) does not fit the model's
+    context: no retry helps, and the request path can refuse it as too large, not as a failure.
+    `prompt_tokens`, `context_length`: the server's figures when it gives them (llama.cpp does)."""
+
+    def __init__(self, message: str, *, prompt_tokens: int | None = None, context_length: int | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.prompt_tokens, self.context_length = prompt_tokens, context_length
+
+
 class BackendProtocolError(BackendError):
     """The backend's answer was unusable: malformed JSON, missing fields, a stream cut short."""
 

@@ -40,6 +40,7 @@ from .. import _native
 from ..retry_after import parse_retry_after
 from .base import (
     BackendAuthError,
+    BackendContextExceeded,
     BackendError,
     BackendProtocolError,
     BackendRateLimited,
@@ -64,6 +65,8 @@ DEFAULT_TOKEN_ENCODING = "cl100k_base"
 BODY_EXCERPT_CHARS = 300  # of a backend's answer quoted in an error message
 _MODEL_MISSING = re.compile(r"model.*(not (found|loaded|exist)|does not exist|no such)|no models? (is )?loaded", re.IGNORECASE)
 _SECRET_NAME = re.compile(r"auth|key|token|secret|cookie|signature|password", re.IGNORECASE)
+# A prompt too long for the context: llama.cpp's exceed_context_size_error, OpenAI's context_length_exceeded, vLLM's words
+_CONTEXT_EXCEEDED = re.compile(r"exceed_context_size|context_length_exceeded|maximum context length", re.IGNORECASE)
 
 
 def _count(text: str, encoding: str) -> int:
@@ -286,6 +289,16 @@ class OpenAICompatibleBackend(LlmBackend):
             return ModelNotAvailable(text, status=status, attempts=attempts)
         if status == 408:
             return BackendTimeout(text, status=status, attempts=attempts)
+        if chat and status in (400, 413) and _CONTEXT_EXCEEDED.search(f"{code or ''} {message} {resp.text[:2000]}"):
+            err = orjson.loads(resp.content).get("error") if code else None  # code: the body was JSON
+            figures = err if isinstance(err, dict) else {}
+            return BackendContextExceeded(
+                text,
+                prompt_tokens=_int_or_none(figures.get("n_prompt_tokens")),
+                context_length=_int_or_none(figures.get("n_ctx")),
+                status=status,
+                attempts=attempts,
+            )
         return BackendRequestError(text, status=status, attempts=attempts)
 
     def _transport_error(self, exc: Exception, url: str, resp: httpx.Response | None) -> BackendError:

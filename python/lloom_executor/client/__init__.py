@@ -3,6 +3,7 @@
 Used by the tests, and by the `demo` and `benchmark` commands.
 """
 
+from .commitments import SETTLEABLE_DEADLINE_SECS, ChainNonces, RequestCommitments
 from .lloom_client import LloomClient
 from .peer_identity import NotSecp256k1PeerId, evm_address_from_peer_id
 from .types import (
@@ -16,7 +17,9 @@ from .types import (
 )
 
 __all__ = [
+    "SETTLEABLE_DEADLINE_SECS",
     "Answer",
+    "ChainNonces",
     "ExecutorInfo",
     "ExecutorUnreachable",
     "InvalidResponse",
@@ -24,6 +27,7 @@ __all__ = [
     "LloomClientError",
     "NotSecp256k1PeerId",
     "Receipt",
+    "RequestCommitments",
     "RequestTimeout",
     "evm_address_from_peer_id",
 ]

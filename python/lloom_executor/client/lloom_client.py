@@ -10,7 +10,9 @@ Nonces: reference clients send `nonce: 1` in every request, so two identical
 requests in one second are byte-identical and a digest-keyed replay filter
 refuses the second. This client puts a random 63-bit nonce in each payload
 instead (no envelope nonce), which is valid for every executor and keeps
-identical prompts distinct.
+identical prompts distinct. A settleable request (`settle=True`, with
+`commitments` given) carries the client's next on-chain nonce instead, and its
+EIP-712 commitment signature in the envelope (`commitments.py`).
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ from ..config import NetworkConfig, ProtocolsConfig, RequestHandlingConfig
 from ..p2p.bootstrap import BootstrapService
 from ..p2p.mdns import MdnsService
 from ..p2p.node import NodeRuntime, P2PNode, dial
+from .commitments import COMMITMENT_KEY, SETTLEABLE_DEADLINE_SECS, RequestCommitments
 from .discovery import ExecutorBook, GossipWatchService, KadLookupService
 from .exchange import Dialer, exchange
 from .peer_identity import NotSecp256k1PeerId, evm_address_from_peer_id
-from .receipts import check_receipt, envelope_receipt
+from .receipts import check_receipt, envelope_receipt, wire_temperature
 from .types import (
     VIA_DIRECT,
     Answer,
@@ -69,7 +72,10 @@ class LloomClient:
         enable_mdns: bool = False,
         mdns_fingerprint: str | None = None,
         eip712_domain: _native.Eip712Domain | None = None,
+        commitments: RequestCommitments | None = None,
     ) -> None:
+        """`commitments`: sign settleable requests' EIP-712 commitments (`request(settle=True)`)."""
+        self.commitments = commitments
         self.key = key or _native.PrivateKey.generate()
         self.bootstrap = list(bootstrap)
         self.request_timeout = request_timeout
@@ -219,22 +225,64 @@ class LloomClient:
         max_tokens: int | None = None,
         inbound_price: str = "0",
         outbound_price: str = "0",
-        deadline_secs: int = 300,
+        deadline_secs: int | None = None,
         executor_address: str | None = None,
         signed: bool = True,
         timeout: float | None = None,
+        settle: bool = False,
     ) -> Answer:
         """Send one LLM request and return the executor's verified answer.
 
         Raises `ExecutorUnreachable`, `RequestTimeout` or `InvalidResponse`;
         a signed refusal (unknown model, bad price, ...) is an `Answer` with
         `.error` set. `executor_address` defaults to the executor's PeerId
-        text, as reference clients send it.
+        text, as reference clients send it. `settle`: sign the EIP-712 request
+        commitment with our next on-chain nonce (needs `commitments` and an
+        executor whose EVM address is known); `deadline_secs` then defaults to
+        `SETTLEABLE_DEADLINE_SECS` instead of 300. A refused or failed settleable
+        request gives its nonce back for the next one.
         """
         peer_id, addresses, expected_signer = _target(executor)
-        nonce = secrets.randbits(63) + 1
         now = int(time.time())
-        deadline = now + int(deadline_secs)
+        default_deadline = SETTLEABLE_DEADLINE_SECS if settle else 300
+        deadline = now + int(deadline_secs if deadline_secs is not None else default_deadline)
+        commitments = self.commitments
+        if settle and (commitments is None or expected_signer is None or not signed):
+            raise LloomClientError("a settleable request needs `commitments`, a signed request and the executor's EVM address")
+        nonce = commitments.nonces.take(deadline) if settle and commitments is not None else secrets.randbits(63) + 1
+        try:
+            answer = await self._request(
+                peer_id, addresses, expected_signer, now, deadline, nonce, settle, executor_address,
+                model, prompt, system_prompt, temperature, max_tokens, inbound_price, outbound_price, signed, timeout,
+            )  # fmt: skip
+        except BaseException:
+            if settle and commitments is not None:
+                commitments.nonces.release(nonce)
+            raise
+        if settle and commitments is not None and not answer.ok:
+            commitments.nonces.release(nonce)
+        return answer
+
+    async def _request(
+        self,
+        peer_id: str,
+        addresses: list[str],
+        expected_signer: str | None,
+        now: int,
+        deadline: int,
+        nonce: int,
+        settle: bool,
+        executor_address: str | None,
+        model: str,
+        prompt: str,
+        system_prompt: str | None,
+        temperature: float | None,
+        max_tokens: int | None,
+        inbound_price: str,
+        outbound_price: str,
+        signed: bool,
+        timeout: float | None,
+    ) -> Answer:
         executor_address = executor_address or peer_id
         args = (
             model,
@@ -248,7 +296,25 @@ class LloomClient:
             nonce,
             deadline,
         )
-        if signed:
+        commitment_hash: bytes | None = None
+        if signed and settle:
+            assert self.commitments is not None and expected_signer is not None  # checked by `request`
+            commitment_hash, extension = self.commitments.sign(
+                self.key,
+                bytes.fromhex(expected_signer.removeprefix("0x")),
+                model=model,
+                prompt=prompt,
+                system_prompt=system_prompt,
+                max_tokens=max_tokens,
+                temperature=wire_temperature(temperature) if temperature is not None else None,
+                inbound_price=str(inbound_price),
+                outbound_price=str(outbound_price),
+                nonce=nonce,
+                deadline=deadline,
+            )
+            frame = bytes(_native.encode_signed_request(self.key, *args, now, None, extension))
+            assert COMMITMENT_KEY.encode() in frame
+        elif signed:
             frame = bytes(_native.encode_signed_request(self.key, *args, now))
         else:
             frame = bytes(_native.encode_unsigned_request(*args))
@@ -287,6 +353,7 @@ class LloomClient:
             request_digest=request_digest,
             receipt=receipt,
             receipt_raw=receipt_raw,
+            commitment_hash=commitment_hash,
         )
 
     async def send_frame(

@@ -77,6 +77,7 @@ class Answer:
     request_digest: bytes  # keccak256 of our signed request payload
     receipt: Receipt | None = None
     receipt_raw: Any = None  # the envelope's "receipt" value as received, if any
+    commitment_hash: bytes | None = None  # EIP-712 digest of our signed LlmRequestCommitment (settleable requests)
 
     @property
     def ok(self) -> bool:

@@ -17,7 +17,6 @@ def inactive_features(config: Config) -> list[str]:
         if active:
             out.append(what)
 
-    note(config.blockchain.enabled, "[blockchain]: on-chain submission is not implemented yet")
     note(config.resources.swap_enabled, "[resources] swap_enabled: the executor does not manage swap")
     note(
         bool(config.gpu_allocation.model_affinity and not config.gpu_allocation.devices),

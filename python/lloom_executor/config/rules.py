@@ -23,6 +23,7 @@ def check_rules(config: Config, report: Report) -> None:
     known = set(names)
 
     check_backends(config, report)
+    check_blockchain(config, report)
 
     for alias, target in config.model_aliases.items():
         if target not in known:
@@ -98,6 +99,23 @@ def check_rules(config: Config, report: Report) -> None:
 _PLUGIN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 _BACKEND_NAME = _PLUGIN_NAME
 DEVICE_PLACEHOLDER = "{device}"
+
+
+ZERO_ADDRESS = "0x" + "0" * 40
+
+
+def check_blockchain(config: Config, report: Report) -> None:
+    """Settlement sends transactions: the example's placeholders (zero address) must never reach a
+    chain, and the RPC endpoint must be one a JSON-RPC client can POST to."""
+    chain = config.blockchain
+    if not chain.enabled:
+        return
+    if chain.contract_address.lower() == ZERO_ADDRESS:
+        report.error("blockchain.contract_address", "the zero address: set the AccountingV2 contract to settle on")
+    if urlsplit(chain.rpc_url).scheme not in ("http", "https"):
+        report.error("blockchain.rpc_url", f"expected an http(s) JSON-RPC URL, got {chain.rpc_url!r}")
+    if chain.gas_price_gwei <= 0:
+        report.error("blockchain.gas_price_gwei", "must be above 0: it caps the fee of every settlement")
 
 
 def backend_of(config: Config, model: str) -> str:

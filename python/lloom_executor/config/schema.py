@@ -277,13 +277,25 @@ class PricingConfig:
 
 @dataclass(frozen=True)
 class BlockchainConfig:
-    """[blockchain]: chain id and contract also form the EIP-712 receipt domain."""
+    """[blockchain]: chain id and contract also form the EIP-712 receipt domain; with `enabled`,
+    served requests whose client signed the EIP-712 commitment are settled on the contract
+    (python/lloom_executor/settlement, docs/settlement.md). The keys after `gas_price_gwei` are ours."""
 
     enabled: bool = setting(False)
     rpc_url: str = setting("http://localhost:8545", convert=check_url)
     chain_id: int = setting(1, minimum=1)
     contract_address: str = setting("0x0000000000000000000000000000000000000000", convert=check_address)
-    gas_price_gwei: float = setting(20.0, minimum=0)
+    gas_price_gwei: float = setting(20.0, minimum=0, doc="max fee per gas (EIP-1559), or the gas price cap (legacy)")
+    settlement_key_file: str | None = setting(
+        None, convert=expand_path, doc="the funded key that sends settlements (else env LLOOM_SETTLEMENT_KEY)"
+    )
+    confirmations: int = setting(2, minimum=1, doc="blocks on top of a settlement's block before it counts as confirmed")
+    poll_interval_secs: float = setting(5.0, minimum=0.05)
+    rpc_timeout_secs: float = setting(10.0, minimum=0.1)
+    deadline_margin_secs: int = setting(30, minimum=0, doc="no transaction is sent this close to a request's deadline")
+    max_attempts: int = setting(3, minimum=1, doc="transactions sent for one request before it is left as it ended")
+    gas_budget_gwei_per_hour: int = setting(0, minimum=0, doc="most gas fees (max fee x gas) sent per hour; 0: no limit")
+    min_settle_value_wei: int = setting(0, minimum=0, doc="a request worth less is not sent (stays unsettleable)")
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ COLUMNS = (
     "backend_ms",
     "total_ms",
     "code",
+    "client_commitment",
 )
 # Positions in a row tuple that the writer reads to keep `model_totals` (the same order as COLUMNS).
 COL_TIME, COL_STATUS, COL_REASON, COL_CLIENT, COL_PEER, COL_MODEL = 0, 1, 2, 3, 4, 5
@@ -95,6 +96,7 @@ class LedgerEntry:
     total_ms: float | None = None
     time: float = field(default_factory=time.time)
     code: str | None = None
+    client_commitment: str | None = None  # JSON: the client's EIP-712 signature + both commitments (settlement)
 
     def row(self, code: str | None = None) -> tuple[Any, ...]:
         """The stored tuple (COLUMNS order), validated; `code` overrides the entry's own."""
@@ -123,6 +125,7 @@ class LedgerEntry:
             self.backend_ms,
             self.total_ms,
             code if code is not None else self.code,
+            self.client_commitment,
         )
 
 

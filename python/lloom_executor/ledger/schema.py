@@ -4,7 +4,8 @@ Schema 1 grew by addition only: `requests.code` (the `RefusalCode` of a refused
 row, NULL when served) and the `refusal_counts` table (refusals counted rather
 than written one row each, see `refusals.py`). A file without them gets them in
 place, inside the opening transaction (`ALTER TABLE ... ADD COLUMN` rewrites
-nothing). The version number stays 1 on purpose: an older release of this
+nothing). Settlement added `requests.client_commitment` and the `settlements` table
+(`settlements.py`), the same way. The version number stays 1 on purpose: an older release of this
 software (what `update apply --backup` rolls back to) still opens the file and
 writes rows it understands, with `code` left NULL. A file of a newer version is
 refused rather than written with rows it does not expect.
@@ -41,7 +42,9 @@ CREATE TABLE IF NOT EXISTS requests (
     queued_ms         REAL,                        -- waiting for a backend slot
     backend_ms        REAL,                        -- the backend call
     total_ms          REAL,                        -- frame received to answer ready
-    code              TEXT                         -- the RefusalCode of a refusal (NULL when served)
+    code              TEXT,                        -- the RefusalCode of a refusal (NULL when served)
+    client_commitment TEXT                         -- JSON: the client's EIP-712 commitment signature and what
+                                                   -- settlement needs of both commitments (NULL: not settleable)
 );
 CREATE INDEX IF NOT EXISTS requests_time ON requests (time);
 CREATE INDEX IF NOT EXISTS requests_client ON requests (client_address, time);
@@ -65,6 +68,28 @@ CREATE TABLE IF NOT EXISTS refusal_counts (
     reason         TEXT                            -- the last public sentence sent
 );
 CREATE INDEX IF NOT EXISTS refusal_counts_time ON refusal_counts (first_time);
+CREATE TABLE IF NOT EXISTS settlements (
+    request_id     INTEGER PRIMARY KEY,            -- requests.id of the served row
+    request_hash   TEXT,                           -- 0x EIP-712 LlmRequestCommitment digest
+    client_address TEXT,
+    client_nonce   INTEGER,                        -- the commitment's nonce (on-chain, per client)
+    deadline       INTEGER,                        -- the commitment's deadline (unix seconds)
+    total_cost     TEXT    NOT NULL DEFAULT '0',   -- wei, decimal text
+    state          TEXT    NOT NULL CHECK (state IN
+                       ('pending', 'submitted', 'confirmed', 'reverted', 'expired', 'unsettleable')),
+    tx_hash        TEXT,                           -- the transaction sent (submitted and after)
+    raw_tx         TEXT,                           -- its signed bytes: resent as they are after a restart
+    account_nonce  INTEGER,                        -- the settlement account's nonce it used
+    attempts       INTEGER NOT NULL DEFAULT 0,     -- transactions sent for this row
+    gas_used       INTEGER,
+    gas_cost       TEXT,                           -- wei paid (gas_used x effective gas price)
+    block_number   INTEGER,
+    reason         TEXT,                           -- why reverted/expired/unsettleable, or what it waits for
+    created        REAL    NOT NULL,
+    updated        REAL    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS settlements_state ON settlements (state, client_address, client_nonce);
+CREATE INDEX IF NOT EXISTS settlements_hash ON settlements (request_hash);
 """
 
 INSERT_ROW = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
@@ -98,4 +123,6 @@ def create_or_migrate(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
     if "code" not in columns:  # a file written before `code` existed
         conn.execute("ALTER TABLE requests ADD COLUMN code TEXT")
+    if "client_commitment" not in columns:  # ... before settlement existed (the `settlements` table is new too)
+        conn.execute("ALTER TABLE requests ADD COLUMN client_commitment TEXT")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

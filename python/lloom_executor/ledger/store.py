@@ -162,9 +162,14 @@ class Ledger:
         )
         return LedgerTotals({r[0]: ModelTotals(r[1], r[2], r[3], r[4], wei(r[5], "revenue")) for r in rows})
 
-    def entries(self, *, since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        """Rows of `requests` as dicts, oldest first (`since`: unix seconds; `limit`: the newest N)."""
-        return self._select("requests", ("id", *COLUMNS), "time", since, limit)
+    def entries(
+        self, *, since: float | None = None, limit: int | None = None, with_commitment: bool = False
+    ) -> list[dict[str, Any]]:
+        """Rows of `requests` as dicts, oldest first (`since`: unix seconds; `limit`: the newest N).
+        `with_commitment`: also the settlement column `client_commitment` (JSON text or None),
+        which the request-row readers (exports, webhooks' consumers) have never had."""
+        names = COLUMNS if with_commitment else tuple(c for c in COLUMNS if c != "client_commitment")
+        return self._select("requests", ("id", *names), "time", since, limit)
 
     def refusal_counts(self, *, since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Rows of `refusal_counts` as dicts, oldest first (`since`: unix seconds of their last refusal)."""

@@ -52,6 +52,7 @@ class Candidate:
     model: ModelConfig | None = None  # resolved (aliases) once the model check passed
     max_tokens: int = 0  # the output budget the backend gets
     view: RequestView | None = None  # what plugins see, made once when a plugin checks
+    client_commitment: bytes | None = None  # the client's EIP-712 request signature, once verified
 
     @property
     def signed(self) -> bool:
@@ -221,6 +222,60 @@ def commitment_check(c: Candidate) -> None:
         )
 
 
+def client_commitment_check(domain: _native.Eip712Domain, executor: bytes) -> Check:
+    """The envelope's `commitment` extension (client/commitments.py), when present: the client's
+    EIP-712 signature over the request's `LlmRequestCommitment`, naming us as executor. What
+    settlement will send must be right now: a bad one is refused (signed) rather than served
+    and found unsettleable later. Absent: nothing to check (the request is not settleable)."""
+
+    def check(c: Candidate) -> None:
+        extension = c.decoded.commitment
+        if extension is None:
+            return
+        problem = _commitment_problem(extension, c, domain, executor)
+        if problem is not None:
+            raise Refusal(f"invalid EIP-712 request commitment: {problem}", RefusalCode.INVALID_SIGNATURE)
+
+    return check
+
+
+def _commitment_problem(extension: object, c: Candidate, domain: _native.Eip712Domain, executor: bytes) -> str | None:
+    if not c.signed or c.decoded.signer is None:
+        return "only a signed request can carry one"
+    if not isinstance(extension, dict):
+        return "it must be a map"
+    named, signature = extension.get("executor"), extension.get("signature")
+    if not isinstance(named, bytes) or len(named) != 20:
+        return "executor must be a 20-byte address"
+    if named != executor:
+        return f"it names executor 0x{named.hex()}, not this executor (0x{executor.hex()})"
+    if not isinstance(signature, bytes) or len(signature) != 65:
+        return "signature must be 65 bytes"
+    r = c.request
+    try:
+        digest = bytes(
+            domain.request_commitment_digest(
+                executor,
+                r.model,
+                r.prompt,
+                r.system_prompt,
+                r.max_tokens or 0,
+                r.temperature or 0.0,
+                r.inbound_price,
+                r.outbound_price,
+                r.nonce,
+                r.deadline,
+            )
+        )
+        recovered = bytes(_native.recover_address(digest, signature))
+    except ValueError as exc:
+        return str(exc)
+    if recovered != bytes(c.decoded.signer):
+        return "its signature does not recover to the request's signer"
+    c.client_commitment = signature
+    return None
+
+
 def price_check(registry: ModelRegistry) -> Check:
     def check(c: Candidate) -> None:
         assert c.model is not None
@@ -260,6 +315,10 @@ def plugin_check(plugins: PluginHost) -> Check:
     return check
 
 
+def _address_bytes(address: str) -> bytes:
+    return bytes.fromhex(address.removeprefix("0x"))
+
+
 def standard_admission(
     *,
     registry: ModelRegistry,
@@ -272,6 +331,7 @@ def standard_admission(
     content_filter: ContentFilter | None = None,
     plugins: PluginHost | None = None,
     on_rate_limited: Callable[[str], None] | None = None,
+    commitment_domain: _native.Eip712Domain | None = None,
 ) -> Admission:
     """The executor's admission, cheapest check first, from the stages that are configured."""
     limit = handling.max_tokens_per_request
@@ -287,6 +347,8 @@ def standard_admission(
         commitment_check,
         price_check(registry),
     ]
+    if commitment_domain is not None:  # after the prices are known to fit the commitment's uint256
+        before.insert(before.index(commitment_check) + 1, client_commitment_check(commitment_domain, _address_bytes(evm_address)))
     if content_filter is not None:
         before.append(prompt_filter_check(content_filter))
     after: list[Check] = []

@@ -27,7 +27,7 @@ from ..p2p.llm_protocol import RequestContext
 from ..plugins import PluginHost
 from ..webhooks import Webhooks
 from .admission import Admitted
-from .records import ledger_entry, sign_receipt
+from .records import ledger_entry, settlement_commitment, sign_receipt
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,11 @@ class AnswerWriter:
         if self.ledger is not None:
             if answered.served:
                 try:
-                    await self.ledger.record_async(ledger_entry(answered))  # committed and synced
+                    entry = ledger_entry(answered)
+                    signature = admitted.candidate.client_commitment if admitted is not None else None
+                    if signature is not None and receipt is not None:  # verified at admission: settleable
+                        entry = replace(entry, client_commitment=settlement_commitment(request, reply, receipt, signature))
+                    await self.ledger.record_async(entry)  # committed and synced
                 except Exception as exc:  # never serve what the ledger does not hold
                     log.debug("ledger write failed; answering request from %s with an error: %s", ctx.peer_id, exc)
                     reply = Reply.refusal(request.model, LEDGER_FAILED)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from .. import _native
 from ..backends.base import (
+    BackendContextExceeded,
     BackendError,
     BackendRateLimited,
     BackendTimeout,
@@ -67,6 +68,12 @@ def public_failure(exc: BaseException, model: str) -> Refusal:
         return Refusal(BACKEND_UNAVAILABLE, RefusalCode.BACKEND_UNAVAILABLE)
     if isinstance(exc, ModelNotAvailable):
         return Refusal(f"the backend does not offer model {model!r} now; try again later", RefusalCode.BACKEND_UNAVAILABLE)
+    if isinstance(exc, BackendContextExceeded):  # the server's tokenizer counted more than ours did
+        figures = ""
+        if exc.prompt_tokens is not None and exc.context_length is not None:
+            figures = f" ({exc.prompt_tokens} tokens by the model's tokenizer, context {exc.context_length})"
+        reason = f"the prompt with max_tokens does not fit the context of model {model!r}{figures}; shorten it"
+        return Refusal(reason, RefusalCode.TOO_LARGE)
     if isinstance(exc, BackendError):
         return Refusal(BACKEND_FAILED, RefusalCode.BACKEND_FAILED)
     return Refusal(INTERNAL_ERROR, RefusalCode.INTERNAL_ERROR)

@@ -14,6 +14,7 @@ kept). Malformed frames and validator messages are not requests.
 
 from __future__ import annotations
 
+import json
 import logging
 
 from .. import _native
@@ -64,6 +65,34 @@ def sign_receipt(
         log.warning("no receipt for a request from 0x%s: %s", client.hex(), exc)
         return None
     return Receipt(request_hash, client, timestamp, reply.error is None, bytes(digest), bytes(signature))
+
+
+def settlement_commitment(request: _native.LlmRequest, reply: Reply, receipt: Receipt, client_signature: bytes) -> str:
+    """The `requests.client_commitment` JSON of a served request whose client signed its EIP-712
+    commitment: the client's signature and what the two commitments hold that the row does not
+    (hashes, nonce, deadline, temperature), so settlement rebuilds both without the texts."""
+    keccak = _native.keccak256
+    return json.dumps(
+        {
+            "client_signature": "0x" + client_signature.hex(),
+            "model": request.model,
+            "prompt_hash": "0x" + bytes(keccak(request.prompt.encode())).hex(),
+            "system_prompt_hash": "0x"
+            + (bytes(keccak(request.system_prompt.encode())) if request.system_prompt is not None else bytes(32)).hex(),
+            "max_tokens": request.max_tokens or 0,
+            "temperature": request.temperature or 0.0,  # the wire f32, widened: the digest's input
+            "inbound_price": request.inbound_price,
+            "outbound_price": request.outbound_price,
+            "nonce": request.nonce,
+            "deadline": request.deadline,
+            "content_hash": "0x" + bytes(keccak(reply.content.encode())).hex(),
+            "inbound_tokens": reply.inbound_tokens,
+            "outbound_tokens": reply.outbound_tokens,
+            "timestamp": receipt.timestamp,
+            "success": receipt.success,
+        },
+        separators=(",", ":"),
+    )
 
 
 def ledger_entry(answered: AnsweredRequest) -> LedgerEntry:

@@ -294,7 +294,7 @@ fn the_encoders_python_calls_round_trip() {
         },
         |((request, key, timestamp, nonce), (response, receipt), ack)| {
             let signer = frames::signer(key);
-            let frame = ops::encode_request(Some(&signer), request.clone(), timestamp, nonce)
+            let frame = ops::encode_request(Some(&signer), request.clone(), timestamp, nonce, None)
                 .map_err(|e| TestCaseError::fail(format!("encode_request: {e}")))?;
             let (decoded, opened) = ops::decode_request(&frame).map_err(|e| TestCaseError::fail(format!("{e}")))?;
             let decoded = decoded.expect("an LLM request");
@@ -305,7 +305,7 @@ fn the_encoders_python_calls_round_trip() {
             let envelope = opened.envelope.expect("signed");
             prop_assert_eq!((envelope.timestamp, envelope.nonce), (timestamp, nonce));
 
-            let frame = ops::encode_request(None, request.clone(), 0, None).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+            let frame = ops::encode_request(None, request.clone(), 0, None, None).map_err(|e| TestCaseError::fail(format!("{e}")))?;
             prop_assert!(check_request(&frame)?.is_some());
 
             let frame = ops::encode_response(Some(&signer), response.clone(), timestamp, nonce, receipt.clone())
