@@ -21,6 +21,8 @@ import interop
 from lloom_executor import _native
 from lloom_executor.client import LloomClient
 from lloom_executor.client.lloom_client import LloomClientError
+from openai_server import GatedServer
+from service_rig import until
 from workers_rig import WorkersNode, client_on_each_worker, workers_node
 
 MODEL = "echo-model"
@@ -160,6 +162,46 @@ def test_kill_9_of_a_worker_under_load(tmp_path: Path) -> None:
         assert node.stop() == 0, node.output
     answered = survivor["ok"] + victim["ok"] + 1
     assert ledger_rows(tmp_path) >= answered
+
+
+def test_sigterm_drains_every_worker_with_requests_in_flight(tmp_path: Path) -> None:
+    """Requests in flight on both workers are answered after SIGTERM; a request arriving while
+    they drain gets the signed "shutting down" refusal; the node exits 0."""
+    with GatedServer([{"id": MODEL}]) as server:
+        llm = f'backend = "lmstudio"\nbase_url = "{server.base_url}"\ntimeout_secs = 60\nmax_retries = 0'
+        extra = "[request_handling]\ndrain_timeout_secs = 60\n"
+        config = interop.write_operator_config(tmp_path, llm=llm, models=[MODEL], extra=extra)
+        with workers_node(config) as node:
+            address = node.ready()
+            peer = address.rsplit("/p2p/", 1)[1]
+            mark = len(node.lines)
+
+            async def scenario() -> tuple[list[str | None], str | None]:
+                clients = await client_on_each_worker(address, node.worker_pids())
+                try:
+                    in_flight = [
+                        asyncio.ensure_future(ask(c, peer, f"drain {i} {j}")) for i, c in clients.items() for j in range(2)
+                    ]
+                    try:
+                        await until(lambda: len(server.chat_requests) == 4, "four requests at the backend", 30)
+                        node.proc.send_signal(signal.SIGTERM)
+                        for index in clients:  # logged just before each worker's handler drains
+                            pattern = rf"w{index} lloom_executor\.service: signal received: draining"
+                            await asyncio.to_thread(node.wait_for, pattern, 30, mark)
+                        late = await ask(clients[1], peer, "too late")
+                    finally:
+                        server.open_gate()
+                    return [await f for f in in_flight], late
+                finally:
+                    for c in clients.values():
+                        await c.stop()
+
+            answered, late = asyncio.run(scenario())
+            assert answered == [None] * 4
+            assert late is not None and "shutting down" in late
+            assert node.stop() == 0, node.output
+            assert node.output.count("executor stopped") == 2, node.output
+        assert ledger_rows(tmp_path) == 4
 
 
 def test_a_worker_that_cannot_start_stops_the_node_with_its_reason(tmp_path: Path) -> None:
