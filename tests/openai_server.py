@@ -607,3 +607,28 @@ class OpenAIServer:
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         return True
+
+
+class GatedServer(OpenAIServer):
+    """The OpenAI-wire test server holding every chat answer until `open_gate()`: requests stay
+    in flight for exactly as long as the test needs, not for a guessed latency."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gate: asyncio.Event | None = None  # made on the server's own loop, at its first chat
+
+    async def _dispatch(self, req: RecordedRequest, writer: asyncio.StreamWriter) -> bool:
+        if req.path == CHAT_PATH:
+            if self._gate is None:
+                self._gate = asyncio.Event()
+            await self._gate.wait()
+        return await super()._dispatch(req, writer)
+
+    def open_gate(self) -> None:
+        def release() -> None:
+            if self._gate is None:
+                self._gate = asyncio.Event()
+            self._gate.set()
+
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(release)

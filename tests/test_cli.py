@@ -10,13 +10,12 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import interop
 from lloom_executor.client import Answer, LloomClient
-from openai_server import CHAT_PATH, OpenAIServer, RecordedRequest, refused_url
+from openai_server import GatedServer, OpenAIServer, refused_url
 from service_rig import until
 
 COMMANDS = [
@@ -125,31 +124,6 @@ def test_models_list_json_and_offline(tmp_path: Path) -> None:
 
 
 DRAIN_REFUSAL = "executor is shutting down; send the request to another executor"
-
-
-class GatedServer(OpenAIServer):
-    """The OpenAI-wire test server holding every chat answer until `open_gate()`: requests stay
-    in flight for exactly as long as the test needs, not for a guessed latency."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._gate: asyncio.Event | None = None  # made on the server's own loop, at its first chat
-
-    async def _dispatch(self, req: RecordedRequest, writer: asyncio.StreamWriter) -> bool:
-        if req.path == CHAT_PATH:
-            if self._gate is None:
-                self._gate = asyncio.Event()
-            await self._gate.wait()
-        return await super()._dispatch(req, writer)
-
-    def open_gate(self) -> None:
-        def release() -> None:
-            if self._gate is None:
-                self._gate = asyncio.Event()
-            self._gate.set()
-
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(release)
 
 
 async def read_until(proc: subprocess.Popen[str], pattern: str, lines: list[str], timeout: float) -> re.Match[str]:

@@ -86,35 +86,14 @@ def config_validate(config_path: Path | None) -> None:
 @main.command()
 @config_option
 @click.option("--debug", is_flag=True, help="Log at debug level (overrides [logging] level).")
-def start(config_path: Path | None, debug: bool) -> None:
+@click.option(
+    "--workers", default=None, help='Worker processes of this node: "auto" (one per core) or N (default [runtime] workers).'
+)
+def start(config_path: Path | None, debug: bool, workers: str | None) -> None:
     """Start the executor and serve until SIGINT/SIGTERM (then drain and exit 0)."""
-    import dataclasses
+    from .cli_start import run_start
 
-    import uvloop
-
-    from .identity import IdentityError, load_identity
-    from .logs import setup_logging
-    from .service import ExecutorService
-
-    loaded = load_or_exit(config_path)
-    config = loaded.config
-    logging_config = dataclasses.replace(config.logging, level="debug") if debug else config.logging
-    setup_logging(logging_config)
-    import logging
-
-    log = logging.getLogger("lloom_executor")
-    for problem in loaded.warnings:
-        log.warning("config: %s", problem)
-    try:
-        identity = load_identity(config.identity)
-    except IdentityError as exc:
-        raise click.ClickException(str(exc)) from None
-    from .plugins import PluginError
-
-    try:
-        uvloop.run(ExecutorService(config, identity).run_until_signal())
-    except PluginError as exc:  # a configured plugin that cannot run: say which, and do not serve without it
-        raise click.ClickException(str(exc)) from None
+    run_start(config_path, debug, workers)
 
 
 @main.command("test-backend")

@@ -50,12 +50,14 @@ from .pipeline.dispatch import Dispatcher, direct_dispatcher, dispatcher_from_co
 from .pipeline.model_registry import ModelRegistry
 from .pipeline.pricing import PricingEngine, backend_load
 from .pipeline.ratelimits import RateLimitRules
-from .pipeline.replay import ReplayGuard, capacity_for
+from .pipeline.replay import ReplayGuard, ReplayStore, capacity_for
 from .pipeline.resources import ResourceGovernor, governor_from_config
 from .plugins import PluginHost
 from .serving import AnswerWriter, Execution, Observers, RequestHandler, standard_admission
 from .settlement import SettlementCollector, Settler, load_settlement_key
 from .webhooks import Webhooks
+from .workers.role import WorkerRole, per_worker_config
+from .workers.shared_state import NodeState, SharedBucket, SharedReplayStore
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ def build_request_handler(
     receipt_domain: _native.Eip712Domain | None = None,
     ledger: Ledger | None = None,
     dispatcher: Dispatcher | None = None,
-    replay: ReplayGuard | None = None,
+    replay: ReplayStore | None = None,
     rate_limits: RateLimitRules | None = None,
     content_filter: ContentFilter | None = None,
     cache: ResponseCache | None = None,
@@ -138,11 +140,15 @@ class ExecutorService:
         discovery_options: dict[str, Any] | None = None,
         webhook_options: dict[str, Any] | None = None,
         plugin_options: dict[str, Any] | None = None,
+        role: WorkerRole | None = None,
         **service_options: Any,
     ) -> None:
         """`service_options` tune P2P timings, `discovery_options` the model discovery,
         `webhook_options` the webhook delivery timings and `plugin_options` the plugin
-        host's (tests shorten them)."""
+        host's (tests shorten them). `role`: this process's place among the node's workers
+        (docs/workers.md); without one, the process is the whole node."""
+        self.role = role or WorkerRole()
+        config = per_worker_config(config, self.role)
         self.config = config
         self.identity = identity
         handling = config.request_handling
@@ -193,13 +199,17 @@ class ExecutorService:
         self.cache = build_cache(config.cache) if config.cache.enabled else None
         data_dir = Path(config.storage.data_dir).expanduser()  # defaults are written with ~
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.ledger = Ledger.in_directory(data_dir)
+        self.ledger = Ledger.in_directory(data_dir)  # one SQLite file, written by every worker (WAL)
         self.settler: Settler | None = None
+        # replay guard and rate-limit buckets shared exactly by the workers (workers/shared_state.py)
+        self.node_state = NodeState.in_directory(data_dir) if self.role.several else None
         try:
             self._assemble(config, identity, handling, dispatcher, resources, discovery_options, service_options)
             self.settler = self._settler(config, identity)
         except BaseException:
             self.ledger.close()  # its writer thread and connections: nothing else here holds a resource yet
+            if self.node_state is not None:
+                self.node_state.close()
             raise
 
     def _assemble(
@@ -214,6 +224,21 @@ class ExecutorService:
     ) -> None:
         """The request path and the node, from the parts the constructor made."""
         chain = config.blockchain  # the receipt domain, also with blockchain.enabled = false (docs/PROTOCOL.md §7)
+        state = self.node_state
+        rate_limits = None
+        if config.rate_limiting.enabled:
+            rate_limits = (
+                RateLimitRules(config.rate_limiting)
+                if state is None
+                else RateLimitRules(
+                    config.rate_limiting,
+                    clock=time.time,
+                    limiter_factory=lambda i, r: SharedBucket(
+                        state, i, r.max_requests_per_minute, r.max_tokens_per_minute, r.burst_size
+                    ),
+                    atomic=state.transaction,
+                )
+            )
         self.handler = build_request_handler(
             identity.eth_key,
             self.registry,
@@ -224,7 +249,8 @@ class ExecutorService:
             receipt_domain=_native.Eip712Domain(chain.chain_id, chain.contract_address),
             ledger=self.ledger,
             dispatcher=dispatcher,
-            rate_limits=RateLimitRules(config.rate_limiting) if config.rate_limiting.enabled else None,
+            replay=SharedReplayStore(state) if state is not None else None,
+            rate_limits=rate_limits,
             content_filter=ContentFilter(config.content_filter) if config.content_filter.enabled else None,
             cache=self.cache,
             resources=resources,
@@ -238,15 +264,18 @@ class ExecutorService:
             config.network,
             handling,
             self.handler,
-            default_services(config.network, self.catalog, **service_options),
+            default_services(
+                config.network, self.catalog, duties=self.role.lead, worker=(self.role.index, self.role.count), **service_options
+            ),
         )
         self.metrics.watch_connections(self.node.connection_counts)
         self.discovery = self._discovery(discovery_options or {}) if config.model_discovery.enabled else None
 
     def _settler(self, config: Config, identity: Identity) -> Settler | None:
         """[blockchain] enabled: the settlement loop, with its own funded key (a missing key or the
-        zero contract address raises SettlementError here, before anything starts)."""
-        if not config.blockchain.enabled:
+        zero contract address raises SettlementError here, before anything starts). One settler per
+        node: the lead worker's, reading the ledger every worker writes."""
+        if not config.blockchain.enabled or not self.role.lead:
             return None
         key = load_settlement_key(config.blockchain, identity.address)
         settler = Settler(config.blockchain, self.ledger.path, bytes(identity.eth_key.address_bytes), key)
@@ -315,8 +344,9 @@ class ExecutorService:
     async def _start(self) -> list[str]:
         if self.config.request_handling.allow_unsigned:
             log.warning("allow_unsigned = true: unsigned requests are served (no client accountability)")
-        totals = await asyncio.to_thread(self.ledger.totals)
-        self.metrics.seed_revenue(totals.revenue_by_model())  # revenue metrics continue across restarts
+        if self.role.lead:  # the lead serves /metrics: revenue metrics continue across restarts, seeded once
+            totals = await asyncio.to_thread(self.ledger.totals)
+            self.metrics.seed_revenue(totals.revenue_by_model())
         check = getattr(self.cache, "check", None)
         if check is not None:  # Redis: say at start whether it is reachable (the node serves either way)
             await check()
@@ -345,9 +375,10 @@ class ExecutorService:
                 self.settler.sender,
             )
         self.metrics.watch_process(Metrics.tasks_of(asyncio.get_running_loop()))  # the loop the node serves on
-        await self._start_http()
+        if self.role.lead:  # one admin API and one /metrics per node (other workers would collide on the port)
+            await self._start_http()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="lloom-housekeeping")
-        if self.webhooks is not None:
+        if self.webhooks is not None and self.role.lead:  # node-level events: once per node
             self.webhooks.emit("started", {"version": __version__, "listen_addresses": [str(a) for a in addrs], "models": served})
             for model in self.registry.served():
                 self.webhooks.emit("model_loaded", model_data(model, "config"))
@@ -505,6 +536,9 @@ class ExecutorService:
         if self.cache is not None:
             steps.append(("the response cache", self.cache.close))
         steps.append(("the ledger", lambda: asyncio.to_thread(self.ledger.close)))
+        state = self.node_state
+        if state is not None:
+            steps.append(("the shared node state", lambda: asyncio.to_thread(state.close)))
         if self.webhooks is not None:
             steps.append(("the webhooks", lambda: self._stop_webhooks(cut_off)))
         for what, step in steps:
@@ -533,7 +567,7 @@ class ExecutorService:
 
     async def _stop_webhooks(self, cut_off: int) -> None:
         assert self.webhooks is not None
-        if self.started_at is not None:  # a node that never served says nothing
+        if self.started_at is not None and self.role.lead:  # a node that never served says nothing; one per node
             uptime = time.monotonic() - self.started_at
             self.webhooks.emit("stopped", {"uptime_secs": round(uptime, 3), "cut_off": cut_off})
         await self.webhooks.stop()
@@ -545,7 +579,8 @@ class ExecutorService:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            await self.start()
+            addrs = await self.start()
+            self.role.report_ready(addrs)  # to the supervisor, when there is one
             await stop.wait()
             log.info("signal received: draining")
         finally:

@@ -37,7 +37,9 @@ from .schema import (
     RateLimitingConfig,
     RateLimitRule,
     RequestHandlingConfig,
+    RuntimeConfig,
     StorageConfig,
+    check_workers,
     eth_to_wei,
 )
 
@@ -131,7 +133,9 @@ __all__ = [
     "RateLimitRule",
     "RateLimitingConfig",
     "RequestHandlingConfig",
+    "RuntimeConfig",
     "StorageConfig",
+    "check_workers",
     "eth_to_wei",
     "inactive_features",
     "load_config",

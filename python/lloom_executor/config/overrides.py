@@ -57,6 +57,10 @@ def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str], report
         else:
             data["metrics"] = {**(data.get("metrics") or {}), "enabled": metrics.lower() in _TRUE}
 
+    workers = environ.get("LLOOM_EXECUTOR_WORKERS")
+    if workers is not None:  # checked like the [runtime] key it overrides
+        data["runtime"] = {**(data.get("runtime") or {}), "workers": workers}
+
     api_key = environ.get("OPENAI_API_KEY")
     llm = data.get("llm_client") or {}
     if api_key and llm.get("backend") == "openai" and not llm.get("api_key"):

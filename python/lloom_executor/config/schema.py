@@ -496,6 +496,26 @@ class StorageConfig:
     data_dir: str = setting("~/.lloom/executor/data", convert=expand_path)
 
 
+def check_workers(value: Any) -> int | str:
+    """`[runtime] workers`: "auto" or a whole number of worker processes, 1 to 1024."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+        raise ValueError(f'expected "auto" or a number of workers 1-1024, got {value!r}')
+    return value
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """[runtime] (ours): how many worker processes serve this node (docs/workers.md)."""
+
+    workers: int | str = setting(
+        1, convert=check_workers, raw=True, doc='"auto" (the cores this process may use) or a number; 1 = one process'
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration; see `load_config` for files, `${VAR}` and environment overrides."""
@@ -526,6 +546,7 @@ class Config:
     plugins: tuple[PluginConfig, ...] = setting(())
     webhooks: WebhooksConfig = setting(factory=WebhooksConfig)
     storage: StorageConfig = setting(factory=StorageConfig)
+    runtime: RuntimeConfig = setting(factory=RuntimeConfig)
 
     if TYPE_CHECKING:
         # Attached by the package `__init__`, which owns the parser and the rules (this

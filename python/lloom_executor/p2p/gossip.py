@@ -63,9 +63,28 @@ def rust_msg_id(msg: rpc_pb2.Message) -> bytes:
 
 
 class _NotifyingPubsub(Pubsub):
-    """Pubsub that reports remote subscriptions into a trio channel (the hook is sync)."""
+    """Pubsub that reports remote subscriptions into a trio channel (the hook is sync), and
+    whose sequence numbers never collide with another worker's of the same node.
+
+    rust-libp2p's message id is source + seqno, and py-libp2p 0.8.1 starts its seqno counter at
+    `int(time.time())` and adds 1 per message: two workers of one PeerId started in the same
+    second would publish different messages under one id, and peers would drop one as a
+    duplicate. With `count` workers each worker starts from nanoseconds rounded to a multiple of
+    `count` plus its index and steps by `count`: the residues differ, so the ids never collide,
+    and a restarted worker starts above what it used before.
+    """
 
     subscriptions: trio.MemorySendChannel[tuple[ID, str]] | None = None
+    seqno_step = 1
+
+    def space_seqnos(self, index: int, count: int) -> None:
+        if count > 1:
+            self.seqno_step = count
+            self.counter = (time.time_ns() // count) * count + index - count
+
+    def _next_seqno(self) -> bytes:
+        self.counter += self.seqno_step
+        return self.counter.to_bytes(8, "big")
 
     def handle_subscription(self, origin_id: ID, sub_message: rpc_pb2.RPC.SubOpts) -> None:
         super().handle_subscription(origin_id, sub_message)
@@ -89,8 +108,14 @@ class GossipService:
         announce_interval_secs: float | None = None,
         view: NetworkView | None = None,
         mesh_heartbeat_secs: int = 1,
+        duties: bool = True,
+        worker: tuple[int, int] = (0, 1),
     ) -> None:
+        """`duties`: publish the periodic, changed and final announcements (the lead worker, or the
+        only process); without, only new subscribers on our connections are answered."""
         self.catalog = catalog
+        self.duties = duties
+        self.worker = worker
         self.heartbeat_secs = heartbeat_secs
         self.announce_interval_secs = announce_interval_secs
         self.view = view or NetworkView(expire_after_secs=max(3.5 * heartbeat_secs, 5.0))
@@ -118,6 +143,7 @@ class GossipService:
         pubsub = _NotifyingPubsub(rt.host, router, strict_signing=True, msg_id_constructor=rust_msg_id)
         send, recv = trio.open_memory_channel[tuple[ID, str]](256)
         pubsub.subscriptions = send
+        pubsub.space_seqnos(*self.worker)
         self.pubsub, self.router = pubsub, router
         try:
             async with background_trio_service(pubsub), background_trio_service(router):
@@ -127,8 +153,9 @@ class GossipService:
                     for topic, sub in subs.items():
                         nursery.start_soon(self._drain, topic, sub)
                     nursery.start_soon(self._on_subscriptions, recv)
-                    nursery.start_soon(self._executor_announce_loop, rt)
-                    nursery.start_soon(self._heartbeat_loop)
+                    if self.duties:
+                        nursery.start_soon(self._executor_announce_loop, rt)
+                        nursery.start_soon(self._heartbeat_loop)
                     nursery.start_soon(self._expire_loop)
                     task_status.started()
         finally:
@@ -140,8 +167,9 @@ class GossipService:
             pubsub.seen_messages.stop()
 
     async def shutdown(self, rt: NodeRuntime) -> None:
-        """Say goodbye: a Removal reaches peers before the host closes."""
-        if self.pubsub is None:
+        """Say goodbye: a Removal reaches peers before the host closes (not a worker that only
+        restarts: the node is still there)."""
+        if self.pubsub is None or not self.duties:
             return
         self._closing = True
         await self._publish_model("Removal", final=True)
@@ -156,7 +184,7 @@ class GossipService:
     async def update_models(self, models: Iterable[ModelConfig | Mapping[str, Any]]) -> bool:
         """Replace the catalog's models; announce an Update when anything changed."""
         changed = self.catalog.set_models(models)
-        if changed:
+        if changed and self.duties:
             await self.announce_update()
         return changed
 

@@ -30,19 +30,27 @@ def default_services(
     autonat_interval_secs: float = 300.0,
     autonat_confirmations: int = 4,
     mdns_fingerprint: str | None = None,
+    duties: bool = True,
+    worker: tuple[int, int] = (0, 1),
 ) -> list[NodeService]:
-    """Bootstrap and ping always; kad, gossip, mDNS, AutoNAT, relay when switched on."""
+    """Bootstrap and ping always; kad, gossip, mDNS, AutoNAT, relay when switched on.
+
+    One worker of several (docs/workers.md) answers what a peer asks on a connection the kernel
+    gave it (kad queries, gossip subscriptions, ping, requests), but only the lead (`duties`)
+    dials bootstrap peers, runs mDNS, AutoNAT and relay reservations and publishes the periodic
+    and final announcements; `worker` (index, count) keeps their gossip sequence numbers apart.
+    """
     switches = network.protocols
-    services: list[NodeService] = [BootstrapService()]
-    if switches.enable_relay:  # before the others: a reservation makes us reachable early
+    services: list[NodeService] = [BootstrapService()] if duties else []
+    if switches.enable_relay and duties:  # before the others: a reservation makes us reachable early
         services.append(RelayClientService())
     if switches.enable_kad:
         services.append(KadService())
     if switches.enable_gossipsub:
-        services.append(GossipService(catalog, heartbeat_secs=heartbeat_secs))
-    if switches.enable_mdns:
+        services.append(GossipService(catalog, heartbeat_secs=heartbeat_secs, duties=duties, worker=worker))
+    if switches.enable_mdns and duties:
         services.append(MdnsService(fingerprint=mdns_fingerprint))
-    if switches.enable_autonat:
+    if switches.enable_autonat and duties:
         services.append(AutoNatService(interval_secs=autonat_interval_secs, confirmations=autonat_confirmations))
     services.append(PingService(interval_secs=ping_interval_secs))
     return services

@@ -22,24 +22,37 @@ is skipped for that request and counted in `unkeyed`: sharing one bucket among
 all such clients would let one of them starve the rest.
 
 Not thread-safe (neither are the limiters): call from the event loop only.
-Rate-limit state is per process; with several worker processes each enforces
-the rules on its own share of the traffic: an exact shared limit needs a
-shared store behind this interface.
+With several worker processes (docs/workers.md) the buckets live in a shared
+store: `limiter_factory` builds each rule's `Limiter` over it and `atomic`
+makes one decision (all rules asked, then all debited) one transaction, so a
+client spread over workers gets its configured rate in total.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from .._fast.ratelimit import RateLimiter, monotonic
 from ..config import RateLimitingConfig, RateLimitRule
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RateDecision", "RuleState", "RateLimitRules", "describe_rule", "format_wait"]
+__all__ = ["Limiter", "RateDecision", "RuleState", "RateLimitRules", "describe_rule", "format_wait"]
+
+
+class Limiter(Protocol):
+    """One rule's buckets: the Cython `RateLimiter` in one process, a shared store across workers."""
+
+    def retry_after(self, key: str, requests: int, tokens: int, now: float) -> float: ...
+
+    def try_acquire(self, key: str, requests: int, tokens: int, now: float) -> float: ...
+
+    def available(self, key: str, now: float) -> tuple[float, float]: ...
 
 
 @dataclass(frozen=True)
@@ -64,7 +77,7 @@ class RuleState:
 
     index: int
     rule: RateLimitRule
-    limiter: RateLimiter
+    limiter: Limiter
     description: str
     refusals: int = 0
 
@@ -104,19 +117,21 @@ class RateLimitRules:
         clock: Callable[[], float] | None = None,
         *,
         max_keys: int = 100_000,
+        limiter_factory: Callable[[int, RateLimitRule], Limiter] | None = None,
+        atomic: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
     ) -> None:
         self.enabled = config.enabled
         self._clock = clock or monotonic
+        self._atomic = atomic
         self.rules: list[RuleState] = []
         self.unkeyed = 0  # rule checks skipped because the request had no such key
         if not self.enabled:
             return
         for index, rule in enumerate(config.rules):
-            limiter = RateLimiter(
-                rule.max_requests_per_minute,
-                rule.max_tokens_per_minute,
-                rule.burst_size,
-                max_keys=max_keys,
+            limiter: Limiter = (
+                limiter_factory(index, rule)
+                if limiter_factory is not None
+                else RateLimiter(rule.max_requests_per_minute, rule.max_tokens_per_minute, rule.burst_size, max_keys=max_keys)
             )
             self.rules.append(RuleState(index, rule, limiter, describe_rule(rule)))
         log.info("rate limiting: %s", "; ".join(r.description for r in self.rules) or "enabled, no rules")
@@ -129,6 +144,10 @@ class RateLimitRules:
         """Allow and debit every rule, or refuse and debit none."""
         if not self.rules:
             return RateDecision(True)
+        with self._atomic():
+            return self._check(peer_id, ip, tokens)
+
+    def _check(self, peer_id: str | None, ip: str | None, tokens: int) -> RateDecision:
         now = self._clock()
         keyed: list[tuple[RuleState, str]] = []
         worst: tuple[float, RuleState, str] | None = None

@@ -93,6 +93,9 @@ def replay_key(decoded: _native.DecodedRequest) -> bytes:
 class ReplayStore(Protocol):
     """Digests of requests already admitted; one implementation per process or shared."""
 
+    max_entries: int  # the capacity the metrics report (0: bounded elsewhere, e.g. on disk)
+    forced_evictions: int  # live digests forgotten for room
+
     def check_and_remember(self, digest: bytes, now: float | None = None, deadline: int = 0) -> bool:
         """True (and remembered) when `digest` is new; False when it is a replay."""
 

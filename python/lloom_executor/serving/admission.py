@@ -27,7 +27,7 @@ from ..p2p.llm_protocol import RequestContext
 from ..pipeline.content_filter import ContentFilter
 from ..pipeline.model_registry import ModelRegistry
 from ..pipeline.ratelimits import RateLimitRules
-from ..pipeline.replay import ReplayGuard, replay_key
+from ..pipeline.replay import ReplayStore, replay_key
 from ..plugins import PluginHost
 
 MAX_MESSAGE_AGE_SECS = 300
@@ -75,7 +75,7 @@ Check = Callable[[Candidate], Awaitable[None] | None]
 class Admission:
     """`before` checks, the atomic replay check-and-remember, then `after` checks."""
 
-    def __init__(self, before: Sequence[Check], replay: ReplayGuard, after: Sequence[Check] = ()) -> None:
+    def __init__(self, before: Sequence[Check], replay: ReplayStore, after: Sequence[Check] = ()) -> None:
         self.before = tuple(before)
         self.replay = replay
         self.after = tuple(after)
@@ -155,7 +155,7 @@ def signature_check(allow_unsigned: bool) -> Check:
     return check
 
 
-def replay_seen_check(replay: ReplayGuard) -> Check:
+def replay_seen_check(replay: ReplayStore) -> Check:
     """An early, read-only refusal of a replay, before the more expensive checks."""
 
     def check(c: Candidate) -> None:
@@ -322,7 +322,7 @@ def _address_bytes(address: str) -> bytes:
 def standard_admission(
     *,
     registry: ModelRegistry,
-    replay: ReplayGuard,
+    replay: ReplayStore,
     handling: RequestHandlingConfig,
     allow_unsigned: bool,
     peer_id: str,
