@@ -22,6 +22,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -308,17 +309,14 @@ def test_a_passed_deadline_cancels_the_backend_request(peer: Path, server: Llama
     assert [r["code"] for r in ledger_rows(workdir / "hasty")] == ["backend_timeout"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="p2p/llm_protocol.py does not watch the connection while the backend works: a client that goes away "
-    "leaves the server generating (issue 15; see docs/backends-llamacpp.md, Known gaps)",
-)
 def test_a_client_that_disconnects_cancels_the_backend_request(
-    peer: Path, executor: ExecutorProcess, server: LlamaServer
+    peer: Path, executor: ExecutorProcess, server: LlamaServer, workdir: Path
 ) -> None:
     """The client is killed while its request generates: the server cancels the task before the
-    generation would have ended (the executor dropped the backend request)."""
+    generation would have ended (the executor dropped the backend request), and the ledger keeps a
+    `cancelled` refusal record of it."""
     max_tokens = LONG_GENERATION
+    before = sum(r["code"] == "cancelled" for r in ledger_rows(workdir / "executor"))
     known = len(server.launched_tasks())
     argv = [str(peer), *client(executor, "--prompt", "Keep going", "--max-tokens", str(max_tokens))]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -332,6 +330,10 @@ def test_a_client_that_disconnects_cancels_the_backend_request(
             proc.kill()
         proc.wait(10)
     assert cancelled and tokens < max_tokens // 2, f"task {task}: cancelled {cancelled}, {tokens} tokens of {max_tokens}"
+    deadline = time.monotonic() + 30  # refusal records are written within about a second
+    while sum(r["code"] == "cancelled" for r in ledger_rows(workdir / "executor")) == before:
+        assert time.monotonic() < deadline, "no `cancelled` ledger record of the abandoned request"
+        time.sleep(0.1)
 
 
 # -- the operator's commands against the server ----------------------------------------------------------

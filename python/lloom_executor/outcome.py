@@ -54,6 +54,8 @@ class RefusalCode(StrEnum):
     # the executor itself
     LEDGER_ERROR = "ledger_error"
     INTERNAL_ERROR = "internal_error"
+    # nobody to answer: the client's connection closed (or the node stopped) before the answer
+    CANCELLED = "cancelled"
     # not requests: frames that did not decode, and operational events (webhooks)
     MALFORMED = "malformed"
     BACKEND_UNREACHABLE = "backend_unreachable"

@@ -71,6 +71,7 @@ class CoalescingYamux(Yamux):
         self._flusher_started = False
         self._direct_writes = False
         self._send_failure: BaseException | None = None
+        self._on_gone: set[Callable[[], None]] = set()
         self.frames_queued = 0  # frames handed to _write_frame
         self.sends = 0  # Noise writes (one per batch), for tests and diagnostics
 
@@ -131,6 +132,29 @@ class CoalescingYamux(Yamux):
             log.debug("yamux send to %s failed: %r", self.peer_id, exc)
             await self._cleanup_on_error()
 
+    def when_gone(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` (synchronously, once) when this connection ends -- the peer closed or
+        reset it, a send or read failed, or we closed it -- and return what unregisters it.
+        Why: work done for a peer (a backend call) is pointless once nobody can get its answer;
+        the request handler cancels it from here, with no task per request."""
+        if self.event_shutting_down.is_set():
+            callback()
+            return _nothing
+        self._on_gone.add(callback)
+        return lambda: self._on_gone.discard(callback)
+
+    def _gone(self) -> None:
+        callbacks, self._on_gone = self._on_gone, set()
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # one listener's fault must not keep the others waiting
+                log.exception("connection-gone listener failed")
+
+    async def _cleanup_on_error(self) -> None:
+        self._gone()
+        await super()._cleanup_on_error()
+
     def unread(self, stream_id: int, data: bytes | bytearray) -> None:
         """Put bytes a reader took but does not own back at the front of a stream's receive
         buffer (lean_multiselect.py reads past the protocol line). They were consumed from
@@ -148,12 +172,17 @@ class CoalescingYamux(Yamux):
     async def close(self, error_code: int = GO_AWAY_NORMAL) -> None:
         """Send what is queued (the last FINs) before GO_AWAY and the socket close."""
         self._direct_writes = True
+        self._gone()
         if self._send_failure is None:
             try:
                 await self._send_outbox()
             except Exception as exc:  # closing anyway; py-libp2p's close logs the same way
                 log.debug("yamux flush before close to %s failed: %r", self.peer_id, exc)
         await super().close(error_code)
+
+
+def _nothing() -> None:
+    return None
 
 
 async def _credit_window_at_half(self: YamuxStream, *, bytes_read: int = 0) -> None:

@@ -52,6 +52,7 @@ class StreamStats:
     refused_busy: int = 0
     failed: int = 0
     evicted: int = 0  # stalled reads cut to make room for a peer holding fewer streams
+    abandoned: int = 0  # the connection ended while the request was being served: its work was cancelled
 
 
 @dataclass(eq=False)
@@ -155,7 +156,19 @@ class LlmStreamHandler:
             return
         remote = stream.get_remote_address()
         ctx = RequestContext(str(stream.muxed_conn.peer_id), remote[0] if remote else None, len(frame), time.monotonic())
-        answer = await self._bridge.call_asyncio(self._handle, frame, ctx)
+        # The peer's connection ending cancels the work done for it (the backend call with it):
+        # nobody could receive the answer (lean_yamux.CoalescingYamux.when_gone).
+        with trio.CancelScope() as serving:
+            when_gone = getattr(stream.muxed_conn, "when_gone", None)
+            stop_watching = when_gone(serving.cancel) if when_gone is not None else None
+            try:
+                answer = await self._bridge.call_asyncio(self._handle, frame, ctx)
+            finally:
+                if stop_watching is not None:
+                    stop_watching()
+        if serving.cancelled_caught:
+            self.stats.abandoned += 1
+            return
         if answer is None:  # the pipeline chose a clean refusal without an answer
             await reset_quietly(stream)
             return

@@ -22,7 +22,7 @@ from .. import _native
 from ..events import ERROR, REQUEST_COMPLETED, malformed_event, request_event, signer
 from ..ledger import Ledger
 from ..metrics import Metrics
-from ..outcome import AnsweredRequest, RefusalCode, Reply, Timings
+from ..outcome import AnsweredRequest, Receipt, RefusalCode, Reply, Timings
 from ..p2p.llm_protocol import RequestContext
 from ..plugins import PluginHost
 from ..webhooks import Webhooks
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 MALFORMED_REPORT_INTERVAL_SECS = 10.0  # at most one `malformed` event per interval for the whole node
 LEDGER_FAILED = "executor could not record the request; it was not served"
+CANCELLED = "the request was cancelled before its answer (the client's connection ended)"
 
 
 @dataclass(frozen=True)
@@ -81,22 +82,7 @@ class AnswerWriter:
         timestamp = int(time.time())
         domain = self.receipt_domain if admitted is not None else None
         receipt = sign_receipt(domain, self.key, decoded, reply, timestamp) if domain is not None else None
-        answered = AnsweredRequest(
-            code=code,
-            reply=reply,
-            model=served_model,
-            requested_model=request.model,
-            client=signer(decoded),
-            peer_id=ctx.peer_id,
-            inbound_price=request.inbound_price,
-            outbound_price=request.outbound_price,
-            request_digest=bytes(decoded.digest),
-            receipt=receipt,
-            queued_ms=timings.queued_ms,
-            backend_ms=timings.backend_ms,
-            total_ms=timings.total_ms(),
-            cached=timings.cached,
-        )
+        answered = self._answered(decoded, ctx, reply, timings, code, served_model, receipt)
         if self.ledger is not None:
             if answered.served:
                 try:
@@ -123,6 +109,45 @@ class AnswerWriter:
             timestamp,
             None,
             receipt.envelope() if receipt is not None else None,
+        )
+
+    def cancelled(self, decoded: _native.DecodedRequest, ctx: RequestContext, timings: Timings, served_model: str) -> None:
+        """The work for a request was cancelled before its answer (the client's connection ended,
+        or the node stopped): nothing is sent, and its refusal record and metrics say so."""
+        request = decoded.request
+        assert request is not None
+        reply = Reply.refusal(request.model, CANCELLED)
+        answered = self._answered(decoded, ctx, reply, timings, RefusalCode.CANCELLED, served_model, None)
+        self._record_refusal(answered)
+        self._report(answered)
+
+    @staticmethod
+    def _answered(
+        decoded: _native.DecodedRequest,
+        ctx: RequestContext,
+        reply: Reply,
+        timings: Timings,
+        code: RefusalCode,
+        served_model: str,
+        receipt: Receipt | None,
+    ) -> AnsweredRequest:
+        request = decoded.request
+        assert request is not None
+        return AnsweredRequest(
+            code=code,
+            reply=reply,
+            model=served_model,
+            requested_model=request.model,
+            client=signer(decoded),
+            peer_id=ctx.peer_id,
+            inbound_price=request.inbound_price,
+            outbound_price=request.outbound_price,
+            request_digest=bytes(decoded.digest),
+            receipt=receipt,
+            queued_ms=timings.queued_ms,
+            backend_ms=timings.backend_ms,
+            total_ms=timings.total_ms(),
+            cached=timings.cached,
         )
 
     def _record_refusal(self, answered: AnsweredRequest) -> None:

@@ -13,6 +13,7 @@ and hands them over.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -72,6 +73,12 @@ class RequestHandler:
                 raise Refusal(DRAINING, RefusalCode.DRAINING)
             admitted = await self.admission.admit(decoded, ctx)
             reply = await self._serve(admitted, timings)
+        except asyncio.CancelledError:  # the client's connection ended (or the node stops): no answer
+            if admitted is not None:  # nothing was served: the same signed request may come again
+                self.admission.forget(admitted)
+            served = admitted.model if admitted is not None else self.registry.resolve(request.model)
+            self.answers.cancelled(decoded, ctx, timings, served.name if served else "")
+            raise
         except Refusal as refused:
             reply, code = Reply.refusal(request.model, refused.reason), refused.code
             if refused.detail:
