@@ -123,9 +123,9 @@ class CoalescingYamux(Yamux):
                 # frames first, so they leave in this send.
                 await trio.lowlevel.checkpoint()
                 await self._send_outbox()
-        except (trio.Cancelled, trio.ClosedResourceError):
+        except trio.Cancelled:
             raise
-        except Exception as exc:  # the socket failed: fail writers, tear down like a read failure
+        except Exception as exc:  # the socket failed or closed: fail writers, tear down like a read failure
             self._send_failure = exc
             drained, self._outbox_drained = self._outbox_drained, trio.Event()
             drained.set()
