@@ -221,7 +221,7 @@ def drive_load(
 @contextlib.contextmanager
 def loaded_prometheus(workdir: Path, peer: Path) -> Iterator[LoadedPrometheus]:
     """The whole scene, torn down in reverse order whatever fails."""
-    config = echo_service_config(workdir)
+    config = echo_service_config(workdir, gpu_allocation={"devices": [0, 1]})  # a pool of two: instance series
     loop = interop.LoopThread()
     service = ExecutorService(config, load_identity(config.identity, environ={}))
     try:

@@ -129,7 +129,7 @@ def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_promtool_check_rules() -> None:
     run = _promtool("check", "rules", "lloom-executor.rules.yml")
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "SUCCESS: 14 rules found" in run.stdout + run.stderr
+    assert "SUCCESS: 16 rules found" in run.stdout + run.stderr
 
 
 def test_promtool_rule_unit_tests() -> None:

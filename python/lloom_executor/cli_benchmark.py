@@ -7,10 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .cli_config import config_option, load_or_exit, print_table
+
+if TYPE_CHECKING:
+    from .benchmark import BenchmarkResult
+
+PLOT_NEEDS_MATPLOTLIB = "--plot needs matplotlib: pip install 'lloom-executor[plot]'"
 
 
 def _seconds(value: float | None) -> str:
@@ -19,6 +25,34 @@ def _seconds(value: float | None) -> str:
     if value < 0.001:
         return f"{value * 1e6:.0f} µs"
     return f"{value * 1000:.1f} ms" if value < 10 else f"{value:.1f} s"
+
+
+def _check_plot_available() -> None:
+    """Fail before the run, not after it, when `--plot` cannot be drawn (matplotlib is an extra)."""
+    try:
+        from . import benchmark_plot  # noqa: F401  (imports matplotlib)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] != "matplotlib":
+            raise
+        raise click.ClickException(PLOT_NEEDS_MATPLOTLIB) from None
+
+
+def _write_plot(path: Path, result: BenchmarkResult) -> None:
+    """Both paths' successful timed requests, drawn by `benchmark_plot`."""
+    from .benchmark_plot import PathTimes, write_plot
+
+    paths: list[PathTimes] = []
+    for label, stats in (("executor (libp2p)", result.executor), ("backend alone", result.backend_only)):
+        ok = [s for s in stats.samples if s.ok]
+        paths.append(PathTimes(label, [s.latency_s for s in ok], [s.finished_s for s in ok], stats.wall_s))
+    title = (
+        f"lloom-executor benchmark: {result.model} on {result.backend},"
+        f" {result.executor.requests} requests per path, {result.executor.concurrency} in flight"
+    )
+    try:
+        write_plot(path, paths, title=title)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the plot to {path}: {exc}") from None
 
 
 @click.command()
@@ -39,6 +73,13 @@ def _seconds(value: float | None) -> str:
     default=None,
     help="Show requests done and live req/s on stderr (default: on a terminal, not with --json).",
 )
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Also draw both paths' latency distribution and throughput over time to this PNG (needs lloom-executor[plot]).",
+)
 def benchmark(
     config_path: Path | None,
     model: str,
@@ -48,6 +89,7 @@ def benchmark(
     max_tokens: int,
     as_json: bool,
     show_progress: bool | None,
+    plot_path: Path | None,
 ) -> None:
     """Benchmark a model through the whole executor path, and the backend alone for comparison.
 
@@ -56,7 +98,7 @@ def benchmark(
     cache or model discovery, so it does not collide with a running node),
     sends signed requests over libp2p offering the model's current price, then
     sends the same requests straight to the backend. Exits non-zero when any
-    request failed.
+    request failed (the figures and the plot still come out).
     """
     import json
     import logging
@@ -66,6 +108,8 @@ def benchmark(
     from . import service  # noqa: F401  (imports libp2p, which resets its loggers: quiet them after)
     from .benchmark import DEFAULT_PROMPT, UnknownModel, resolve_model, run_benchmark
 
+    if plot_path is not None:
+        _check_plot_available()
     config = load_or_exit(config_path).config
     try:
         resolve_model(config, model)
@@ -144,6 +188,10 @@ def benchmark(
             )
         receipts = data["executor"]["receipts_valid"]
         click.echo(f"receipts verified: {receipts}/{data['executor']['successes']}")
+    if plot_path is not None:
+        _write_plot(plot_path, result)
+        if not as_json:
+            click.echo(f"plot written to {plot_path}")
     failed = [(label, s) for label, s in (("executor", data["executor"]), ("backend alone", data["backend_only"])) if s["errors"]]
     for label, s in failed:
         for text in s["first_errors"]:
