@@ -106,9 +106,9 @@ def test_an_instance_killed_mid_load_loses_no_request_and_is_probed_back_in(
         assert during == [echo_content(f"during {i}") for i in range(4)]
         assert pool.instances[1].retried_elsewhere >= 1 and pool.instances[1].failures >= 1
         assert len(restarted[0].chat_requests) == 2  # round robin with both up again: every other call
-        down = {"backend": "llm_client", "instance": b.base_url}
+        down = {"backend": "llm_client", "pool_instance": b.base_url}
         assert exposition[("lloom_executor_backend_instance_up", frozenset(down.items()))] == 0
-        assert exposition[("lloom_executor_backend_instance_up", frozenset({**down, "instance": a.base_url}.items()))] == 1
+        assert exposition[("lloom_executor_backend_instance_up", frozenset({**down, "pool_instance": a.base_url}.items()))] == 1
         assert exposition[("lloom_executor_backend_instance_failures_total", frozenset(down.items()))] >= 1
         messages = [r.getMessage() for r in caplog.records]
         assert any(f"instance {b.base_url} taken out after 1 failure(s)" in m for m in messages)

@@ -49,11 +49,11 @@ Exposed families (names and labels as in the manual's "Monitoring > Prometheus M
   lloom_executor_handshake_timeouts_total                     counter: inbound connections cut at
                                                               handshake_timeout_secs
   lloom_executor_inbound_connections{state}                   gauge, state pending|established (inbound TCP)
-  lloom_executor_backend_instance_up{backend,instance}        gauge: 1 while a pool instance gets calls, 0 while
+  lloom_executor_backend_instance_up{backend,pool_instance}   gauge: 1 while a pool instance gets calls, 0 while
                                                               it is taken out (backends/pool.py); a backend
                                                               without a pool has no series
-  lloom_executor_backend_instance_in_flight{backend,instance} gauge: calls in flight on the instance
-  lloom_executor_backend_instance_failures_total{backend,instance}
+  lloom_executor_backend_instance_in_flight{backend,pool_instance} gauge: calls in flight on the instance
+  lloom_executor_backend_instance_failures_total{backend,pool_instance}
                                                               counter: failed calls and probes counted against it
 
 Families appear once they have a sample (webhooks and plugins only when configured,
@@ -542,7 +542,7 @@ def _backend_families(health: Mapping[str, Mapping[str, Any]], family: Callable[
         for instance in state.get("instances", ()):
             if instance.get("up") is None:  # not a pool: nothing tracked
                 continue
-            labels = {"backend": str(backend), "instance": str(instance["instance"])}
+            labels = {"backend": str(backend), "pool_instance": str(instance["instance"])}
             up.add_sample(up.name, labels, 1 if instance["up"] else 0)
             in_flight.add_sample(in_flight.name, labels, instance["in_flight"])
             failures.add_sample(failures.name + "_total", labels, instance["failures"])
