@@ -27,7 +27,10 @@ def admit_all(path: str, start: multiprocessing.synchronize.Barrier, out: multip
     out.put([d for d in DIGESTS if store.check_and_remember(d)])
 
 
-def test_each_digest_is_admitted_by_exactly_one_of_several_processes(tmp_path: Path) -> None:
+def test_each_digest_is_admitted_by_exactly_one_of_several_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # spawned children import `admit_all` from this module by its pytest name (tests.test_workers_state,
+    # --import-mode=importlib): they get the parent's sys.path, which must hold the repository root
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
     path = str(tmp_path / "node-state.sqlite3")
     NodeState(path).close()  # the schema exists before they race
     ctx = multiprocessing.get_context("spawn")
