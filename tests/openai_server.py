@@ -185,6 +185,26 @@ def refused_url() -> str:
     return f"http://127.0.0.1:{port}/v1"
 
 
+class _TrackedStreamProtocol(asyncio.StreamReaderProtocol):
+    """`asyncio.start_server`'s protocol, keeping each connection's transport in `transports`
+    while it is open (so that stopping the server can reset every one of them)."""
+
+    def __init__(self, handle: Any, transports: set[asyncio.BaseTransport]) -> None:
+        super().__init__(asyncio.StreamReader(), handle)
+        self._tracked = transports
+        self._own: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._own = transport
+        self._tracked.add(transport)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._own is not None:
+            self._tracked.discard(self._own)
+        super().connection_lost(exc)
+
+
 class OpenAIServer:
     def __init__(
         self,
@@ -367,7 +387,9 @@ class OpenAIServer:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        server = await asyncio.start_server(self._handle, "127.0.0.1", self.fixed_port)
+        loop = asyncio.get_running_loop()
+        transports: set[asyncio.BaseTransport] = set()
+        server = await loop.create_server(lambda: _TrackedStreamProtocol(self._handle, transports), "127.0.0.1", self.fixed_port)
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
         try:
@@ -378,6 +400,11 @@ class OpenAIServer:
                 task.cancel()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+            # As a killed process does: every connection still open is reset, including one
+            # accepted in the last instant whose handler never started (it would otherwise keep
+            # its socket open, and a client's request on it would wait for its timeout).
+            for transport in list(transports):
+                transport.abort()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2)
 
