@@ -572,8 +572,10 @@ def run_scenario(
         gen = attack()
         flood = next(gen)
         try:
-            b = 0  # `batches` client processes, and more until the flood has stood `min_secs`
-            while b < batches or (time.monotonic() - started < min_secs and b < batches * 20):
+            # `batches` client processes, and more until the flood has stood `min_secs` (bounded:
+            # a fast node answers a client process in a fraction of a second)
+            b = 0
+            while b < batches or (time.monotonic() - started < min_secs and b < batches * 200):
                 rust_requests(binary, executor, client, count=per_batch, concurrency=concurrency, tag=f"{name} {b}")
                 b += 1
         finally:

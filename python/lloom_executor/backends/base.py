@@ -306,3 +306,20 @@ class LlmBackend(ABC):
     async def close(self) -> None:
         """Release connections; the default holds none."""
         return None
+
+
+class WrappingBackend(LlmBackend):
+    """A backend that adds a rule around another (a concurrency bound, `[openai_limits]`): what it
+    does not change -- the model listing, the models' details, closing -- goes to `inner` as is."""
+
+    def __init__(self, inner: LlmBackend) -> None:
+        self.inner = inner
+
+    async def list_models(self) -> list[str]:
+        return await self.inner.list_models()
+
+    async def model_details(self) -> list[ModelInfo]:
+        return await self.inner.model_details()
+
+    async def close(self) -> None:
+        await self.inner.close()

@@ -60,9 +60,9 @@ from .base import (
     CompletionRequest,
     CompletionStream,
     LlmBackend,
-    ModelInfo,
     Usage,
     UsageLimitExceeded,
+    WrappingBackend,
 )
 
 TOKEN_ENCODING = "cl100k_base"
@@ -146,7 +146,7 @@ class _Ticket:
     open: bool = True
 
 
-class LimitedBackend(LlmBackend):
+class LimitedBackend(WrappingBackend):
     """`inner` behind the `[openai_limits]` checks (see the module doc).
 
     `clock` is monotonic seconds for the per-minute buckets (None: the limiter's C
@@ -162,7 +162,7 @@ class LimitedBackend(LlmBackend):
         *,
         token_encoding: str = TOKEN_ENCODING,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.limits = limits
         self.prices = parse_prices(dict(limits.model_prices_usd))
         self.token_encoding = token_encoding
@@ -349,15 +349,6 @@ class LimitedBackend(LlmBackend):
                     self.release(ticket, failure if failure is not None else GeneratorExit())
 
         return CompletionStream(request.model, source)
-
-    async def list_models(self) -> list[str]:
-        return await self.inner.list_models()
-
-    async def model_details(self) -> list[ModelInfo]:
-        return await self.inner.model_details()
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 __all__ = [

@@ -23,19 +23,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config.schema import DEFAULT_BACKEND
-from .base import Completion, CompletionRequest, CompletionStream, LlmBackend, ModelInfo, Usage
+from .base import Completion, CompletionRequest, CompletionStream, LlmBackend, ModelInfo, Usage, WrappingBackend
 from .pool import InstancePool
 
 log = logging.getLogger(__name__)
 
 
-class Bounded(LlmBackend):
+class Bounded(WrappingBackend):
     """`inner` with at most `limit` calls (streams included) in flight; the rest wait their turn."""
 
     def __init__(self, inner: LlmBackend, limit: int) -> None:
         if limit < 1:
             raise ValueError("max_concurrent_requests must be >= 1")
-        self.inner = inner
+        super().__init__(inner)
         self.limit = limit
         self._slots = asyncio.Semaphore(limit)
 
@@ -54,15 +54,6 @@ class Bounded(LlmBackend):
                 yield Usage(done.inbound_tokens, done.outbound_tokens)
 
         return CompletionStream(request.model, source)
-
-    async def list_models(self) -> list[str]:
-        return await self.inner.list_models()
-
-    async def model_details(self) -> list[ModelInfo]:
-        return await self.inner.model_details()
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 @dataclass(frozen=True)
