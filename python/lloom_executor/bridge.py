@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar, cast
 
@@ -39,12 +40,6 @@ class _Crossing:
         self.done = trio.Event()
         self.task: asyncio.Task[Any] | None = None
         self.cancelled = False
-
-    def finished_by(self, bridge: TrioBridge) -> Callable[[asyncio.Task[Any]], None]:
-        def finished(_: asyncio.Task[Any]) -> None:
-            bridge._post_to_trio(self)
-
-        return finished
 
     def outcome(self) -> Any:
         """The task's result, or its exception raised here (cancelled: CancelledError, as a
@@ -134,10 +129,11 @@ class TrioBridge:
             crossing.task = task
             if crossing.cancelled:  # cancelled between the check and `crossing.task` being set
                 task.cancel()
-            task.add_done_callback(crossing.finished_by(self))
+            task.add_done_callback(functools.partial(self._post_to_trio, crossing))
 
-    def _post_to_trio(self, crossing: _Crossing) -> None:
-        """asyncio side: queue a finished call; wake the trio loop unless already on its way."""
+    def _post_to_trio(self, crossing: _Crossing, _task: asyncio.Task[Any]) -> None:
+        """asyncio side (the task's done callback): queue a finished call; wake the trio loop
+        unless a wake-up is already on its way."""
         self._to_trio.append(crossing)
         if self._trio_wakeup_pending:
             return

@@ -36,7 +36,7 @@ from libp2p.protocol_muxer.multiselect import (
     PROTOCOL_NOT_FOUND_MSG,
     Multiselect,
 )
-from libp2p.utils.varint import encode_delim
+from libp2p.utils.varint import decode_varint_with_size, encode_delim
 
 from .lean_yamux import CoalescingYamux
 
@@ -60,22 +60,20 @@ class _Negotiation:
     def next_line(self) -> bytes | None:
         """Cut one complete `<uvarint length><line>\\n` message, or None if it is not all here."""
         data = self.received
-        length = shift = 0
-        for index, byte in enumerate(data[:10]):
-            length |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                start, end = index + 1, index + 1 + length
-                if len(data) < end:
-                    return None
-                line = bytes(data[start:end])
-                del data[:end]
-                if not line.endswith(b"\n"):
-                    raise MultiselectError("multistream message without its newline")
-                return line[:-1]
-            shift += 7
-        if len(data) >= 10:
-            raise MultiselectError("multistream length prefix too long")
-        return None
+        try:
+            length, size = decode_varint_with_size(bytes(data[:10]))  # 10 bytes hold any uvarint
+        except ValueError as exc:
+            raise MultiselectError("multistream length prefix too long") from exc
+        if size == 0 or data[size - 1] & 0x80:  # the length itself is not all here yet
+            return None
+        end = size + length
+        if len(data) < end:
+            return None
+        line = bytes(data[size:end])
+        del data[:end]
+        if not line.endswith(b"\n"):
+            raise MultiselectError("multistream message without its newline")
+        return line[:-1]
 
     async def read_more(self) -> None:
         """Send the replies so far (the peer may wait for them), then wait for more input."""

@@ -76,8 +76,7 @@ class RequestHandler:
         except asyncio.CancelledError:  # the client's connection ended (or the node stops): no answer
             if admitted is not None:  # nothing was served: the same signed request may come again
                 self.admission.forget(admitted)
-            served = admitted.model if admitted is not None else self.registry.resolve(request.model)
-            self.answers.cancelled(decoded, ctx, timings, served.name if served else "")
+            self.answers.cancelled(decoded, ctx, timings, self._served_name(admitted, request.model))
             raise
         except Refusal as refused:
             reply, code = Reply.refusal(request.model, refused.reason), refused.code
@@ -87,12 +86,18 @@ class RequestHandler:
             log.exception("request from %s failed inside the executor", ctx.peer_id)
             failure = public_failure(exc, request.model)
             reply, code = Reply.refusal(request.model, failure.reason), failure.code
-        served = admitted.model if admitted is not None else self.registry.resolve(request.model)
+        served = self._served_name(admitted, request.model)
         try:
-            return await self.answers.answer(decoded, ctx, admitted, reply, timings, code, served.name if served else "")
+            return await self.answers.answer(decoded, ctx, admitted, reply, timings, code, served)
         except Exception:  # a bug of ours while answering: still a signed answer, never a dropped stream
             log.exception("answering a request from %s failed inside the executor", ctx.peer_id)
             return self.answers.error(request.model, INTERNAL_ERROR)
+
+    def _served_name(self, admitted: Admitted | None, requested: str) -> str:
+        """The name of ours the request meant: the admitted model, else what `requested` resolves
+        to ("" for none: only our names label metrics)."""
+        served = admitted.model if admitted is not None else self.registry.resolve(requested)
+        return served.name if served else ""
 
     async def _serve(self, admitted: Admitted, timings: Timings) -> Reply:
         """The backend turn, then the response checks, then the price; `model_used` names the
