@@ -49,11 +49,7 @@ SMOKE_REQUESTS = 8
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[rig.LlamaServer]:
-    binary = rig.llama_server_binary()
-    if binary is None:
-        if rig.in_ci():
-            pytest.fail(rig.missing_binary_message())
-        pytest.skip(rig.missing_binary_message())
+    binary = rig.required_llama_server()
     work = tmp_path_factory.mktemp("bench-llamacpp")
     model = rig.write_tiny_llama_gguf(work / "tiny-llama.gguf")
     options = rig.ServerOptions(ctx_size=SLOTS * CTX_PER_SLOT, slots=SLOTS)

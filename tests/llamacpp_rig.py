@@ -41,6 +41,8 @@ from typing import Any
 
 import httpx
 
+import real_servers
+
 BINARY_ENV = "LLOOM_LLAMA_SERVER"
 DEFAULT_CACHE_ROOT = "/var/cache/lloom-ci"
 MODEL_ALIAS = "tiny-llama"  # the id the server lists under /v1/models (its --alias)
@@ -154,11 +156,6 @@ def write_tiny_llama_gguf(path: Path, *, seed: int = 7) -> Path:
 
 
 # -- the server binary ---------------------------------------------------------------------------
-def in_ci() -> bool:
-    """CI sets CI=true: there a missing server is a failure, not a skip."""
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 def llama_server_binary() -> Path | None:
     """`$LLOOM_LLAMA_SERVER`, else the newest build under the default cache, else None."""
     configured = os.environ.get(BINARY_ENV)
@@ -170,11 +167,15 @@ def llama_server_binary() -> Path | None:
     return found[-1] if found else None
 
 
-def missing_binary_message() -> str:
-    return (
-        f"llama-server not found (set {BINARY_ENV}, or build it: python3 scripts/build_llama_server.py; "
-        "it needs cmake and a C++ compiler)"
-    )
+def required_llama_server() -> Path:
+    """The server binary, or the test ends here (`real_servers.unavailable`: failure under CI)."""
+    binary = llama_server_binary()
+    if binary is None:
+        real_servers.unavailable(
+            f"llama-server not found (set {BINARY_ENV}, or build it: python3 scripts/build_llama_server.py; "
+            "it needs cmake and a C++ compiler)"
+        )
+    return binary
 
 
 def free_port() -> int:

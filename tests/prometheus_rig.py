@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
 import socket
 import subprocess
@@ -26,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 import interop
+import real_servers
 from lloom_executor.identity import load_identity
 from lloom_executor.service import ExecutorService
 from service_rig import echo_service_config
@@ -49,10 +48,7 @@ def require_binary(name: str) -> str:
     found = shutil.which(name)
     if found:
         return found
-    reason = f"`{name}` is not on PATH (Debian package {debian_package(name)}; .ci/run installs it)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
+    real_servers.unavailable(f"`{name}` is not on PATH (Debian package {debian_package(name)}; .ci/run installs it)")
 
 
 def debian_package(binary: str) -> str:

@@ -56,11 +56,7 @@ HTTP_THREADS = 24  # per llama-server: above the connections the executor may ho
 # -- fixtures ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server_binary() -> Path:
-    binary = rig.llama_server_binary()
-    if binary is None:
-        if rig.in_ci():
-            pytest.fail(rig.missing_binary_message())
-        pytest.skip(rig.missing_binary_message())
+    binary = rig.required_llama_server()
     return binary
 
 

@@ -45,11 +45,7 @@ LONG_GENERATION = CTX_PER_SLOT - 64  # max_tokens of a generation that takes sec
 # -- fixtures ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server_binary() -> Path:
-    binary = rig.llama_server_binary()
-    if binary is None:
-        if rig.in_ci():
-            pytest.fail(rig.missing_binary_message())
-        pytest.skip(rig.missing_binary_message())
+    binary = rig.required_llama_server()
     return binary
 
 
