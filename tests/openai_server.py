@@ -189,12 +189,16 @@ class _TrackedStreamProtocol(asyncio.StreamReaderProtocol):
     """`asyncio.start_server`'s protocol, keeping each connection's transport in `transports`
     while it is open (so that stopping the server can reset every one of them)."""
 
-    def __init__(self, handle: Any, transports: set[asyncio.BaseTransport]) -> None:
+    def __init__(self, handle: Any, transports: set[asyncio.BaseTransport], stopping: asyncio.Event) -> None:
         super().__init__(asyncio.StreamReader(), handle)
         self._tracked = transports
+        self._stopping = stopping
         self._own: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._stopping.is_set():  # accepted by the kernel before the stop, set up by asyncio after it
+            transport.abort()
+            return
         self._own = transport
         self._tracked.add(transport)
         super().connection_made(transport)
@@ -389,12 +393,16 @@ class OpenAIServer:
         self._stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         transports: set[asyncio.BaseTransport] = set()
-        server = await loop.create_server(lambda: _TrackedStreamProtocol(self._handle, transports), "127.0.0.1", self.fixed_port)
+        stopping = asyncio.Event()
+        server = await loop.create_server(
+            lambda: _TrackedStreamProtocol(self._handle, transports, stopping), "127.0.0.1", self.fixed_port
+        )
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
         try:
             await self._stop.wait()
         finally:
+            stopping.set()
             server.close()
             for task in list(self._tasks):
                 task.cancel()
