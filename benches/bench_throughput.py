@@ -46,7 +46,8 @@ from lloom_executor.backends import EchoBackend
 from lloom_executor.config import Config, ModelConfig, NetworkConfig, RequestHandlingConfig
 from lloom_executor.identity import load_identity
 from lloom_executor.p2p.node import P2PNode
-from lloom_executor.service import ExecutorService, build_request_handler
+from lloom_executor.service import ExecutorService
+from lloom_executor.serving import build_request_handler
 from openai_server import CHAT_PATH, OpenAIServer
 
 logging.getLogger("libp2p").setLevel(logging.CRITICAL)

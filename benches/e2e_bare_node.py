@@ -23,7 +23,7 @@ from lloom_executor.backends import EchoBackend
 from lloom_executor.config import ModelConfig, NetworkConfig, RequestHandlingConfig
 from lloom_executor.p2p.bootstrap import BootstrapService
 from lloom_executor.p2p.node import P2PNode
-from lloom_executor.service import build_request_handler
+from lloom_executor.serving import build_request_handler
 
 # The prices of the test fixture, wei per token.
 INBOUND_PRICE_WEI, OUTBOUND_PRICE_WEI = 1, 2

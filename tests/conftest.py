@@ -63,7 +63,7 @@ def executor_node(loop_thread: interop.LoopThread) -> Iterator[ExecutorFactory]:
     from lloom_executor.config import ModelConfig, NetworkConfig, RequestHandlingConfig
     from lloom_executor.p2p.bootstrap import BootstrapService
     from lloom_executor.p2p.node import P2PNode
-    from lloom_executor.service import build_request_handler
+    from lloom_executor.serving import build_request_handler
 
     started: list[interop.ExecutorNode] = []
 

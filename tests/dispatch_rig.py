@@ -18,8 +18,7 @@ from lloom_executor.p2p.llm_protocol import RequestContext
 from lloom_executor.pipeline.dispatch import Dispatcher
 from lloom_executor.pipeline.replay import ReplayGuard
 from lloom_executor.pipeline.resources import ResourceGovernor
-from lloom_executor.service import build_request_handler
-from lloom_executor.serving import RequestHandler
+from lloom_executor.serving import RequestHandler, build_request_handler
 from service_rig import until  # noqa: F401  (re-exported: the one async wait of the tests)
 
 EXECUTOR = _native.PrivateKey.generate()

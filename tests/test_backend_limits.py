@@ -33,7 +33,7 @@ from lloom_executor.backends.openai_compat import OpenAICompatibleBackend
 from lloom_executor.config import ModelConfig
 from lloom_executor.config.schema import OpenAiLimitsConfig
 from lloom_executor.p2p.llm_protocol import RequestContext
-from lloom_executor.service import build_request_handler
+from lloom_executor.serving import build_request_handler
 from openai_server import OpenAIServer
 
 T = TypeVar("T")

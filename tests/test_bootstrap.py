@@ -13,7 +13,7 @@ from lloom_executor.backends import EchoBackend
 from lloom_executor.config import NetworkConfig, RequestHandlingConfig
 from lloom_executor.p2p.bootstrap import BootstrapService
 from lloom_executor.p2p.node import P2PNode
-from lloom_executor.service import build_request_handler
+from lloom_executor.serving import build_request_handler
 from service_rig import until
 
 BOOTSTRAP_LOGGER = "lloom_executor.p2p.bootstrap"

@@ -42,7 +42,7 @@ from lloom_executor.client import (
 from lloom_executor.client.receipts import check_receipt
 from lloom_executor.config import ModelConfig, NetworkConfig, RequestHandlingConfig
 from lloom_executor.p2p.node import P2PNode
-from lloom_executor.service import build_request_handler
+from lloom_executor.serving import build_request_handler
 from service_rig import until
 
 T = TypeVar("T")

@@ -49,7 +49,7 @@ from lloom_executor.backends import EchoBackend
 from lloom_executor.config import ModelConfig
 from lloom_executor.ledger import STATUS_SERVED, Ledger
 from lloom_executor.p2p.llm_protocol import RequestContext
-from lloom_executor.service import build_request_handler
+from lloom_executor.serving import build_request_handler
 
 EXAMPLES = int(os.environ.get("LLOOM_FUZZ_EXAMPLES", "100"))
 FUZZ = settings(

@@ -26,8 +26,7 @@ from lloom_executor.config import ModelConfig
 from lloom_executor.ledger import SCHEMA_VERSION, STATUS_REFUSED, STATUS_SERVED, Ledger, LedgerEntry, LedgerError, RefusalBook
 from lloom_executor.metrics import Metrics
 from lloom_executor.p2p.llm_protocol import RequestContext
-from lloom_executor.service import build_request_handler
-from lloom_executor.serving import RequestHandler
+from lloom_executor.serving import RequestHandler, build_request_handler
 
 PYTHON_PATH = os.pathsep.join(sys.path)  # subprocesses import the lloom_executor this run imports
 BIG = 10**30  # wei beyond 2**64: revenue must be exact integer arithmetic

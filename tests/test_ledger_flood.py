@@ -22,8 +22,7 @@ from lloom_executor.config.schema import RateLimitingConfig, RateLimitRule
 from lloom_executor.ledger import STATUS_REFUSED, Ledger, LedgerEntry, RefusalBook
 from lloom_executor.p2p.llm_protocol import RequestContext
 from lloom_executor.pipeline.ratelimits import RateLimitRules
-from lloom_executor.service import build_request_handler
-from lloom_executor.serving import RequestHandler
+from lloom_executor.serving import RequestHandler, build_request_handler
 
 MODEL = "m"
 LIMIT = 30  # the burst per peer (refilled at 1/minute): each sender's first LIMIT pass the rate limit

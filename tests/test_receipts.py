@@ -29,8 +29,7 @@ from lloom_executor.client import LloomClient
 from lloom_executor.client.receipts import check_receipt, envelope_receipt, wire_temperature
 from lloom_executor.config import ModelConfig, NetworkConfig, RequestHandlingConfig
 from lloom_executor.p2p.llm_protocol import RequestContext
-from lloom_executor.service import build_request_handler
-from lloom_executor.serving import RequestHandler
+from lloom_executor.serving import RequestHandler, build_request_handler
 
 MODEL = "gpt-3.5-turbo"
 DOMAIN = _native.Eip712Domain(31337, "0x" + "5f" * 20)

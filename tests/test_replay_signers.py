@@ -17,8 +17,7 @@ from lloom_executor.config import ModelConfig
 from lloom_executor.outcome import RefusalCode
 from lloom_executor.p2p.llm_protocol import RequestContext
 from lloom_executor.pipeline.replay import ReplayGuard, replay_key
-from lloom_executor.service import build_request_handler
-from lloom_executor.serving import RequestHandler
+from lloom_executor.serving import RequestHandler, build_request_handler
 
 EXECUTOR = _native.PrivateKey.generate()
 DOMAIN = _native.Eip712Domain(1, "0x" + "11" * 20)

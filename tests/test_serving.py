@@ -14,8 +14,7 @@ from lloom_executor.backends.echo import EchoBackend
 from lloom_executor.config import ModelConfig, RequestHandlingConfig
 from lloom_executor.outcome import Refusal, RefusalCode
 from lloom_executor.p2p.llm_protocol import RequestContext
-from lloom_executor.service import build_request_handler
-from lloom_executor.serving import RequestHandler
+from lloom_executor.serving import RequestHandler, build_request_handler
 
 EXECUTOR = _native.PrivateKey.generate()
 CLIENT = _native.PrivateKey.generate()

@@ -27,7 +27,7 @@ from lloom_executor.config import ModelConfig, NetworkConfig, RequestHandlingCon
 from lloom_executor.ledger import Ledger
 from lloom_executor.p2p.bootstrap import BootstrapService
 from lloom_executor.p2p.node import P2PNode
-from lloom_executor.service import build_request_handler
+from lloom_executor.serving import build_request_handler
 
 CONTRACT = "0x" + "5e" * 20
 CHAIN_ID = 31337

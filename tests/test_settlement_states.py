@@ -32,7 +32,7 @@ from lloom_executor.ledger import Ledger
 from lloom_executor.ledger.settlements import SettlementBook
 from lloom_executor.p2p.bootstrap import BootstrapService
 from lloom_executor.p2p.node import P2PNode
-from lloom_executor.service import build_request_handler
+from lloom_executor.serving import build_request_handler
 from lloom_executor.settlement import RpcUnavailable, Settler
 
 

@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ from .backends.from_config import build_backends
 from .backends.limits import with_limits
 from .backends.routing import BackendSet
 from .cache import build_cache
-from .cache.base import ResponseCache
 from .config import Config, ModelConfig, RequestHandlingConfig, inactive_features
 from .events import model_data
 from .identity import Identity
@@ -46,14 +45,13 @@ from .p2p.llm_protocol import StreamStats
 from .p2p.node import P2PNode
 from .p2p.services import default_services, network_view, update_models
 from .pipeline.content_filter import ContentFilter
-from .pipeline.dispatch import Dispatcher, direct_dispatcher, dispatcher_from_config
+from .pipeline.dispatch import Dispatcher, dispatcher_from_config
 from .pipeline.model_registry import ModelRegistry
 from .pipeline.pricing import PricingEngine, backend_load
 from .pipeline.ratelimits import RateLimitRules
-from .pipeline.replay import ReplayGuard, ReplayStore, capacity_for
 from .pipeline.resources import ResourceGovernor, governor_from_config
 from .plugins import PluginHost
-from .serving import AnswerWriter, Execution, Observers, RequestHandler, standard_admission
+from .serving import build_request_handler
 from .settlement import SettlementCollector, Settler, load_settlement_key
 from .webhooks import Webhooks
 from .workers.role import WorkerRole, per_worker_config
@@ -68,64 +66,6 @@ def backend_from_config(config: Config) -> BackendSet:
     """`[llm_client]` and every `[[llm_backends]]` entry (pools, bounds and limits applied), each
     model routed to its backend: what the request path, `test-backend` and `models list` talk to."""
     return build_backends(config)
-
-
-def build_request_handler(
-    key: _native.PrivateKey,
-    models: Iterable[ModelConfig] | ModelRegistry,
-    backend: LlmBackend,
-    *,
-    handling: RequestHandlingConfig | None = None,
-    allow_unsigned: bool = False,
-    peer_id: str | None = None,
-    aliases: Mapping[str, str] | None = None,
-    receipt_domain: _native.Eip712Domain | None = None,
-    ledger: Ledger | None = None,
-    dispatcher: Dispatcher | None = None,
-    replay: ReplayStore | None = None,
-    rate_limits: RateLimitRules | None = None,
-    content_filter: ContentFilter | None = None,
-    cache: ResponseCache | None = None,
-    resources: ResourceGovernor | None = None,
-    metrics: Metrics | None = None,
-    webhooks: Webhooks | None = None,
-    plugins: PluginHost | None = None,
-) -> RequestHandler:
-    """The request path from its parts; what is not given is off (replay protection and the
-    dispatcher always exist: a fresh guard, the direct path bounded by `max_concurrent_requests`).
-    `ExecutorService` builds it from the config; tests build it with the stages they exercise."""
-    handling = handling or RequestHandlingConfig()
-    registry = models if isinstance(models, ModelRegistry) else ModelRegistry(models, aliases)
-    if dispatcher is None:
-        dispatcher = direct_dispatcher(handling.max_concurrent_requests, resources=resources)
-    replay = replay if replay is not None else ReplayGuard(max_entries=capacity_for(handling.replay_rate_per_sec))
-    if metrics is not None:
-        metrics.watch_replay(lambda: (len(replay), replay.max_entries, replay.forced_evictions))
-        if ledger is not None:
-            metrics.watch_ledger(ledger.status)
-    admission = standard_admission(
-        registry=registry,
-        replay=replay,
-        handling=handling,
-        allow_unsigned=allow_unsigned,
-        peer_id=peer_id or key.peer_id,
-        evm_address=key.address,
-        rate_limits=rate_limits,
-        content_filter=content_filter,
-        plugins=plugins,
-        on_rate_limited=metrics.rate_limited if metrics is not None else None,
-        commitment_domain=receipt_domain,  # a client's EIP-712 request signature is checked in our domain
-    )
-    execution = Execution(
-        backend,
-        dispatcher,
-        registry,
-        request_timeout_secs=handling.request_timeout_secs,
-        cache=cache,
-        on_cache_result=metrics.cache_result if metrics is not None else None,
-    )
-    answers = AnswerWriter(key, receipt_domain=receipt_domain, ledger=ledger, observers=Observers(metrics, webhooks, plugins))
-    return RequestHandler(registry, admission, execution, answers, content_filter=content_filter, plugins=plugins)
 
 
 class ExecutorService:

@@ -2,6 +2,7 @@
 
 from .admission import Admission, Admitted, standard_admission
 from .answer import AnswerWriter, Observers
+from .assembly import build_request_handler
 from .execution import Execution, public_failure
 from .handler import RequestHandler
 
@@ -12,6 +13,7 @@ __all__ = [
     "Execution",
     "Observers",
     "RequestHandler",
+    "build_request_handler",
     "public_failure",
     "standard_admission",
 ]
