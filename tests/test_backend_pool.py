@@ -312,3 +312,30 @@ def test_discovery_per_backend_withdraws_only_the_models_of_a_backend_that_went_
         paid.stop()
     assert discovery.members["llm_client"].backend_status == "connected"
     assert discovery.members["paid"].backend_status == "disconnected"
+
+
+def test_the_backends_of_a_command_probe_a_taken_out_instance_back_in(servers: list[OpenAIServer]) -> None:
+    """`test-backend`, `models list` and `benchmark` use `running_backends`: its pools probe as in
+    `start`, so an instance that failed during a long command comes back within it."""
+    from lloom_executor.service import running_backends
+
+    a, b = servers[0], servers[1]
+    port = b.port
+    b.stop()
+    config = Config.from_dict(pool_config([a.base_url, b.base_url], health_check_interval_secs=0.1))
+    restarted: list[OpenAIServer] = []
+
+    async def scenario() -> list[str]:
+        async with running_backends(config) as backends:
+            pool = pool_of(backends)
+            first = [(await backends.complete(ask(f"first {i}"))).content for i in range(2)]
+            assert not pool.instances[1].up  # refused, retried on instance 0, taken out
+            restarted.append(OpenAIServer(port=port).start())
+            await until(lambda: pool.instances[1].up, "instance 1 probed back in by the command's pool")
+            return first
+
+    try:
+        assert asyncio.run(scenario()) == [echo_content(f"first {i}") for i in range(2)]
+    finally:
+        for server in restarted:
+            server.stop()

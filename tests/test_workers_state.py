@@ -91,5 +91,5 @@ def test_per_worker_shares_and_one_worker_unchanged() -> None:
     assert per_worker_config(config, WorkerRole()) is config
     shared = per_worker_config(config, WorkerRole(1, 4))
     assert shared.request_handling.max_concurrent_requests == 2
-    assert shared.openai_limits.max_requests_per_minute == 25
+    assert shared.openai_limits.max_requests_per_minute == 100  # an account's limit: node-wide (shared_limits.py)
     assert per_worker_config(config, WorkerRole(0, 64)).request_handling.max_concurrent_requests == 1

@@ -442,7 +442,7 @@ async def run_benchmark(
     """Both paths, executor first, each after one untimed warm-up request (its latency is the
     path's `first_answer_s`). Raises `UnknownModel` before starting anything. `progress(path)`
     ("executor", "backend alone") gives the reporter of each path's timed requests."""
-    from .service import backend_from_config
+    from .service import running_backends
 
     served = resolve_model(config, model)
     with tempfile.TemporaryDirectory(prefix="lloom-benchmark-") as tmp:
@@ -461,8 +461,7 @@ async def run_benchmark(
                 report=progress("executor") if progress else None,
             )
             listen = rig.listen
-        backend = backend_from_config(bench_config)
-        try:
+        async with running_backends(bench_config) as backend:
             backend_only = await backend_round(
                 backend,
                 served.name,
@@ -473,8 +472,6 @@ async def run_benchmark(
                 warmup=warmup,
                 report=progress("backend alone") if progress else None,
             )
-        finally:
-            await backend.close()
     llm = config.llm_client
     return BenchmarkResult(
         model,

@@ -106,24 +106,21 @@ def test_backend(config_path: Path | None) -> None:
     from .backends.base import BackendError
     from .cli_config import configured_backends, describe_backend
     from .diagnostics import check_backend
-    from .service import backend_from_config
+    from .service import running_backends
 
     config = load_or_exit(config_path).config
     described = configured_backends(config)
 
     async def run() -> dict[str, tuple[list[str], list[ModelCheck]] | BackendError]:
-        backends = backend_from_config(config)
         results: dict[str, tuple[list[str], list[ModelCheck]] | BackendError] = {}
-        try:
+        async with running_backends(config) as backends:
             for name, entry in backends.entries.items():
                 served = tuple(m for m in config.models if backends.backend_of(m.name) == name)
                 try:
                     results[name] = await check_backend(entry.serving, dataclasses.replace(config, models=served))
                 except BackendError as exc:
                     results[name] = exc
-            return results
-        finally:
-            await backends.close()
+        return results
 
     results = asyncio.run(run())
     checks: list[ModelCheck] = []
@@ -196,7 +193,7 @@ def models_list(config_path: Path | None, as_json: bool, offline: bool, insecure
     from .api import ApiRequestError, ApiUnreachable, api_base_url, api_get
     from .cli_config import configured_backends, describe_backend
     from .diagnostics import model_rows
-    from .service import backend_from_config
+    from .service import running_backends
 
     config = load_or_exit(config_path).config
     backends = configured_backends(config)
@@ -257,12 +254,10 @@ def models_list(config_path: Path | None, as_json: bool, offline: bool, insecure
             return
 
     async def run() -> tuple[list[ModelRow], str]:
-        backend = None if offline else backend_from_config(config)
-        try:
-            return await model_rows(config, backend)
-        finally:
-            if backend is not None:
-                await backend.close()
+        if offline:
+            return await model_rows(config, None)
+        async with running_backends(config) as backends:
+            return await model_rows(config, backends)
 
     rows, status = asyncio.run(run())
     if as_json:

@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from .backends.limits import with_limits
 from .backends.routing import BackendSet
 from .cache import build_cache
 from .config import Config, ModelConfig, RequestHandlingConfig, inactive_features
+from .config.schema import DEFAULT_BACKEND
 from .events import model_data
 from .identity import Identity
 from .ledger import Ledger, LedgerStatus
@@ -55,6 +56,7 @@ from .serving import build_request_handler
 from .settlement import SettlementCollector, Settler, load_settlement_key
 from .webhooks import Webhooks
 from .workers.role import WorkerRole, per_worker_config
+from .workers.shared_limits import SharedNodeLimits
 from .workers.shared_state import NodeState, SharedBucket, SharedReplayStore
 
 log = logging.getLogger(__name__)
@@ -62,10 +64,18 @@ log = logging.getLogger(__name__)
 HOUSEKEEPING_SECS = 5.0
 
 
-def backend_from_config(config: Config) -> BackendSet:
+@contextlib.asynccontextmanager
+async def running_backends(config: Config) -> AsyncIterator[BackendSet]:
     """`[llm_client]` and every `[[llm_backends]]` entry (pools, bounds and limits applied), each
-    model routed to its backend: what the request path, `test-backend` and `models list` talk to."""
-    return build_backends(config)
+    model routed to its backend, as `test-backend`, `models list` and `benchmark` use them: started
+    (pool probes run, so an instance taken out during the command is probed back in, as in
+    `start`) and closed on exit."""
+    backends = build_backends(config)
+    try:
+        await backends.start()
+        yield backends
+    finally:
+        await backends.close()
 
 
 class ExecutorService:
@@ -92,13 +102,21 @@ class ExecutorService:
         self.config = config
         self.identity = identity
         handling = config.request_handling
+        data_dir = Path(config.storage.data_dir).expanduser()  # defaults are written with ~
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # replay guard, rate-limit buckets and per-backend limits shared exactly by the workers (workers/)
+        self.node_state = NodeState.in_directory(data_dir) if self.role.several else None
+        node_limits = None
+        if self.node_state is not None:
+            self.node_state.forget_worker(self.role.index, day=int(time.time() // 86_400))
+            node_limits = SharedNodeLimits(self.node_state, self.role.index)
         # A backend given by the caller (tests) is the one default backend; else the configured set.
         self.backends: BackendSet | None = None
         if backend is None:
-            self.backends = backend_from_config(config)
+            self.backends = build_backends(config, node_limits)
             self.backend: LlmBackend = self.backends
         else:
-            self.backend = with_limits(backend, config.openai_limits)
+            self.backend = with_limits(backend, config.openai_limits, scope=DEFAULT_BACKEND, node=node_limits)
         self.metrics = Metrics()
         if self.backends is not None:
             self.metrics.watch_backends(self.backends.health)
@@ -137,12 +155,8 @@ class ExecutorService:
         self._price_version: int | None = None
         self._catalog_lock = asyncio.Lock()
         self.cache = build_cache(config.cache) if config.cache.enabled else None
-        data_dir = Path(config.storage.data_dir).expanduser()  # defaults are written with ~
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.ledger = Ledger.in_directory(data_dir)  # one SQLite file, written by every worker (WAL)
         self.settler: Settler | None = None
-        # replay guard and rate-limit buckets shared exactly by the workers (workers/shared_state.py)
-        self.node_state = NodeState.in_directory(data_dir) if self.role.several else None
         try:
             self._assemble(config, identity, handling, dispatcher, resources, discovery_options, service_options)
             self.settler = self._settler(config, identity)

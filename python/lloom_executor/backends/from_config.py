@@ -12,6 +12,9 @@ What each backend becomes, inside out:
               the entry's `limits` table for a named one, so a request is admitted and
               charged once whichever instance ends up serving it
 
+With several workers, `service.py` passes the node's `NodeLimits`: the bound's
+slots and the limits' counts are then kept once for the node, by backend name.
+
 `service.py` (the assembler) calls `build_backends` and hands the `BackendSet` to
 the request path; `test-backend` and `models list` build the same set.
 """
@@ -29,6 +32,7 @@ from .limits import with_limits
 from .pool import HealthPolicy, InstancePool
 from .registry import DEFAULT_BASE_URLS, create_backend
 from .routing import BackendEntry, BackendSet, Bounded
+from .usage_book import NodeLimits
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +141,7 @@ def _entry(
     policy: HealthPolicy,
     limits: OpenAiLimitsConfig,
     max_concurrent_requests: int | None = None,
+    node: NodeLimits | None = None,
 ) -> BackendEntry:
     models = _models_of(config.models, name)
     pool: InstancePool | None = None
@@ -153,11 +158,12 @@ def _entry(
         served = _instance(kind, url, api_key, timeout_secs, max_retries, models)
         labels = (instance_label(url),) if url is not None and kind != "echo" else (kind,)
     if max_concurrent_requests is not None:
-        served = Bounded(served, max_concurrent_requests)
-    return BackendEntry(name, kind, with_limits(served, limits), pool, labels, max_concurrent_requests)
+        slots = node.slots(name, max_concurrent_requests) if node is not None else None
+        served = Bounded(served, max_concurrent_requests, slots)
+    return BackendEntry(name, kind, with_limits(served, limits, scope=name, node=node), pool, labels, max_concurrent_requests)
 
 
-def _named(entry: LlmBackendConfig, config: Config) -> BackendEntry:
+def _named(entry: LlmBackendConfig, config: Config, node: NodeLimits | None) -> BackendEntry:
     return _entry(
         entry.name,
         entry.backend,
@@ -171,11 +177,13 @@ def _named(entry: LlmBackendConfig, config: Config) -> BackendEntry:
         policy=_policy(entry.failure_threshold, entry.health_check_interval_secs, entry.timeout_secs),
         limits=entry.limits,
         max_concurrent_requests=entry.max_concurrent_requests,
+        node=node,
     )
 
 
-def build_backends(config: Config) -> BackendSet:
-    """Every configured backend, each model routed to the one its `[[models]]` entry names."""
+def build_backends(config: Config, node: NodeLimits | None = None) -> BackendSet:
+    """Every configured backend, each model routed to the one its `[[models]]` entry names.
+    `node`: where per-backend limits are kept so they hold for every worker of the node together."""
     llm = config.llm_client
     entries = {
         DEFAULT_BACKEND: _entry(
@@ -190,10 +198,11 @@ def build_backends(config: Config) -> BackendSet:
             strategy=llm.strategy,
             policy=_policy(llm.failure_threshold, llm.health_check_interval_secs, llm.timeout_secs),
             limits=config.openai_limits,
+            node=node,
         )
     }
     for entry in config.llm_backends:
-        entries[entry.name] = _named(entry, config)
+        entries[entry.name] = _named(entry, config, node)
     routes = {m.name: m.backend for m in config.models if m.backend and m.backend != DEFAULT_BACKEND}
     backends = BackendSet(entries, routes)
     if config.llm_backends:

@@ -25,7 +25,8 @@ reaches the backend when it would break one of:
   billed by the provider and are charged the reserved worst case. Costs are charged
   to the UTC day the answer arrives; the total resets at 00:00 UTC. With a budget
   set, a model without a price is refused (its cost could not be counted).
-  The spend is kept in memory only: it is per process and starts at zero on restart.
+  The counts live in a `UsageBook` (usage_book.py): in memory for one process (the
+  spend starts at zero on restart), shared by the workers of a node (one account, one budget).
 
 A refusal raises `UsageLimitExceeded` (a `BackendRateLimited`, naming the limit,
 with `retry_after` seconds) or `BudgetExceeded` (`retry_after` = seconds to UTC
@@ -49,7 +50,6 @@ from decimal import Decimal
 from typing import Any
 
 from .. import _native
-from .._fast.ratelimit import RateLimiter
 from ..config.schema import OpenAiLimitsConfig
 from .base import (
     BackendError,
@@ -64,11 +64,11 @@ from .base import (
     UsageLimitExceeded,
     WrappingBackend,
 )
+from .usage_book import BUDGET, REQUESTS, TOKENS, BookRefusal, LocalUsageBook, NodeLimits, UsageBook
 
 TOKEN_ENCODING = "cl100k_base"
 SECONDS_PER_DAY = 86_400
 PRICE_KEYS = ("input_per_1k", "output_per_1k")
-_KEY = "backend"  # one bucket for the whole backend account
 _THOUSAND = Decimal(1000)
 
 
@@ -76,9 +76,16 @@ def limits_configured(limits: OpenAiLimitsConfig) -> bool:
     return any(v is not None for v in (limits.max_requests_per_minute, limits.max_tokens_per_minute, limits.max_cost_per_day_usd))
 
 
-def with_limits(backend: LlmBackend, limits: OpenAiLimitsConfig, **kw: Any) -> LlmBackend:
-    """`backend` wrapped in a `LimitedBackend` when any `[openai_limits]` limit is set, else itself."""
-    return LimitedBackend(backend, limits, **kw) if limits_configured(limits) else backend
+def with_limits(
+    backend: LlmBackend, limits: OpenAiLimitsConfig, *, scope: str = "", node: NodeLimits | None = None, **kw: Any
+) -> LlmBackend:
+    """`backend` wrapped in a `LimitedBackend` when any `[openai_limits]` limit is set, else itself.
+    With `node` (several workers) the counts are the node's, kept under `scope` (the backend's name)."""
+    if not limits_configured(limits):
+        return backend
+    if node is not None:
+        kw["book"] = node.book(scope, limits.max_requests_per_minute, limits.max_tokens_per_minute)
+    return LimitedBackend(backend, limits, **kw)
 
 
 def unpriced_models(limits: OpenAiLimitsConfig, model_names: list[str]) -> list[str]:
@@ -161,19 +168,17 @@ class LimitedBackend(WrappingBackend):
         wall_clock: Callable[[], float] = time.time,
         *,
         token_encoding: str = TOKEN_ENCODING,
+        book: UsageBook | None = None,
     ) -> None:
         super().__init__(inner)
         self.limits = limits
         self.prices = parse_prices(dict(limits.model_prices_usd))
         self.token_encoding = token_encoding
         self._wall = wall_clock
-        rpm, tpm = limits.max_requests_per_minute, limits.max_tokens_per_minute
-        self._requests = RateLimiter(rpm, None, clock=clock) if rpm else None
-        self._tokens = RateLimiter(None, tpm, clock=clock) if tpm else None
+        self.book: UsageBook = (
+            book if book is not None else LocalUsageBook(limits.max_requests_per_minute, limits.max_tokens_per_minute, clock)
+        )
         self.budget = _usd(limits.max_cost_per_day_usd) if limits.max_cost_per_day_usd is not None else None
-        self._day = self._today()
-        self.spent_today = Decimal(0)  # settled cost of the current UTC day
-        self.reserved = Decimal(0)  # worst-case cost of the requests in flight
         self.refusals: dict[str, int] = {}  # limit name -> refusals
 
     def __repr__(self) -> str:
@@ -185,15 +190,19 @@ class LimitedBackend(WrappingBackend):
             raise AttributeError(name)
         return getattr(self.inner, name)
 
+    @property
+    def spent_today(self) -> Decimal:
+        """Settled cost of the current UTC day (the node's, when the book is shared)."""
+        return self.book.status(self._today()).spent_today
+
+    @property
+    def reserved(self) -> Decimal:
+        """Worst-case cost of the requests in flight."""
+        return self.book.status(self._today()).reserved
+
     # ------------------------------------------------------------------ the day
     def _today(self) -> int:
         return int(self._wall() // SECONDS_PER_DAY)
-
-    def _roll(self) -> None:
-        day = self._today()
-        if day != self._day:  # a new UTC day: the budget starts over (requests in flight stay reserved)
-            self._day = day
-            self.spent_today = Decimal(0)
 
     def seconds_to_reset(self) -> float:
         return max(0.0, (self._today() + 1) * SECONDS_PER_DAY - self._wall())
@@ -213,103 +222,84 @@ class LimitedBackend(WrappingBackend):
         out_tokens = request.max_tokens or 0
         reserve = Decimal(0)
         if self.budget is not None:
-            self._roll()
             price = self.prices.get(model)
             if price is None:
-                self._refuse("max_cost_per_day_usd")
+                self._refuse(BUDGET)
                 raise BudgetExceeded(
                     f"[openai_limits] model {model!r} has no price in model_prices_usd, so max_cost_per_day_usd "
                     f"cannot be enforced for it; add model_prices_usd.{model} = {{ input_per_1k = ..., output_per_1k = ... }}"
                 )
             reserve = price.cost(prompt_tokens, out_tokens)
-            if self.spent_today + self.reserved + reserve > self.budget:
-                self._refuse("max_cost_per_day_usd")
-                wait = self.seconds_to_reset()
-                in_flight = f", {_fmt_usd(self.reserved)} reserved by requests in flight" if self.reserved else ""
-                raise BudgetExceeded(
-                    f"[openai_limits] max_cost_per_day_usd = {self.budget} would be exceeded: {_fmt_usd(self.spent_today)} "
-                    f"spent today (UTC){in_flight}, this request may cost up to {_fmt_usd(reserve)}; "
-                    f"the budget resets at 00:00 UTC, in {_fmt_wait(wait)}",
-                    retry_after=wait,
-                )
         tokens = prompt_tokens + out_tokens
-        if self._requests is not None:
-            wait = self._requests.retry_after(_KEY, 1, 0)
-            if wait > 0:
-                self._refuse("max_requests_per_minute")
-                raise UsageLimitExceeded(
-                    f"[openai_limits] max_requests_per_minute = {self.limits.max_requests_per_minute} reached; "
-                    f"the next request is allowed in {_fmt_wait(wait)}",
-                    limit="max_requests_per_minute",
-                    retry_after=wait,
-                )
-        if self._tokens is not None:
-            wait = self._tokens.retry_after(_KEY, 0, tokens)
-            if wait > 0:
-                self._refuse("max_tokens_per_minute")
-                tpm = self.limits.max_tokens_per_minute
-                need = f"this request needs {tokens} tokens (prompt {prompt_tokens} + max_tokens {out_tokens})"
-                if math.isinf(wait):
-                    message = (
-                        f"[openai_limits] {need}, more than max_tokens_per_minute = {tpm} allows; "
-                        "it can never pass (ask fewer max_tokens)"
-                    )
-                else:
-                    message = (
-                        f"[openai_limits] max_tokens_per_minute = {tpm} reached: {need}; enough are free in {_fmt_wait(wait)}"
-                    )
-                raise UsageLimitExceeded(message, limit="max_tokens_per_minute", retry_after=wait)
-        if self._requests is not None:
-            self._requests.try_acquire(_KEY, 1, 0)
-        if self._tokens is not None:
-            self._tokens.try_acquire(_KEY, 0, tokens)
-        self.reserved += reserve
+        refusal = self.book.admit(tokens, reserve, self.budget, self._today(), self.seconds_to_reset())
+        if refusal is not None:
+            self._refuse(refusal.limit)
+            raise self._refusal_error(refusal, reserve, prompt_tokens, out_tokens)
         return _Ticket(model, prompt_tokens, reserve)
+
+    def _refusal_error(self, refusal: BookRefusal, reserve: Decimal, prompt_tokens: int, out_tokens: int) -> BackendError:
+        """The refusal, in words that name the limit and when it frees up."""
+        wait = refusal.wait
+        if refusal.limit == BUDGET:
+            in_flight = f", {_fmt_usd(refusal.reserved)} reserved by requests in flight" if refusal.reserved else ""
+            return BudgetExceeded(
+                f"[openai_limits] max_cost_per_day_usd = {self.budget} would be exceeded: {_fmt_usd(refusal.spent)} "
+                f"spent today (UTC){in_flight}, this request may cost up to {_fmt_usd(reserve)}; "
+                f"the budget resets at 00:00 UTC, in {_fmt_wait(wait)}",
+                retry_after=wait,
+            )
+        if refusal.limit == REQUESTS:
+            return UsageLimitExceeded(
+                f"[openai_limits] max_requests_per_minute = {self.limits.max_requests_per_minute} reached; "
+                f"the next request is allowed in {_fmt_wait(wait)}",
+                limit=REQUESTS,
+                retry_after=wait,
+            )
+        tpm = self.limits.max_tokens_per_minute
+        need = f"this request needs {prompt_tokens + out_tokens} tokens (prompt {prompt_tokens} + max_tokens {out_tokens})"
+        if math.isinf(wait):
+            message = f"[openai_limits] {need}, more than max_tokens_per_minute = {tpm} allows; it can never pass (ask fewer max_tokens)"
+        else:
+            message = f"[openai_limits] max_tokens_per_minute = {tpm} reached: {need}; enough are free in {_fmt_wait(wait)}"
+        return UsageLimitExceeded(message, limit=TOKENS, retry_after=wait)
 
     def settle(self, ticket: _Ticket, inbound: int | None, outbound: int | None, content: str = "") -> Decimal:
         """Replace the reservation by the real cost; returns it (0 without a budget)."""
         if not ticket.open:
             return Decimal(0)
         ticket.open = False
-        self.reserved -= ticket.reserved
-        if self.budget is None:
-            return Decimal(0)
-        self._roll()
-        if inbound is None:
-            inbound = ticket.prompt_tokens
-        if outbound is None:
-            outbound = _native.count_tokens(content, self.token_encoding)
-        cost = self.prices[ticket.model].cost(inbound, outbound)
-        self.spent_today += cost
+        cost = Decimal(0)
+        if self.budget is not None:
+            if inbound is None:
+                inbound = ticket.prompt_tokens
+            if outbound is None:
+                outbound = _native.count_tokens(content, self.token_encoding)
+            cost = self.prices[ticket.model].cost(inbound, outbound)
+        self.book.settle(ticket.reserved, cost, self._today())
         return cost
 
     def release(self, ticket: _Ticket, exc: BaseException | None) -> None:
         """The request failed: free its reservation, or charge it when the provider may have billed it."""
         if not ticket.open:
             return
+        ticket.open = False
         billable = exc is None or isinstance(exc, (BackendTimeout, BackendProtocolError, asyncio.CancelledError, GeneratorExit))
-        if billable and self.budget is not None:
-            ticket.open = False
-            self.reserved -= ticket.reserved
-            self._roll()
-            self.spent_today += ticket.reserved
-        else:
-            ticket.open = False
-            self.reserved -= ticket.reserved
+        charged = ticket.reserved if billable and self.budget is not None else Decimal(0)
+        self.book.settle(ticket.reserved, charged, self._today())
 
     def status(self) -> dict[str, Any]:
         """What is left now, for status pages and logs."""
-        self._roll()
+        now = self.book.status(self._today())
         out: dict[str, Any] = {}
-        if self._requests is not None:
-            out["requests_available"] = self._requests.available(_KEY)[0]
-        if self._tokens is not None:
-            out["tokens_available"] = self._tokens.available(_KEY)[1]
+        if now.requests_available is not None:
+            out["requests_available"] = now.requests_available
+        if now.tokens_available is not None:
+            out["tokens_available"] = now.tokens_available
         if self.budget is not None:
             out.update(
                 budget_usd=float(self.budget),
-                spent_today_usd=float(self.spent_today),
-                reserved_usd=float(self.reserved),
+                spent_today_usd=float(now.spent_today),
+                reserved_usd=float(now.reserved),
                 resets_in_secs=self.seconds_to_reset(),
             )
         out["refusals"] = dict(self.refusals)

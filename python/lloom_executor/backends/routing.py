@@ -12,11 +12,14 @@ the metrics).
 `Bounded` caps one backend's calls in flight (`max_concurrent_requests` of a
 `[[llm_backends]]` entry): a call over the cap waits for a slot, inside the
 request's own deadline, instead of reaching a server that is full already.
+The slots are an `asyncio.Semaphore` in one process and the node's
+(`workers.shared_limits`) with several workers: the cap is the server's, not a worker's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from typing import Any
 from ..config.schema import DEFAULT_BACKEND
 from .base import Completion, CompletionRequest, CompletionStream, LlmBackend, ModelInfo, Usage, WrappingBackend
 from .pool import InstancePool
+from .usage_book import Slots
 
 log = logging.getLogger(__name__)
 
@@ -32,20 +36,28 @@ log = logging.getLogger(__name__)
 class Bounded(WrappingBackend):
     """`inner` with at most `limit` calls (streams included) in flight; the rest wait their turn."""
 
-    def __init__(self, inner: LlmBackend, limit: int) -> None:
+    def __init__(self, inner: LlmBackend, limit: int, slots: Slots | None = None) -> None:
         if limit < 1:
             raise ValueError("max_concurrent_requests must be >= 1")
         super().__init__(inner)
         self.limit = limit
-        self._slots = asyncio.Semaphore(limit)
+        self._slots: Slots = slots if slots is not None else asyncio.Semaphore(limit)
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        await self._slots.acquire()
+        try:
+            yield
+        finally:
+            self._slots.release()
 
     async def complete(self, request: CompletionRequest) -> Completion:
-        async with self._slots:
+        async with self._slot():
             return await self.inner.complete(request)
 
     def stream(self, request: CompletionRequest) -> CompletionStream:
         async def source(cs: CompletionStream) -> AsyncIterator[str | Usage]:
-            async with self._slots, self.inner.stream(request) as inner:
+            async with self._slot(), self.inner.stream(request) as inner:
                 async for delta in inner:
                     yield delta
                 cs.model = inner.model

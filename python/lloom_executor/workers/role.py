@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Config
-from ..config.schema import OpenAiLimitsConfig
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +100,13 @@ def per_worker_config(config: Config, role: WorkerRole) -> Config:
     """The config one worker enforces: node-wide bounds that stay per process are divided by the
     number of workers (rounded down, at least 1), and the start log says so, once, in the lead.
 
-    Exact across workers (docs/workers.md): the replay guard, the rate-limit buckets and the ledger.
-    Divided here: concurrency (`max_concurrent_requests`, per model and per backend too), queue sizes,
-    inflight streams and the `[openai_limits]` budgets, whose exact sharing would put a shared lock on
-    every backend call; a client's traffic spreads over workers by connection, so a share is reached
-    only when the load is skewed.
+    Exact across workers (docs/workers.md): the replay guard, the rate-limit buckets, the ledger,
+    and each backend's `max_concurrent_requests` and `[openai_limits]` (`shared_limits.py`: an
+    account's or a server's limits are not a worker's).  Divided here: the request path's own
+    concurrency (`[request_handling] max_concurrent_requests`, per model too), queue sizes and
+    inflight streams, which the dispatcher takes on every request from its in-process queues; a
+    client's traffic spreads over workers by connection, so a share is reached only when the load
+    is skewed.
     """
     if not role.several:
         return config
@@ -120,37 +121,13 @@ def per_worker_config(config: Config, role: WorkerRole) -> Config:
         dataclasses.replace(m, max_concurrent_requests=share(m.max_concurrent_requests)) if m.max_concurrent_requests else m
         for m in config.models
     )
-    backends = tuple(
-        dataclasses.replace(
-            b,
-            max_concurrent_requests=share(b.max_concurrent_requests) if b.max_concurrent_requests else None,
-            limits=_limits_share(b.limits, role),
-        )
-        for b in config.llm_backends
-    )
     if role.lead:
         log.info(
-            "%d workers: replay guard, rate limits and ledger are node-wide; max_concurrent_requests %d, "
-            "queue sizes and [openai_limits] are enforced per worker as a 1/%d share (docs/workers.md)",
+            "%d workers: replay guard, rate limits, ledger and each backend's limits are node-wide; "
+            "[request_handling] max_concurrent_requests %d, per-model concurrency and queue sizes are enforced "
+            "per worker as a 1/%d share (docs/workers.md)",
             role.count,
             handling.max_concurrent_requests * role.count,
             role.count,
         )
-    return dataclasses.replace(
-        config,
-        request_handling=handling,
-        priority=priority,
-        models=models,
-        llm_backends=backends,
-        openai_limits=_limits_share(config.openai_limits, role),
-    )
-
-
-def _limits_share(limits: OpenAiLimitsConfig, role: WorkerRole) -> OpenAiLimitsConfig:
-    """An `[openai_limits]` table with each budget divided among the workers."""
-    return dataclasses.replace(
-        limits,
-        max_requests_per_minute=role.share(limits.max_requests_per_minute) if limits.max_requests_per_minute else None,
-        max_tokens_per_minute=role.share(limits.max_tokens_per_minute) if limits.max_tokens_per_minute else None,
-        max_cost_per_day_usd=limits.max_cost_per_day_usd / role.count if limits.max_cost_per_day_usd is not None else None,
-    )
+    return dataclasses.replace(config, request_handling=handling, priority=priority, models=models)

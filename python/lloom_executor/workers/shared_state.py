@@ -26,6 +26,7 @@ import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 
 from ..pipeline.replay import DEFAULT_MAX_HOLD_SECS, DEFAULT_WINDOW_SECS
@@ -40,6 +41,12 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS replay_expires ON replay (expires)",
     "CREATE TABLE IF NOT EXISTS buckets (rule INTEGER NOT NULL, key TEXT NOT NULL, requests REAL NOT NULL,"
     " tokens REAL NOT NULL, updated REAL NOT NULL, PRIMARY KEY (rule, key)) WITHOUT ROWID",
+    # per-backend limits (shared_limits.py): money as decimal text, rows per worker index
+    "CREATE TABLE IF NOT EXISTS spend (scope TEXT PRIMARY KEY, day INTEGER NOT NULL, spent TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS reserved (scope TEXT NOT NULL, worker INTEGER NOT NULL, amount TEXT NOT NULL,"
+    " PRIMARY KEY (scope, worker)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS slots (scope TEXT NOT NULL, worker INTEGER NOT NULL, held INTEGER NOT NULL,"
+    " PRIMARY KEY (scope, worker)) WITHOUT ROWID",
 )
 
 
@@ -78,6 +85,26 @@ class NodeState:
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
+
+    def forget_worker(self, worker: int, day: int) -> None:
+        """What an earlier process of worker index `worker` held and could not return (it was
+        killed): its backend slots are freed, its budget reservations count as `day`'s spend
+        (the provider may have billed the abandoned calls). Called when a worker starts."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM slots WHERE worker = ?", (worker,))
+            for scope, amount in conn.execute("SELECT scope, amount FROM reserved WHERE worker = ?", (worker,)).fetchall():
+                self.add_spend(scope, day, Decimal(amount))
+            conn.execute("DELETE FROM reserved WHERE worker = ?", (worker,))
+
+    def spent(self, scope: str, day: int) -> Decimal:
+        """`scope`'s spend on UTC day `day` (a row of an earlier day is a day that has ended)."""
+        row = self.conn.execute("SELECT day, spent FROM spend WHERE scope = ?", (scope,)).fetchone()
+        return Decimal(row[1]) if row is not None and row[0] == day else Decimal(0)
+
+    def add_spend(self, scope: str, day: int, cost: Decimal) -> None:
+        """Add `cost` to `scope`'s spend of `day`. Inside `transaction()`."""
+        total = self.spent(scope, day) + cost
+        self.conn.execute("INSERT OR REPLACE INTO spend (scope, day, spent) VALUES (?, ?, ?)", (scope, day, str(total)))
 
     def close(self) -> None:
         self.conn.close()
