@@ -301,3 +301,40 @@ def test_one_worker_has_no_private_socket_and_its_own_metrics(tmp_path: Path) ->
         assert not any(re.search(r"worker=", str(s.labels)) for f in families for s in f.samples)
         assert math.isfinite(one(families, "lloom_executor_memory_usage_bytes"))
         assert node.stop() == 0, node.output
+
+
+def test_only_the_lead_pushes_the_combined_exposition(interop_peer: Path, tmp_path: Path) -> None:
+    """With a Pushgateway, the node's one push (grouping: its PeerId) carries every worker's counts."""
+    from test_pushgateway_real import Pushgateway
+
+    gateway = Pushgateway(tmp_path / "pushgateway.log")
+    try:
+        metrics = f'enabled = true\nendpoint = "127.0.0.1:0"\npush_gateway = "{gateway.url}"\npush_interval_secs = 1'
+        config = interop.write_operator_config(tmp_path, models=[interop.MODEL], metrics=metrics)
+        with workers_node(config) as node:
+            address = node.ready()
+            peer = address.rsplit("/p2p/", 1)[1]
+            args = [
+                interop.client_args(address, "--inbound-price", PRICE_IN, "--outbound-price", PRICE_OUT, "--prompt", f"push {i}")
+                for i in range(4)
+            ]
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                runs = list(pool.map(lambda a: interop.run_peer(interop_peer, a, timeout=60), args))
+            assert all(run.returncode == 0 for run in runs), [run.describe() for run in runs]
+
+            def pushed() -> list[Metric]:
+                return [f for f in parse_exposition(gateway.metrics()) if f.name.startswith("lloom_executor_") and f.samples]
+
+            families = until_value(
+                pushed,
+                lambda f: (
+                    requests_total(f) == 4
+                    and one(f, "lloom_executor_workers_reporting", job="lloom_executor", instance=peer) == 2
+                ),
+                "the node's push",
+                30,
+            )
+            assert {s.labels["instance"] for f in families for s in f.samples} == {peer}  # one grouping key: the node's
+            assert node.stop() == 0, node.output
+    finally:
+        gateway.close()
