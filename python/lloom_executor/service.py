@@ -55,6 +55,8 @@ from .plugins import PluginHost
 from .serving import build_request_handler
 from .settlement import SettlementCollector, Settler, load_settlement_key
 from .webhooks import Webhooks
+from .workers.node_view import NodeAggregator
+from .workers.peer_endpoint import WorkerEndpoint, socket_path
 from .workers.role import WorkerRole, per_worker_config
 from .workers.shared_limits import SharedNodeLimits
 from .workers.shared_state import NodeState, SharedBucket, SharedReplayStore
@@ -157,6 +159,14 @@ class ExecutorService:
         self.cache = build_cache(config.cache) if config.cache.enabled else None
         self.ledger = Ledger.in_directory(data_dir)  # one SQLite file, written by every worker (WAL)
         self.settler: Settler | None = None
+        # N > 1: each worker's metrics and view on a private socket; the lead merges them (docs/workers.md)
+        self.endpoint: WorkerEndpoint | None = None
+        self.aggregator: NodeAggregator | None = None
+        if self.role.several:
+            sockets = [socket_path(data_dir, i) for i in range(self.role.count)]
+            self.endpoint = WorkerEndpoint(sockets[self.role.index], self.role.index, self.metrics.registry, self._own_view)
+            if self.role.lead:
+                self.aggregator = NodeAggregator(self.endpoint, sockets, lambda: asyncio.to_thread(self.ledger.totals))
         try:
             self._assemble(config, identity, handling, dispatcher, resources, discovery_options, service_options)
             self.settler = self._settler(config, identity)
@@ -298,7 +308,7 @@ class ExecutorService:
     async def _start(self) -> list[str]:
         if self.config.request_handling.allow_unsigned:
             log.warning("allow_unsigned = true: unsigned requests are served (no client accountability)")
-        if self.role.lead:  # the lead serves /metrics: revenue metrics continue across restarts, seeded once
+        if self.role.lead and not self.role.several:  # revenue continues across restarts; N > 1: the ledger's, combined
             totals = await asyncio.to_thread(self.ledger.totals)
             self.metrics.seed_revenue(totals.revenue_by_model())
         check = getattr(self.cache, "check", None)
@@ -329,6 +339,8 @@ class ExecutorService:
                 self.settler.sender,
             )
         self.metrics.watch_process(Metrics.tasks_of(asyncio.get_running_loop()))  # the loop the node serves on
+        if self.endpoint is not None:
+            await self.endpoint.start()
         if self.role.lead:  # one admin API and one /metrics per node (other workers would collide on the port)
             await self._start_http()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="lloom-housekeeping")
@@ -349,15 +361,21 @@ class ExecutorService:
                 log.error("[api] not serving on %s: %s: %s", self.config.api.listen_address, type(exc).__name__, exc)
         metrics = self.config.metrics
         if metrics.enabled:
-            server = MetricsServer(self.metrics, metrics.endpoint)
+            combined = self.aggregator.families if self.aggregator is not None else None
+            server = MetricsServer(self.metrics, metrics.endpoint, source=combined)
             try:
                 await server.start()
                 self.metrics_server = server
             except OSError as exc:
                 log.error("[metrics] not serving on %s: %s", metrics.endpoint, exc)
             if metrics.push_gateway:
+                node = self.aggregator.thread_registry(asyncio.get_running_loop()) if self.aggregator is not None else None
                 self.push_loop = PushLoop(
-                    self.metrics, metrics.push_gateway, metrics.push_interval_secs, grouping={"instance": self.identity.peer_id}
+                    self.metrics,
+                    metrics.push_gateway,
+                    metrics.push_interval_secs,
+                    grouping={"instance": self.identity.peer_id},
+                    registry=node,
                 )
                 self.push_loop.start()
 
@@ -418,13 +436,26 @@ class ExecutorService:
         return self.node.stream_stats()
 
     async def peers(self) -> list[dict[str, Any]]:
+        """Connected peers; with several workers, all the node's (the lead asks the others)."""
+        if self.aggregator is not None:
+            return await self.aggregator.peers()
         return await self.node.call(_peer_snapshot) if self.running else []
 
     async def network(self) -> dict[str, Any]:
-        """Other executors' verified announcements (gossip), ours left out."""
-        view = await network_view(self.node) if self.running else {}
+        """Other executors' verified announcements (gossip), ours left out; with several workers,
+        what any of them heard."""
+        if self.aggregator is not None:
+            view = await self.aggregator.network()
+        else:
+            view = await network_view(self.node) if self.running else {}
         view.pop(self.identity.peer_id, None)
         return view
+
+    async def _own_view(self) -> dict[str, Any]:
+        """This worker's peers and network view, for the lead (workers/peer_endpoint.py)."""
+        if not self.running:
+            return {"peers": [], "network": {}}
+        return {"peers": await self.node.call(_peer_snapshot), "network": await network_view(self.node)}
 
     def served_models(self) -> list[str]:
         return [m.name for m in self.registry.served()]
@@ -480,6 +511,7 @@ class ExecutorService:
         steps += [
             ("housekeeping", self._stop_housekeeping),
             ("the admin API and metrics", self._stop_http),
+            ("the worker's private endpoint", self._stop_endpoint),
             ("the P2P node", self.node.stop),
         ]
         if self.plugins is not None:  # no request is left to check; their queued events are delivered first
@@ -518,6 +550,10 @@ class ExecutorService:
         if self.metrics_server is not None:
             await self.metrics_server.stop()
             self.metrics_server = None
+
+    async def _stop_endpoint(self) -> None:
+        if self.endpoint is not None:
+            await self.endpoint.stop()
 
     async def _stop_webhooks(self, cut_off: int) -> None:
         assert self.webhooks is not None

@@ -10,6 +10,7 @@ One module per job:
                 types in a process-wide registry every `Metrics` exports after its own
   server.py     `MetricsServer`: GET /metrics on the node's asyncio loop
   push.py       `PushLoop`: pushes to a Pushgateway from a thread
+  combine.py    the rules that merge N workers' expositions into the node's one (`start --workers N`)
 
 The public API is re-exported here; plugins use it as
 

@@ -45,6 +45,8 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "backend_instance_up": "gauge",
     "backend_instance_in_flight": "gauge",
     "backend_instance_failures": "counter",
+    "workers": "gauge",  # only in the combined exposition of a node of several workers (combine.py)
+    "workers_reporting": "gauge",
 }
 
 _SAMPLE_SUFFIXES: dict[str, tuple[str, ...]] = {

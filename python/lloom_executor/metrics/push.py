@@ -8,7 +8,7 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from prometheus_client import push_to_gateway
+from prometheus_client import CollectorRegistry, push_to_gateway
 
 if TYPE_CHECKING:
     from .collector import Metrics
@@ -23,6 +23,10 @@ class PushLoop:
     gateway must not stall the asyncio loop. The first push happens at
     `start()`, a last one at `stop()`. A failing gateway is logged once when
     it starts failing and once when it recovers, not on every push.
+
+    `registry` replaces `metrics.registry` as what is pushed: the lead of a node
+    of several workers pushes the node's combined families, so the workers never
+    push (their pushes under one grouping key would overwrite each other).
     """
 
     def __init__(
@@ -34,10 +38,12 @@ class PushLoop:
         grouping: Mapping[str, str] | None = None,
         *,
         timeout_secs: float = 5.0,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         if interval_secs <= 0:
             raise ValueError("interval_secs must be > 0")
         self.metrics = metrics
+        self.registry = registry if registry is not None else metrics.registry
         self.gateway_url = gateway_url
         self.interval_secs = interval_secs
         self.job = job
@@ -52,9 +58,7 @@ class PushLoop:
     def push_once(self) -> bool:
         """One push; True when the gateway accepted it."""
         try:
-            push_to_gateway(
-                self.gateway_url, self.job, self.metrics.registry, grouping_key=self.grouping, timeout=self.timeout_secs
-            )
+            push_to_gateway(self.gateway_url, self.job, self.registry, grouping_key=self.grouping, timeout=self.timeout_secs)
         except Exception as exc:  # noqa: BLE001 - whatever a push hits, the loop must go on pushing
             self.failures += 1
             if not self.failing:

@@ -5,8 +5,9 @@ A worker learns its place from the environment the supervisor gives it
 runs the ordinary `start` command and a node of one worker is exactly the
 process it always was.  Worker 0 is the lead: it alone does the node's
 discovery duties (bootstrap dials, mDNS, AutoNAT, relay, periodic gossip
-announcements), serves the admin API and `/metrics`, and sends the node-level
-webhook events (docs/workers.md says why each duty is where it is).
+announcements), serves the admin API and `/metrics` (node-wide: it reads every
+worker's private endpoint, node_view.py), and sends the node-level webhook
+events (docs/workers.md says why each duty is where it is).
 
 The status fd is a pipe to the supervisor: one JSON line when the worker
 serves (`{"ready": [addresses]}`) or cannot start (`{"failed": reason}`), so a
