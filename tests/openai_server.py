@@ -20,6 +20,15 @@ Endpoints
   GET  /api/v0/models         LM Studio REST listing (id, type, arch, state,
                               max_context_length, quantization ...); 404 when
                               `lmstudio_api=False`, as on a plain OpenAI server.
+  POST /tokenize              only with `tokenizer=` (else 404, as on OpenAI or LM Studio):
+                              vLLM's documented shape -- {"model", "prompt",
+                              "add_special_tokens"} or {"model", "messages",
+                              "add_generation_prompt"} -> {"count", "max_model_len",
+                              "tokens", "token_strs"}; the chat form renders the messages
+                              with `chat_template` first; a body with neither is a 400,
+                              an unknown model a 404, as vLLM answers. `tokenizer` is a
+                              real tokenizer the test trusts (tiktoken), so the counts
+                              have an oracle independent of the executor.
 
 Deterministic content and usage rule
   answer words = ["echo:"] + the last user message split on whitespace, cut to
@@ -63,6 +72,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -220,6 +230,8 @@ class OpenAIServer:
         latency: float = 0.0,
         omit_usage: bool = False,
         port: int = 0,
+        tokenizer: Callable[[str], list[int]] | None = None,
+        chat_template: Callable[[list[dict[str, Any]], bool], str] | None = None,
     ) -> None:
         self.models = [dict(m) for m in (models if models is not None else DEFAULT_MODELS)]
         self.api_key = api_key
@@ -227,6 +239,8 @@ class OpenAIServer:
         self.strict_models = strict_models
         self.latency = latency
         self.omit_usage = omit_usage
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
         self.requests: list[RecordedRequest] = []
         self.fixed_port = port  # 0: an ephemeral port (the usual case)
         self.port: int | None = None
@@ -548,7 +562,29 @@ class OpenAIServer:
             return await self._send(writer, 200, {"object": "list", "data": self.models})
         if req.method == "POST" and req.path == CHAT_PATH:
             return await self._chat(req, writer, b)
+        if req.method == "POST" and req.path == "/tokenize" and self.tokenizer is not None:
+            return await self._tokenize(req, writer, self.tokenizer)
         return await self._send(writer, 404, {"error": f"Unexpected endpoint or method. ({req.method} {req.path})"})
+
+    async def _tokenize(self, req: RecordedRequest, writer: asyncio.StreamWriter, tokenize: Callable[[str], list[int]]) -> bool:
+        """vLLM's POST /tokenize (the module doc): a prompt, or chat messages through the template."""
+        body = req.json if isinstance(req.json, dict) else {}
+        known = {m["id"]: m for m in self.models}
+        model = body.get("model")
+        if self.strict_models and model is not None and model not in known:
+            error = {"message": f"The model `{model}` does not exist.", "type": "NotFoundError", "param": None, "code": 404}
+            return await self._send(writer, 404, {"error": error})
+        if isinstance(body.get("messages"), list) and self.chat_template is not None:
+            text = self.chat_template(body["messages"], bool(body.get("add_generation_prompt", True)))
+        elif isinstance(body.get("prompt"), str):
+            text = body["prompt"]
+        else:
+            return await self._send(writer, 400, self._error_body("1 validation error: 'prompt' or 'messages' required", None))
+        tokens = tokenize(text)
+        length = known.get(model, {}).get("max_context_length", 8192)
+        return await self._send(
+            writer, 200, {"count": len(tokens), "max_model_len": length, "tokens": tokens, "token_strs": None}
+        )
 
     async def _chat(self, req: RecordedRequest, writer: asyncio.StreamWriter, b: Behaviour) -> bool:
         body = req.json

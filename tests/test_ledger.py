@@ -94,6 +94,7 @@ def test_wal_full_sync_and_exact_row(tmp_path: Path) -> None:
         "backend_ms": 2.5,
         "total_ms": 4.0,
         "code": None,
+        "token_source": None,  # the entry said nobody
     }
     # another connection (another process would be the same) sees WAL mode on the file itself
     conn = sqlite3.connect(tmp_path / "data" / "ledger.sqlite3")
@@ -290,6 +291,7 @@ def test_serving_records_served_and_refused_rows(tmp_path: Path) -> None:
         "receipt_signature": "0x" + ok.receipt["signature"].hex(),
         "receipt_timestamp": ok.timestamp,
         "code": None,
+        "token_source": "native:cl100k_base",  # the echo backend reports no usage: our count charged
     }
     assert ok.total_cost == str(ok.inbound_tokens * BIG + ok.outbound_tokens * 5)
     assert served["queued_ms"] >= 0 and served["backend_ms"] >= 0 and served["total_ms"] >= served["backend_ms"]
@@ -462,6 +464,8 @@ def test_version_1_ledger_is_migrated(tmp_path: Path) -> None:
         rows = ledger.entries()
         totals = ledger.totals().by_model["m"]
     assert [r["code"] for r in rows] == [None, None] and rows[0]["total_cost"] == "2"
+    # who counted the tokens: the old row reads the column's default, the new one what its entry said
+    assert [r["token_source"] for r in rows] == ["usage", entry(3).token_source]
     assert totals.served == 2 and totals.revenue == 2 + 3 * BIG + 18
     check = sqlite3.connect(path)
     # still schema 1, grown by addition only: an older release (an `update apply` rollback) opens
@@ -472,6 +476,7 @@ def test_version_1_ledger_is_migrated(tmp_path: Path) -> None:
         " outbound_price, total_cost) VALUES (2.0, 'served', 'm', 'm', 1, 1, '1', '1', '2')"
     )
     check.commit()
+    assert check.execute("SELECT token_source FROM requests WHERE time = 2.0").fetchone() == ("usage",)
     check.close()
 
 

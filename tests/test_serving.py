@@ -15,6 +15,7 @@ from lloom_executor.config import ModelConfig, RequestHandlingConfig
 from lloom_executor.outcome import Refusal, RefusalCode
 from lloom_executor.p2p.llm_protocol import RequestContext
 from lloom_executor.serving import RequestHandler, build_request_handler
+from lloom_executor.serving.admission import TEMPLATE_TOKENS_FIXED, TEMPLATE_TOKENS_PER_MESSAGE
 
 EXECUTOR = _native.PrivateKey.generate()
 CLIENT = _native.PrivateKey.generate()
@@ -125,14 +126,18 @@ def test_draining_refuses_new_work() -> None:
 
 @pytest.mark.parametrize("max_tokens, refused", [(None, False), (5, False), (6, True)])
 def test_context_length_edge(max_tokens: int | None, refused: bool) -> None:
+    """A backend without a tokenizer of its server (echo): our cl100k count plus the documented
+    chat template allowance for one message decides, to the token."""
     prompt = "one two three four five six seven"
     prompt_tokens = _native.count_tokens(prompt, "cl100k_base")
-    models = [ModelConfig("m", context_length=prompt_tokens + 5)]
+    estimate = prompt_tokens + TEMPLATE_TOKENS_FIXED + TEMPLATE_TOKENS_PER_MESSAGE
+    models = [ModelConfig("m", context_length=estimate + 5)]
     h = build_request_handler(EXECUTOR, models, EchoBackend(["m"]))
     decoded = answer(asyncio.run(h(frame(prompt=prompt, max_tokens=max_tokens), CTX)))
     if refused:
         assert decoded.error == (
-            f"prompt ({prompt_tokens} tokens) plus max_tokens (6) exceeds the context length {prompt_tokens + 5} of model 'm'"
+            f"prompt ({estimate} tokens by our count, with a chat template allowance) plus max_tokens (6) "
+            f"exceeds the context length {estimate + 5} of model 'm'"
         )
     else:
         assert decoded.error is None and decoded.inbound_tokens == prompt_tokens

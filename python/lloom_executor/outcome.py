@@ -92,6 +92,7 @@ class Reply:
     total_cost: str
     model_used: str
     error: str | None = None
+    token_source: str | None = None  # not signed: who counted the tokens charged (None: a refusal, none charged)
 
     @classmethod
     def refusal(cls, model: str, reason: str) -> Reply:

@@ -31,14 +31,46 @@ class CompletionRequest:
     max_tokens: int | None = None
 
 
+TOKEN_SOURCE_USAGE = "usage"  # the server's own `usage` figures
+TOKEN_SOURCE_SERVER = "server_tokenizer"  # counted by the served model's tokenizer, asked over HTTP
+NATIVE_SOURCE_PREFIX = "native:"  # counted by our native tiktoken-compatible tokenizer: "native:<encoding>"
+_SOURCE_RANK = {TOKEN_SOURCE_USAGE: 0, TOKEN_SOURCE_SERVER: 1}
+
+
+def native_source(encoding: str) -> str:
+    """The source label of a count made natively with `encoding` (e.g. "native:cl100k_base")."""
+    return NATIVE_SOURCE_PREFIX + encoding
+
+
+def weakest_source(*sources: str) -> str:
+    """The least authoritative of `sources` (usage < server_tokenizer < native:*): an answer whose
+    prompt the server counted but whose completion we counted natively is labelled native, since
+    one figure of its charge is an estimate."""
+    return max(sources, key=lambda s: _SOURCE_RANK.get(s, 2))
+
+
+@dataclass(frozen=True)
+class PromptCount:
+    """A prompt's tokens by the served model's tokenizer. `templated`: the chat template's tokens
+    are in the count (llama.cpp's /apply-template, vLLM's chat /tokenize); False: only the texts
+    were counted (system + "\n" + prompt), so a template allowance must be added for a context check."""
+
+    tokens: int
+    templated: bool
+    source: str = TOKEN_SOURCE_SERVER
+
+
 @dataclass(frozen=True)
 class Completion:
-    """A backend's answer; token counts are None when the backend reports no usage."""
+    """A backend's answer; token counts are None when the backend reports no usage.
+    `token_source` says who counted the figures (`TOKEN_SOURCE_USAGE`, `TOKEN_SOURCE_SERVER`,
+    `native_source(encoding)`; the weakest of the two sides): the ledger row and the metrics say it."""
 
     content: str
     model: str
     inbound_tokens: int | None = None
     outbound_tokens: int | None = None
+    token_source: str = TOKEN_SOURCE_USAGE
 
 
 # --- Errors every backend may raise (the serving path maps them to refusals) ---
@@ -185,10 +217,11 @@ class StreamedCompletion(Completion):
 
 @dataclass(frozen=True)
 class Usage:
-    """A usage report inside a stream (either count may be missing)."""
+    """A usage report inside a stream (either count may be missing); `source` as in `Completion`."""
 
     inbound_tokens: int | None = None
     outbound_tokens: int | None = None
+    source: str = TOKEN_SOURCE_USAGE
 
 
 class CompletionStream:
@@ -227,6 +260,7 @@ class CompletionStream:
                         model=self.model,
                         inbound_tokens=self.usage.inbound_tokens,
                         outbound_tokens=self.usage.outbound_tokens,
+                        token_source=self.usage.source,
                         ttft_secs=self.ttft_secs,
                         duration_secs=time.perf_counter() - self._started,
                     )
@@ -294,9 +328,16 @@ class LlmBackend(ABC):
             done = await self.complete(request)
             stream.model = done.model
             yield done.content
-            yield Usage(done.inbound_tokens, done.outbound_tokens)
+            yield Usage(done.inbound_tokens, done.outbound_tokens, done.token_source)
 
         return CompletionStream(request.model, source)
+
+    async def count_prompt(self, request: CompletionRequest, deadline: float) -> PromptCount | None:
+        """The request's prompt tokens by the served model's own tokenizer, asked before
+        `deadline` (time.monotonic()); None when the server offers no tokenizer or it failed (the
+        caller then counts natively). The default knows none: admission's context check uses it
+        only where a prompt is near the context length (serving/admission.py)."""
+        return None
 
     async def complete_streaming(self, request: CompletionRequest) -> StreamedCompletion:
         """`complete` over `stream`, with the time to first token measured."""
@@ -320,6 +361,9 @@ class WrappingBackend(LlmBackend):
 
     async def model_details(self) -> list[ModelInfo]:
         return await self.inner.model_details()
+
+    async def count_prompt(self, request: CompletionRequest, deadline: float) -> PromptCount | None:
+        return await self.inner.count_prompt(request, deadline)
 
     async def close(self) -> None:
         await self.inner.close()

@@ -330,7 +330,7 @@ class LimitedBackend(WrappingBackend):
                     done = inner.completion
                 assert done is not None
                 self.settle(ticket, done.inbound_tokens, done.outbound_tokens, done.content)
-                yield Usage(done.inbound_tokens, done.outbound_tokens)
+                yield Usage(done.inbound_tokens, done.outbound_tokens, done.token_source)
             except BaseException as exc:
                 failure = exc
                 raise

@@ -16,9 +16,11 @@ Where the answer had begun (its head arrived) a broken body is a
 `BackendProtocolError` and is not retried: the backend may have done, and
 billed, the work.
 
-Token usage comes from the server's `usage` block; where it is missing, the
-native tokenizer counts (`cl100k_base` by default: system + "\\n" + prompt for
-the inbound side, the answer for the outbound side, the rule `serving/admission.py` uses).
+Token usage comes from the server's `usage` block; where a figure is missing, the
+server's own tokenizer counts it where it offers one (`tokenizers.py`: llama.cpp,
+vLLM, llama-cpp-python; one more call inside the same deadline), else the native
+tokenizer (`cl100k_base` by default: system + "\\n" + prompt for the inbound side,
+the answer for the outbound side). The answer says which (`Completion.token_source`).
 
 asyncio only (plain loop or uvloop); not for use from trio.
 """
@@ -39,6 +41,8 @@ import orjson
 from .. import _native
 from ..retry_after import parse_retry_after
 from .base import (
+    TOKEN_SOURCE_SERVER,
+    TOKEN_SOURCE_USAGE,
     BackendAuthError,
     BackendContextExceeded,
     BackendError,
@@ -54,11 +58,15 @@ from .base import (
     LlmBackend,
     ModelInfo,
     ModelNotAvailable,
+    PromptCount,
     Usage,
     excerpt,
+    native_source,
     redact,
+    weakest_source,
 )
 from .http_transport import AiohttpTransport
+from .tokenizers import ServerTokenizer, chat_messages, joined_prompt
 
 BACKEND_TYPES = ("openai", "lmstudio")
 DEFAULT_TOKEN_ENCODING = "cl100k_base"
@@ -170,6 +178,7 @@ class OpenAICompatibleBackend(LlmBackend):
             follow_redirects=False,
             trust_env=False,
         )
+        self.tokenizer = ServerTokenizer(self._client, self.root_url)  # found out on its first count
 
     def __repr__(self) -> str:
         return f"OpenAICompatibleBackend({self._redact(self.base_url)!r}, backend_type={self.backend_type!r})"
@@ -182,10 +191,8 @@ class OpenAICompatibleBackend(LlmBackend):
             url = self.base_url + "/chat/completions"
             resp = await self._send("POST", url, self._chat_body(request, stream=False), deadline, chat=True)
             content, reported_model, usage = self._parse_chat(self._json(resp, url))
-            inbound, outbound = self._fill_usage(usage, request, content)
-        return Completion(
-            content=content, model=reported_model or request.model, inbound_tokens=inbound, outbound_tokens=outbound
-        )
+            inbound, outbound, source = await self._fill_usage(usage, request, content, deadline)
+        return Completion(content, reported_model or request.model, inbound, outbound, source)
 
     def stream(self, request: CompletionRequest) -> CompletionStream:
         """SSE streaming: yields content deltas; the final `Usage` (server's, else native
@@ -195,6 +202,9 @@ class OpenAICompatibleBackend(LlmBackend):
             return self._stream_source(cs, request)
 
         return CompletionStream(request.model, factory)
+
+    async def count_prompt(self, request: CompletionRequest, deadline: float) -> PromptCount | None:
+        return await self.tokenizer.count_prompt(request, deadline)
 
     async def list_models(self) -> list[str]:
         with self._failures():
@@ -324,11 +334,7 @@ class OpenAICompatibleBackend(LlmBackend):
     # ------------------------------------------------------------------ request building / parsing
 
     def _chat_body(self, request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
-        messages = []
-        if request.system_prompt:
-            messages.append({"role": "system", "content": request.system_prompt})
-        messages.append({"role": "user", "content": request.prompt})
-        body: dict[str, Any] = {"model": request.model, "messages": messages, "stream": stream}
+        body: dict[str, Any] = {"model": request.model, "messages": chat_messages(request), "stream": stream}
         if request.temperature is not None:
             body["temperature"] = request.temperature
         if request.max_tokens is not None:
@@ -368,16 +374,22 @@ class OpenAICompatibleBackend(LlmBackend):
         usage: dict[str, Any] = data["usage"] if isinstance(data.get("usage"), dict) else {}
         return content, model, usage
 
-    def _fill_usage(self, usage: dict[str, Any], request: CompletionRequest, content: str) -> tuple[int, int]:
-        inbound = _int_or_none(usage.get("prompt_tokens"))
-        outbound = _int_or_none(usage.get("completion_tokens"))
+    async def _fill_usage(
+        self, usage: dict[str, Any], request: CompletionRequest, content: str, deadline: float
+    ) -> tuple[int, int, str]:
+        """The server's figures; one it left out is counted by its tokenizer (the prompt with its
+        chat template where it can apply it), else natively. With the weakest source of the two."""
+        inbound, outbound = _int_or_none(usage.get("prompt_tokens")), _int_or_none(usage.get("completion_tokens"))
+        native, sources = native_source(self.token_encoding), [TOKEN_SOURCE_USAGE]
         if inbound is None:
-            system_prompt = request.system_prompt
-            text = request.prompt if system_prompt is None else system_prompt + "\n" + request.prompt
-            inbound = _count(text, self.token_encoding)
+            counted = await self.tokenizer.count_prompt(request, deadline)
+            inbound = counted.tokens if counted is not None else _count(joined_prompt(request), self.token_encoding)
+            sources.append(TOKEN_SOURCE_SERVER if counted is not None else native)
         if outbound is None:
-            outbound = _count(content, self.token_encoding)
-        return inbound, outbound
+            outbound = await self.tokenizer.count_text(request.model, content, deadline)
+            sources.append(TOKEN_SOURCE_SERVER if outbound is not None else native)
+            outbound = outbound if outbound is not None else _count(content, self.token_encoding)
+        return inbound, outbound, weakest_source(*sources)
 
     def _model_list(self, data: Any) -> list[dict[str, Any]]:
         items = data.get("data") if isinstance(data, dict) else data
@@ -521,8 +533,8 @@ class OpenAICompatibleBackend(LlmBackend):
                             yield delta
             finally:
                 await resp.aclose()
-            inbound, outbound = self._fill_usage(usage, request, "".join(parts))
-            yield Usage(inbound, outbound)
+            inbound, outbound, source = await self._fill_usage(usage, request, "".join(parts), deadline)
+            yield Usage(inbound, outbound, source)
 
     async def _sse_deltas(
         self, cs: CompletionStream, resp: httpx.Response, url: str, deadline: float, usage: dict[str, Any]

@@ -58,6 +58,7 @@ from .base import (
     CompletionStream,
     LlmBackend,
     ModelInfo,
+    PromptCount,
     Usage,
 )
 
@@ -286,10 +287,16 @@ class InstancePool(LlmBackend):
                     instance.in_flight -= 1
                 self._succeeded(instance)
                 if done is not None:
-                    yield Usage(done.inbound_tokens, done.outbound_tokens)
+                    yield Usage(done.inbound_tokens, done.outbound_tokens, done.token_source)
                 return
 
         return CompletionStream(request.model, source)
+
+    async def count_prompt(self, request: CompletionRequest, deadline: float) -> PromptCount | None:
+        """Counted by one instance that is up for the model (they serve the same model, so the same
+        tokenizer); no call is counted against it: a count is not a completion. None when none is up."""
+        up = [k for k in self.candidates(request.model) if self.instances[k].up]  # not `choose`: no turn taken
+        return await self.instances[up[0]].backend.count_prompt(request, deadline) if up else None
 
     async def list_models(self) -> list[str]:
         return [info.id for info in await self.model_details()]

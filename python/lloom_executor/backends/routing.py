@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config.schema import DEFAULT_BACKEND
-from .base import Completion, CompletionRequest, CompletionStream, LlmBackend, ModelInfo, Usage, WrappingBackend
+from .base import Completion, CompletionRequest, CompletionStream, LlmBackend, ModelInfo, PromptCount, Usage, WrappingBackend
 from .pool import InstancePool
 from .usage_book import Slots
 
@@ -63,7 +63,7 @@ class Bounded(WrappingBackend):
                 cs.model = inner.model
                 done = inner.completion
             if done is not None:
-                yield Usage(done.inbound_tokens, done.outbound_tokens)
+                yield Usage(done.inbound_tokens, done.outbound_tokens, done.token_source)
 
         return CompletionStream(request.model, source)
 
@@ -112,6 +112,9 @@ class BackendSet(LlmBackend):
 
     def stream(self, request: CompletionRequest) -> CompletionStream:
         return self._for(request.model).stream(request)
+
+    async def count_prompt(self, request: CompletionRequest, deadline: float) -> PromptCount | None:
+        return await self._for(request.model).count_prompt(request, deadline)
 
     async def list_models(self) -> list[str]:
         return [info.id for info in await self.model_details()]

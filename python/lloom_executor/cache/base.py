@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 
 import orjson
 
-from ..backends.base import Completion
+from ..backends.base import TOKEN_SOURCE_USAGE, Completion
 from .key import cache_key
 
 GB = 10**9
@@ -28,13 +28,15 @@ def max_bytes_for(max_size_gb: float) -> int:
 
 
 def encode_completion(completion: Completion) -> bytes:
-    """The stored form: compact JSON with exactly the four Completion fields."""
+    """The stored form: compact JSON with the Completion's fields (`token_source`: who counted its
+    tokens, so a cached answer's ledger row says it as the first one's did)."""
     return orjson.dumps(
         {
             "content": completion.content,
             "model": completion.model,
             "inbound_tokens": completion.inbound_tokens,
             "outbound_tokens": completion.outbound_tokens,
+            "token_source": completion.token_source,
         }
     )
 
@@ -53,7 +55,10 @@ def decode_completion(data: bytes) -> Completion:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise ValueError(f"cache entry has a bad {name}: {value!r}")
         tokens.append(value)
-    return Completion(obj["content"], obj["model"], tokens[0], tokens[1])
+    source = obj.get("token_source", TOKEN_SOURCE_USAGE)  # entries stored before the field existed: usage
+    if not isinstance(source, str):
+        raise ValueError(f"cache entry has a bad token_source: {source!r}")
+    return Completion(obj["content"], obj["model"], tokens[0], tokens[1], source)
 
 
 def entry_size(key: bytes, completion: Completion) -> int:

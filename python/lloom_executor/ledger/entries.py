@@ -37,6 +37,7 @@ COLUMNS = (
     "total_ms",
     "code",
     "client_commitment",
+    "token_source",
 )
 # Positions in a row tuple that the writer reads to keep `model_totals` (the same order as COLUMNS).
 COL_TIME, COL_STATUS, COL_REASON, COL_CLIENT, COL_PEER, COL_MODEL = 0, 1, 2, 3, 4, 5
@@ -73,7 +74,8 @@ def wei(text: str, what: str) -> int:
 @dataclass(frozen=True)
 class LedgerEntry:
     """One answered request. Digests/signatures: bytes or 0x-hex text; stored as 0x-hex.
-    `code`: the `RefusalCode` string of a refusal (NULL for served rows, like `reason`)."""
+    `code`: the `RefusalCode` string of a refusal (NULL for served rows, like `reason`).
+    `token_source`: who counted a served row's tokens (NULL for refusals: nothing was charged)."""
 
     status: str  # STATUS_SERVED or STATUS_REFUSED
     model: str
@@ -97,6 +99,7 @@ class LedgerEntry:
     time: float = field(default_factory=time.time)
     code: str | None = None
     client_commitment: str | None = None  # JSON: the client's EIP-712 signature + both commitments (settlement)
+    token_source: str | None = None  # who counted the tokens charged: usage | server_tokenizer | native:<encoding>
 
     def row(self, code: str | None = None) -> tuple[Any, ...]:
         """The stored tuple (COLUMNS order), validated; `code` overrides the entry's own."""
@@ -126,6 +129,7 @@ class LedgerEntry:
             self.total_ms,
             code if code is not None else self.code,
             self.client_commitment,
+            self.token_source,
         )
 
 

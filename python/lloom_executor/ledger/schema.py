@@ -5,7 +5,9 @@ row, NULL when served) and the `refusal_counts` table (refusals counted rather
 than written one row each, see `refusals.py`). A file without them gets them in
 place, inside the opening transaction (`ALTER TABLE ... ADD COLUMN` rewrites
 nothing). Settlement added `requests.client_commitment` and the `settlements` table
-(`settlements.py`), the same way. The version number stays 1 on purpose: an older release of this
+(`settlements.py`), the same way; token accounting added `requests.token_source` (who counted
+a served row's tokens: `usage`, `server_tokenizer` or `native:<encoding>`), whose DEFAULT 'usage'
+is what rows written before it read. The version number stays 1 on purpose: an older release of this
 software (what `update apply --backup` rolls back to) still opens the file and
 writes rows it understands, with `code` left NULL. A file of a newer version is
 refused rather than written with rows it does not expect.
@@ -43,8 +45,10 @@ CREATE TABLE IF NOT EXISTS requests (
     backend_ms        REAL,                        -- the backend call
     total_ms          REAL,                        -- frame received to answer ready
     code              TEXT,                        -- the RefusalCode of a refusal (NULL when served)
-    client_commitment TEXT                         -- JSON: the client's EIP-712 commitment signature and what
+    client_commitment TEXT,                        -- JSON: the client's EIP-712 commitment signature and what
                                                    -- settlement needs of both commitments (NULL: not settleable)
+    token_source      TEXT    DEFAULT 'usage'      -- who counted the tokens of a served row: usage (the server's
+                                                   -- figures), server_tokenizer, native:<encoding> (NULL: refused)
 );
 CREATE INDEX IF NOT EXISTS requests_time ON requests (time);
 CREATE INDEX IF NOT EXISTS requests_client ON requests (client_address, time);
@@ -125,4 +129,6 @@ def create_or_migrate(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE requests ADD COLUMN code TEXT")
     if "client_commitment" not in columns:  # ... before settlement existed (the `settlements` table is new too)
         conn.execute("ALTER TABLE requests ADD COLUMN client_commitment TEXT")
+    if "token_source" not in columns:  # ... before token accounting said who counted (old rows read 'usage')
+        conn.execute("ALTER TABLE requests ADD COLUMN token_source TEXT DEFAULT 'usage'")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

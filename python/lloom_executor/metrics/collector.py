@@ -14,6 +14,11 @@ Exposed families (names and labels as in the manual's "Monitoring > Prometheus M
                                                               queues, so not in queue_size; a model's
                                                               series stays, at 0, once it had one)
   lloom_executor_tokens_processed_total{model,type}           counter, type inbound|outbound
+  lloom_executor_token_counts_total{source}                   counter: served answers by who counted their
+                                                              tokens: usage (the server's figures),
+                                                              server_tokenizer (the model's tokenizer, asked
+                                                              where usage lacked them), native:<encoding>
+                                                              (our count; the weakest of an answer's sides)
   lloom_executor_tokens_per_second{model}                     gauge: outbound tokens finished in
                                                               the last `rate_window_secs` / that window
   lloom_executor_revenue_total{currency="ETH"}                counter, from integer wei
@@ -251,6 +256,7 @@ class Metrics:
         self._load_time: dict[str, float] = {}
         self._peers = 0
         self._rate_limited: collections.Counter[str] = collections.Counter()
+        self._token_counts: collections.Counter[str] = collections.Counter()
         self._cache = {"hit": 0, "miss": 0}
         self._webhooks: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
         self._plugin_calls: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -370,6 +376,11 @@ class Metrics:
         with self._lock:
             self._rate_limited[str(rule)] += 1
 
+    def token_count(self, source: str) -> None:
+        """A served answer's tokens were counted by `source` (a handful of values, never client text)."""
+        with self._lock:
+            self._token_counts[str(source)] += 1
+
     def cache_result(self, hit: bool) -> None:
         with self._lock:
             self._cache["hit" if hit else "miss"] += 1
@@ -429,6 +440,7 @@ class Metrics:
         peers = family("p2p_peers", "Connected P2P peers.", "gauge")
         limited = family("rate_limited", "Requests refused by rate limiting, by rule.", "counter")
         cache = family("cache_requests", "Response cache lookups, by result (hit/miss).", "counter")
+        counts = family("token_counts", "Served answers by who counted their tokens (usage/server_tokenizer/native).", "counter")
         webhooks = family("webhook_events", "Webhook events by endpoint, event and result (delivered/failed/dropped).", "counter")
         plugin_calls = family("plugin_calls", "Plugin hook calls, by plugin and hook.", "counter")
         plugin_refusals = family("plugin_refusals", "Requests or answers refused by a plugin's check hook.", "counter")
@@ -464,6 +476,8 @@ class Metrics:
             peers.add_sample(peers.name, {}, self._peers)
             for rule, n in sorted(self._rate_limited.items()):
                 limited.add_sample(limited.name + "_total", {"rule": rule}, n)
+            for source, n in sorted(self._token_counts.items()):
+                counts.add_sample(counts.name + "_total", {"source": source}, n)
             for result, n in self._cache.items():
                 cache.add_sample(cache.name + "_total", {"result": result}, n)
             for (endpoint, host, event, result), n in sorted(self._webhooks.items()):
@@ -485,7 +499,7 @@ class Metrics:
             tasks.add_sample(tasks.name, {}, self._tasks())
             process.append(tasks)
         out = [requests, summary, histogram, queue] + ([throttled] if throttled.samples else [])
-        out += [tokens, tps, revenue, per_request]
+        out += [tokens, tps, revenue, per_request] + ([counts] if counts.samples else [])
         if self.gpus.available:
             gpu = family("gpu_utilization_percent", "GPU utilisation by device (NVML).", "gauge")
             for device, percent in self.gpus.sample().items():

@@ -18,6 +18,7 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "queue_size": "gauge",
     "throttled_requests": "gauge",
     "tokens_processed": "counter",
+    "token_counts": "counter",
     "tokens_per_second": "gauge",
     "revenue": "counter",
     "revenue_per_request": "gauge",

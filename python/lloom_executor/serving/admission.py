@@ -11,6 +11,19 @@ plugins' `check_request`, and later shared stores), so two copies of one
 request can never both pass. A refusal after it forgets the request again:
 nothing was done for it. A check may be a plain function or return an
 awaitable; plain ones cost no `await`.
+
+The context check counts the prompt with our native tokenizer (cl100k_base, system + "\\n" +
+prompt) plus a template allowance: the chat template adds tokens of its own (role headers,
+separators, BOS, the assistant's generation prompt), `TEMPLATE_TOKENS_PER_MESSAGE` (8) per message
+plus `TEMPLATE_TOKENS_FIXED` (8) -- what ChatML (about 5 per message, 3 for the generation prompt)
+and Llama 3 (5 per message, BOS + 4) take, with room to spare. Where the model's backend offers
+its server's tokenizer (`LlmBackend.count_prompt`: llama.cpp, vLLM, llama-cpp-python), the count
+that decides is the model's own, template included where the server applies it -- but only where
+it can change the decision: tokenizers differ from cl100k by less than `EXACT_COUNT_FACTOR` (2x)
+either way for ordinary text, so a prompt whose estimate fits even when doubled passes, and one
+that does not fit even when halved is refused, on the native count alone, without a call. Only a
+prompt in between costs one call to the server's tokenizer (within `PROMPT_COUNT_TIMEOUT_SECS`);
+when it fails or the server has none, the estimate with its allowance decides.
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from .. import _native
+from ..backends.base import TOKEN_SOURCE_SERVER, CompletionRequest, PromptCount, native_source
 from ..config import ModelConfig, RequestHandlingConfig
 from ..events import RequestView
 from ..outcome import Refusal, RefusalCode
@@ -33,11 +47,25 @@ from ..plugins import PluginHost
 MAX_MESSAGE_AGE_SECS = 300
 MAX_CLOCK_SKEW_SECS = 300
 TOKEN_ENCODING = "cl100k_base"
+NATIVE_SOURCE = native_source(TOKEN_ENCODING)
+TEMPLATE_TOKENS_PER_MESSAGE = 8  # a chat template's tokens around one message (role header, separators)
+TEMPLATE_TOKENS_FIXED = 8  # ... and around them all (BOS, the assistant's generation prompt)
+EXACT_COUNT_FACTOR = 2  # how far a model's tokenizer may plausibly differ from cl100k, either way
+PROMPT_COUNT_TIMEOUT_SECS = 5.0  # the most admission waits for the server's tokenizer
+
+PromptCounter = Callable[[CompletionRequest, float], Awaitable[PromptCount | None]]
+"""`LlmBackend.count_prompt`: the prompt's tokens by the served model's tokenizer, or None."""
 
 
 def prompt_text(request: _native.LlmRequest) -> str:
     """The text we count as the request's inbound tokens when the backend reports no usage."""
     return request.prompt if request.system_prompt is None else request.system_prompt + "\n" + request.prompt
+
+
+def template_margin(request: _native.LlmRequest) -> int:
+    """The tokens a chat template may add to this request's messages (see the module doc)."""
+    messages = 2 if request.system_prompt else 1
+    return TEMPLATE_TOKENS_FIXED + TEMPLATE_TOKENS_PER_MESSAGE * messages
 
 
 @dataclass
@@ -47,8 +75,9 @@ class Candidate:
     decoded: _native.DecodedRequest
     request: _native.LlmRequest
     ctx: RequestContext
-    prompt_tokens: int
+    prompt_tokens: int  # our native count; the model's own once the context check asked its server
     replay_key: bytes
+    prompt_source: str = NATIVE_SOURCE  # who counted prompt_tokens (server_tokenizer: the model's tokenizer)
     model: ModelConfig | None = None  # resolved (aliases) once the model check passed
     max_tokens: int = 0  # the output budget the backend gets
     view: RequestView | None = None  # what plugins see, made once when a plugin checks
@@ -67,6 +96,10 @@ class Admitted:
     model: ModelConfig
     prompt_tokens: int
     max_tokens: int
+
+    @property
+    def prompt_source(self) -> str:
+        return self.candidate.prompt_source
 
 
 Check = Callable[[Candidate], Awaitable[None] | None]
@@ -176,10 +209,11 @@ def addressing_check(peer_id: str, evm_address: str) -> Check:
     return check
 
 
-def model_check(registry: ModelRegistry, limit: int) -> Check:
-    """Price syntax, the model (or alias) served, and the context length."""
+def model_check(registry: ModelRegistry, limit: int, counter: PromptCounter | None = None) -> Check:
+    """Price syntax, the model (or alias) served, and the context length (the module doc says how
+    the prompt is counted for it, and when `counter`, the backend's tokenizer, is asked)."""
 
-    def check(c: Candidate) -> None:
+    def check(c: Candidate) -> Awaitable[None] | None:
         request = c.request
         for side in ("inbound_price", "outbound_price"):
             price = getattr(request, side)
@@ -189,11 +223,39 @@ def model_check(registry: ModelRegistry, limit: int) -> Check:
         if model is None:
             served = registry.served_names()
             raise Refusal(f"model {request.model!r} is not served here; available: {served}", RefusalCode.UNKNOWN_MODEL)
-        room = model.context_length - c.prompt_tokens
+        estimate = c.prompt_tokens + template_margin(request)
+        wanted = request.max_tokens if request.max_tokens is not None else 1
+        context = model.context_length
+        if (
+            counter is None
+            or EXACT_COUNT_FACTOR * estimate + wanted <= context
+            or estimate // EXACT_COUNT_FACTOR + wanted > context
+        ):
+            fit(c, model, estimate, "by our count, with a chat template allowance")
+            return None
+        return exact(c, model, estimate, counter)
+
+    async def exact(c: Candidate, model: ModelConfig, estimate: int, counter: PromptCounter) -> None:
+        request = c.request
+        asked = CompletionRequest(model.name, request.prompt, request.system_prompt)
+        counted = await counter(asked, time.monotonic() + PROMPT_COUNT_TIMEOUT_SECS)
+        if counted is None:
+            fit(c, model, estimate, "by our count, with a chat template allowance")
+            return
+        c.prompt_tokens, c.prompt_source = counted.tokens, TOKEN_SOURCE_SERVER
+        if counted.templated:
+            fit(c, model, counted.tokens, "by the model's tokenizer, chat template included")
+        else:
+            fit(c, model, counted.tokens + template_margin(request), "by the model's tokenizer, with a template allowance")
+
+    def fit(c: Candidate, model: ModelConfig, prompt_tokens: int, how: str) -> None:
+        request = c.request
+        room = model.context_length - prompt_tokens
         max_tokens = request.max_tokens if request.max_tokens is not None else min(limit, room)
         if max_tokens > room or room <= 0:
+            budget = f" plus max_tokens ({max_tokens})" if request.max_tokens is not None else ""
             raise Refusal(
-                f"prompt ({c.prompt_tokens} tokens) plus max_tokens ({max_tokens}) exceeds the "
+                f"prompt ({prompt_tokens} tokens {how}){budget} exceeds the "
                 f"context length {model.context_length} of model {model.name!r}",
                 RefusalCode.TOO_LARGE,
             )
@@ -332,6 +394,7 @@ def standard_admission(
     plugins: PluginHost | None = None,
     on_rate_limited: Callable[[str], None] | None = None,
     commitment_domain: _native.Eip712Domain | None = None,
+    prompt_counter: PromptCounter | None = None,
 ) -> Admission:
     """The executor's admission, cheapest check first, from the stages that are configured."""
     limit = handling.max_tokens_per_request
@@ -343,7 +406,7 @@ def standard_admission(
         signature_check(allow_unsigned),
         replay_seen_check(replay),
         addressing_check(peer_id, evm_address),
-        model_check(registry, limit),
+        model_check(registry, limit, prompt_counter),
         commitment_check,
         price_check(registry),
     ]

@@ -172,6 +172,8 @@ class AnswerWriter:
                 reply.outbound_tokens,
                 int(reply.total_cost) if answered.served else 0,
             )
+            if answered.served and reply.token_source is not None:
+                metrics.token_count(reply.token_source)
         self._emit(REQUEST_COMPLETED if answered.served else ERROR, request_event, answered)
 
     def _emit(self, event: str, build: Callable[..., tuple[str, dict[str, Any]]], *args: Any) -> None:

@@ -74,6 +74,7 @@ def build_request_handler(
         plugins=plugins,
         on_rate_limited=metrics.rate_limited if metrics is not None else None,
         commitment_domain=receipt_domain,  # a client's EIP-712 request signature is checked in our domain
+        prompt_counter=backend.count_prompt,  # the served model's tokenizer, for prompts near the context length
     )
     execution = Execution(
         backend,

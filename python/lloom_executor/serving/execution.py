@@ -87,7 +87,7 @@ def usage_limited_reason(retry_after: float | None) -> str:
 
 
 def outbound_tokens(completion: Completion) -> int:
-    """The answer's output tokens: the backend's count, else ours of its content."""
+    """The answer's output tokens: the backend's count, else ours of its content (`NATIVE_SOURCE`)."""
     if completion.outbound_tokens is not None:
         return completion.outbound_tokens
     return _native.count_tokens(completion.content, TOKEN_ENCODING)

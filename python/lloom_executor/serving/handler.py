@@ -18,13 +18,14 @@ import logging
 import time
 
 from .. import _native
+from ..backends.base import weakest_source
 from ..cache.base import ResponseCache
 from ..outcome import Refusal, RefusalCode, Reply, Timings
 from ..p2p.llm_protocol import RequestContext
 from ..pipeline.content_filter import ContentFilter
 from ..pipeline.model_registry import ModelRegistry
 from ..plugins import PluginHost
-from .admission import Admission, Admitted, plugin_view
+from .admission import NATIVE_SOURCE, Admission, Admitted, plugin_view
 from .answer import AnswerWriter
 from .execution import INTERNAL_ERROR, Execution, Produced, outbound_tokens, public_failure
 
@@ -129,10 +130,16 @@ class RequestHandler:
     @staticmethod
     def _priced(admitted: Admitted, produced: Produced) -> Reply:
         """Exact wei: tokens (the backend's counts, else ours) times the request's offered prices,
-        which admission checked cover ours."""
+        which admission checked cover ours; the reply says who counted (the weakest source)."""
         completion = produced.completion
         request = admitted.candidate.request
-        inbound = completion.inbound_tokens if completion.inbound_tokens is not None else admitted.prompt_tokens
+        sources = [completion.token_source]  # who counted what the backend reported
+        inbound = completion.inbound_tokens
+        if inbound is None:  # admission's count: the model's tokenizer where it asked it, else ours
+            inbound = admitted.prompt_tokens
+            sources.append(admitted.prompt_source)
         outbound = produced.outbound if produced.outbound is not None else outbound_tokens(completion)
+        if completion.outbound_tokens is None:
+            sources.append(NATIVE_SOURCE)
         cost = inbound * int(request.inbound_price) + outbound * int(request.outbound_price)
-        return Reply(completion.content, inbound, outbound, str(cost), admitted.model.name)
+        return Reply(completion.content, inbound, outbound, str(cost), admitted.model.name, token_source=weakest_source(*sources))

@@ -118,4 +118,5 @@ def ledger_entry(answered: AnsweredRequest) -> LedgerEntry:
         queued_ms=answered.queued_ms,
         backend_ms=answered.backend_ms,
         total_ms=answered.total_ms,
+        token_source=reply.token_source if answered.served else None,
     )
