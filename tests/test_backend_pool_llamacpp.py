@@ -27,6 +27,7 @@ import re
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ LOCAL_MODEL = "test-model"  # served by the test server (its default listing)
 LOCKED_MODEL = "gpt-x"
 LOCKED_MODELS = [{"id": LOCKED_MODEL, "object": "model", "state": "loaded"}]
 BACKEND_FAILED = "the backend failed on this request"  # serving/execution.py's public sentence
+BACKEND_TIMEOUT = "the backend did not answer in time"
 LOAD_TOKENS = 384  # max_tokens of the load sent while an instance is killed: its batch keeps B busy ~1 s
 POLL_DEADLINE = 60.0
 HTTP_THREADS = 24  # per llama-server: above the connections the executor may hold to one (see `llamas`)
@@ -131,14 +133,22 @@ class Executor:
 
 @pytest.fixture(scope="module")
 def executor(llamas: list[LlamaServer], local: OpenAIServer, locked: OpenAIServer, workdir: Path) -> Iterator[Executor]:
-    directory = workdir / "executor"
+    with executor_over(llamas, local, locked, workdir / "executor", timeout_secs=60) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def executor_over(
+    llamas: list[LlamaServer], local: OpenAIServer, locked: OpenAIServer, directory: Path, *, timeout_secs: float
+) -> Iterator[Executor]:
+    """An executor process serving the three backends, the pool's calls timing out after `timeout_secs`."""
     directory.mkdir()
     api_port, metrics_port = rig.free_port(), rig.free_port()
     urls = ", ".join(f'"{server.base_url}"' for server in llamas)
     # failure_threshold 2: two calls cut on a killed instance take it out, while one slow probe of a
     # busy server on a loaded machine does not; probes every 0.5 s bring a restarted one back quickly
     llm = (
-        f'backend = "openai"\nbase_urls = [{urls}]\napi_key = "unchecked"\ntimeout_secs = 60\nmax_retries = 0\n'
+        f'backend = "openai"\nbase_urls = [{urls}]\napi_key = "unchecked"\ntimeout_secs = {timeout_secs}\nmax_retries = 0\n'
         "failure_threshold = 2\nhealth_check_interval_secs = 0.5"
     )
     extra = f"""
@@ -179,7 +189,7 @@ outbound_price = "0.000002"
         metrics=f'enabled = true\nendpoint = "127.0.0.1:{metrics_port}"',
         extra=extra,
     )
-    with rig.executor_process(config, workdir / "executor.log") as running:
+    with rig.executor_process(config, directory.parent / f"{directory.name}.log") as running:
         yield Executor(running, directory, api_port, metrics_port)
 
 
@@ -310,6 +320,44 @@ def test_a_backend_answering_401_refuses_its_models_while_the_others_are_served(
     served(signed(run, executor)[0], LOCAL_MODEL, echo_content("still here"), run.describe())
     run = ask(peer, executor, MODEL_ALIAS, "Are you there?", "--temperature", "0", "--max-tokens", "8")
     served(signed(run, executor)[0], MODEL_ALIAS, rig.SHORT_ANSWER, run.describe())
+
+
+# -- an instance that hangs -------------------------------------------------------------------------
+HANG_TIMEOUT_SECS = 4.0
+
+
+def test_a_hung_instance_times_out_at_the_backend_timeout_and_is_taken_out(
+    peer: Path, llamas: list[LlamaServer], local: OpenAIServer, locked: OpenAIServer, workdir: Path
+) -> None:
+    """llama.cpp server A is frozen (SIGSTOP: its socket accepts, nothing answers, as a wedged
+    server does). Its calls end at the backend's `timeout_secs` with the signed timeout error (a
+    call that reached the server is never retried elsewhere: it may be running there); A is taken
+    out, B serves the rest; A thawed (SIGCONT) is probed back in."""
+    a, b = llamas
+    with executor_over(llamas, local, locked, workdir / "executor-hang", timeout_secs=HANG_TIMEOUT_SECS) as executor:
+        os.killpg(a.proc.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            run = ask(peer, executor, MODEL_ALIAS, "Hang", "--count", "4", "--concurrency", "4", "--max-tokens", "8")
+            took = time.monotonic() - started
+            lines = signed(run, executor, 4)
+            errors = [line for line in lines if line["error"] is not None]
+            assert errors, run.describe()  # round robin sent some of the four to A
+            for line in errors:
+                assert line["error"] == BACKEND_TIMEOUT and line["total_cost"] == "0", run.describe()
+            for line in lines:
+                if line["error"] is None:
+                    served(line, MODEL_ALIAS, rig.loop_answer(8), run.describe())
+            assert HANG_TIMEOUT_SECS <= took < HANG_TIMEOUT_SECS + 30, took  # the backend's timeout, not the request's
+            poll(lambda: executor.instance(label(a))["up"] is False, "A taken out", executor)
+            before_b = len(b.launched_tasks())
+            run = ask(peer, executor, MODEL_ALIAS, "While A hangs", "--count", "3", "--max-tokens", "8")
+            for line in signed(run, executor, 3):
+                served(line, MODEL_ALIAS, rig.loop_answer(8), run.describe())
+            assert len(b.launched_tasks()) - before_b == 3
+        finally:
+            os.killpg(a.proc.pid, signal.SIGCONT)
+        poll(lambda: executor.instance(label(a))["up"] is True, "A probed back in once it answers again", executor)
 
 
 # -- an instance killed mid-load ---------------------------------------------------------------------
