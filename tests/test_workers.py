@@ -257,3 +257,32 @@ def test_rust_peer_discovers_and_uses_a_two_worker_node(interop_peer: Path, tmp_
                 assert any(d["peer"] == peer for d in run.events("discovered")), run.describe()
         assert node.stop() == 0, node.output
     assert ledger_rows(tmp_path) == len(runs)
+
+
+def test_gossip_message_ids_of_the_workers_never_collide(tmp_path: Path) -> None:
+    """Workers of one PeerId started in the same second publish under rust-libp2p's id (source +
+    seqno): a subscriber on each worker hears its worker's announcements, and no id heard from
+    one worker is an id heard from the other (peers would drop one message as the other's
+    duplicate)."""
+    config = interop.write_operator_config(tmp_path, models=[MODEL])
+    with workers_node(config) as node:
+        address = node.ready()
+
+        async def scenario() -> dict[int, set[bytes]]:
+            clients = await client_on_each_worker(address, node.worker_pids())
+            try:
+                gossip = {i: c.gossip for i, c in clients.items()}
+                assert all(g is not None for g in gossip.values())
+                await until(
+                    lambda: all(g is not None and g.recent_ids for g in gossip.values()),
+                    "an announcement heard from each worker",
+                    30,
+                )
+                return {i: set(g.recent_ids) for i, g in gossip.items() if g is not None}
+            finally:
+                for c in clients.values():
+                    await c.stop()
+
+        heard = asyncio.run(scenario())
+        assert node.stop() == 0, node.output
+    assert heard[0] and heard[1] and not heard[0] & heard[1], heard

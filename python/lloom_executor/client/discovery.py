@@ -17,6 +17,7 @@ Four channels feed one `ExecutorBook`:
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable, Iterable
 
@@ -45,6 +46,7 @@ EXECUTOR_KEY = b"lloom/executor"
 TOPIC_EXECUTOR_ANNOUNCEMENTS = "lloom/executor-announcements"
 TOPIC_MODEL_ANNOUNCEMENTS = "lloom/model-announcements"
 AVAILABLE_PREFIX = "EXECUTOR_AVAILABLE:"
+RECENT_IDS = 256  # message ids a client remembers (GossipWatchService.recent_ids)
 
 
 class ExecutorBook:
@@ -204,6 +206,9 @@ class GossipWatchService:
         self.book = book
         self.received = 0
         self.rejected = 0
+        # the ids (rust-libp2p's: source + seqno) of the last messages heard, for diagnostics: two
+        # different messages under one id would be dropped as duplicates by every peer
+        self.recent_ids: collections.deque[bytes] = collections.deque(maxlen=RECENT_IDS)
 
     async def run(self, rt: NodeRuntime, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         gossipsub = GossipSub(protocols=[MESHSUB_V11, MESHSUB_V10], degree=6, degree_low=5, degree_high=12, heartbeat_interval=1)
@@ -226,6 +231,7 @@ class GossipWatchService:
             if message.from_id == own:
                 continue
             self.received += 1
+            self.recent_ids.append(rust_message_id(message))
             try:
                 handle(rt, ID(message.from_id), bytes(message.data))
             except Exception as exc:  # a bad message must not end the subscription
