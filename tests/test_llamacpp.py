@@ -16,6 +16,7 @@ it is missing the tests fail in CI (`CI=true`) and are skipped elsewhere with th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -326,6 +327,51 @@ def test_a_client_that_disconnects_cancels_the_backend_request(
             proc.kill()
         proc.wait(10)
     assert cancelled and tokens < max_tokens // 2, f"task {task}: cancelled {cancelled}, {tokens} tokens of {max_tokens}"
+    deadline = time.monotonic() + 30  # refusal records are written within about a second
+    while sum(r["code"] == "cancelled" for r in ledger_rows(workdir / "executor")) == before:
+        assert time.monotonic() < deadline, "no `cancelled` ledger record of the abandoned request"
+        time.sleep(0.1)
+
+
+def test_a_client_that_resets_its_stream_cancels_the_backend_request(
+    executor: ExecutorProcess, server: LlamaServer, workdir: Path
+) -> None:
+    """The client gives up on a request (its own timeout: our client resets the stream) and keeps
+    its connection: the server cancels the task long before the generation would have ended, while
+    the client is still connected, and the ledger keeps a `cancelled` record."""
+    from lloom_executor.client import LloomClient
+    from lloom_executor.client.types import RequestTimeout
+
+    max_tokens = LONG_GENERATION
+    before = sum(r["code"] == "cancelled" for r in ledger_rows(workdir / "executor"))
+    known = len(server.launched_tasks())
+    peer_id = executor.addr.rsplit("/p2p/", 1)[1]
+
+    async def scenario() -> tuple[bool, int]:
+        client = LloomClient(bootstrap=[], request_timeout=60)
+        await client.start()
+        try:
+            await client.connect(executor.addr)
+            asking = asyncio.ensure_future(
+                client.request(
+                    peer_id,
+                    MODEL_ALIAS,
+                    "Keep going",
+                    max_tokens=max_tokens,
+                    inbound_price=OFFER_IN,
+                    outbound_price=OFFER_OUT,
+                    timeout=4,  # far below the generation's time (over 10 s): the client gives up
+                )
+            )
+            task = await asyncio.to_thread(wait_for_new_task, server, known, lambda: not asking.done())
+            with pytest.raises(RequestTimeout):
+                await asking
+            return await asyncio.to_thread(wait_until_released, server, task)  # the client is still connected
+        finally:
+            await client.stop()
+
+    cancelled, tokens = asyncio.run(scenario())
+    assert cancelled and tokens < max_tokens // 2, f"cancelled {cancelled}, {tokens} tokens of {max_tokens}"
     deadline = time.monotonic() + 30  # refusal records are written within about a second
     while sum(r["code"] == "cancelled" for r in ledger_rows(workdir / "executor")) == before:
         assert time.monotonic() < deadline, "no `cancelled` ledger record of the abandoned request"

@@ -72,6 +72,7 @@ class CoalescingYamux(Yamux):
         self._direct_writes = False
         self._send_failure: BaseException | None = None
         self._on_gone: set[Callable[[], None]] = set()
+        self._on_reset: dict[int, Callable[[], None]] = {}
         self.frames_queued = 0  # frames handed to _write_frame
         self.sends = 0  # Noise writes (one per batch), for tests and diagnostics
 
@@ -143,7 +144,39 @@ class CoalescingYamux(Yamux):
         self._on_gone.add(callback)
         return lambda: self._on_gone.discard(callback)
 
+    def when_stream_gone(self, stream_id: int, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` (synchronously, once) when the peer resets stream `stream_id` (RST,
+        the connection kept) or the connection ends; return what unregisters it. Why: a client
+        that gives up on one request resets its stream and keeps the connection for the next;
+        the work for the abandoned one is as pointless as for a closed connection."""
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.reset_received:  # already reset (or fully closed): nobody reads
+            callback()
+            return _nothing
+        self._on_reset[stream_id] = callback
+        stop_gone = self.when_gone(callback)
+
+        def stop() -> None:
+            self._on_reset.pop(stream_id, None)
+            stop_gone()
+
+        return stop
+
+    def _finalize_stream_locked(self, stream: YamuxStream, *, fully_closed: bool) -> None:
+        """py-libp2p calls this wherever a stream ends, an RST from the peer included: the hook
+        for `when_stream_gone` (no patch of the reader's frame handling needed)."""
+        super()._finalize_stream_locked(stream, fully_closed=fully_closed)
+        if stream.reset_received:
+            callback = self._on_reset.pop(stream.stream_id, None)
+            if callback is not None:
+                self._on_gone.discard(callback)
+                try:
+                    callback()
+                except Exception:  # the reader must not die of a listener's fault
+                    log.exception("stream-reset listener failed")
+
     def _gone(self) -> None:
+        self._on_reset.clear()
         callbacks, self._on_gone = self._on_gone, set()
         for callback in callbacks:
             try:

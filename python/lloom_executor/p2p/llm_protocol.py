@@ -156,11 +156,13 @@ class LlmStreamHandler:
             return
         remote = stream.get_remote_address()
         ctx = RequestContext(str(stream.muxed_conn.peer_id), remote[0] if remote else None, len(frame), time.monotonic())
-        # The peer's connection ending cancels the work done for it (the backend call with it):
-        # nobody could receive the answer (lean_yamux.CoalescingYamux.when_gone).
+        # The peer resetting this stream, or its connection ending, cancels the work done for it
+        # (the backend call with it): nobody could receive the answer
+        # (lean_yamux.CoalescingYamux.when_stream_gone).
         with trio.CancelScope() as serving:
-            when_gone = getattr(stream.muxed_conn, "when_gone", None)
-            stop_watching = when_gone(serving.cancel) if when_gone is not None else None
+            when_gone = getattr(stream.muxed_conn, "when_stream_gone", None)
+            stream_id = getattr(getattr(stream, "muxed_stream", None), "stream_id", None)
+            stop_watching = when_gone(stream_id, serving.cancel) if when_gone is not None and stream_id is not None else None
             try:
                 answer = await self._bridge.call_asyncio(self._handle, frame, ctx)
             finally:
