@@ -286,3 +286,48 @@ def test_gossip_message_ids_of_the_workers_never_collide(tmp_path: Path) -> None
         heard = asyncio.run(scenario())
         assert node.stop() == 0, node.output
     assert heard[0] and heard[1] and not heard[0] & heard[1], heard
+
+
+def test_plugins_run_their_checks_in_every_worker_and_on_start_once_per_node(tmp_path: Path) -> None:
+    journal = tmp_path / "plugin-journal.txt"
+    plugin = tmp_path / "journal_plugin.py"
+    plugin.write_text(
+        "import os\n"
+        f"JOURNAL = {str(journal)!r}\n"
+        "def note(what):\n"
+        "    with open(JOURNAL, 'a') as f:\n"
+        "        f.write(f'{what} {os.getpid()}\\n')\n"
+        "class Journal:\n"
+        "    def __init__(self, context):\n"
+        "        note(f'created {context.worker}/{context.workers}')\n"
+        "    def on_start(self):\n"
+        "        note('on_start')\n"
+        "    def on_stop(self):\n"
+        "        note('on_stop')\n"
+        "    def check_request(self, request):\n"
+        "        note('check')\n"
+        "        return None\n"
+        "def create_plugin(config, context):\n"
+        "    return Journal(context)\n"
+    )
+    config = interop.write_operator_config(tmp_path, models=[MODEL], extra=f'[[plugins]]\nname = "journal"\npath = "{plugin}"\n')
+    with workers_node(config) as node:
+        address = node.ready()
+        peer = address.rsplit("/p2p/", 1)[1]
+
+        async def scenario() -> list[str | None]:
+            clients = await client_on_each_worker(address, node.worker_pids())
+            try:
+                return [await ask(c, peer, f"checked on {i}") for i, c in clients.items()]
+            finally:
+                for c in clients.values():
+                    await c.stop()
+
+        assert asyncio.run(scenario()) == [None, None]
+        pids = node.worker_pids()
+        assert node.stop() == 0, node.output
+    lines = [line.rsplit(" ", 1) for line in journal.read_text().splitlines()]
+    assert sorted(what for what, _ in lines if what.startswith("created")) == ["created 0/2", "created 1/2"]
+    assert [int(pid) for what, pid in lines if what == "on_start"] == [pids[0]]  # once per node, by the lead
+    assert [int(pid) for what, pid in lines if what == "on_stop"] == [pids[0]]
+    assert {int(pid) for what, pid in lines if what == "check"} == set(pids.values())  # checks in every worker

@@ -144,6 +144,8 @@ class ExecutorService:
                 metrics=self.metrics,
                 peer_id=identity.peer_id,
                 evm_address=identity.address,
+                node_lifecycle=self.role.lead,
+                worker=(self.role.index, self.role.count),
                 **(plugin_options or {}),
             )
             if config.plugins

@@ -104,7 +104,13 @@ class PluginHost:
         lifecycle_timeout_secs: float = LIFECYCLE_TIMEOUT_SECS,
         flush_timeout_secs: float = FLUSH_TIMEOUT_SECS,
         log_interval_secs: float = LOG_INTERVAL_SECS,
+        node_lifecycle: bool = True,
+        worker: tuple[int, int] = (0, 1),
     ) -> None:
+        """`node_lifecycle`: call `on_start` / `on_stop` here. They are node events: with
+        `--workers N` only the lead calls them, while every worker loads the plugins (their
+        checks run on every request) and tells them which worker they are in (`worker`:
+        index, count, in `PluginContext`)."""
         if queue_size < 1 or lifecycle_timeout_secs <= 0 or flush_timeout_secs < 0 or log_interval_secs < 0:
             raise ValueError("queue_size >= 1, lifecycle_timeout_secs > 0 and non-negative flush and log intervals, please")
         self.plugins = [_Plugin(i, c, workers, queue_size) for i, c in enumerate(configs)]
@@ -114,6 +120,8 @@ class PluginHost:
         self.lifecycle_timeout_secs = float(lifecycle_timeout_secs)
         self.flush_timeout_secs = float(flush_timeout_secs)
         self.log_interval_secs = float(log_interval_secs)
+        self.node_lifecycle = node_lifecycle
+        self.worker = worker
         self._started: list[_Plugin] = []
         self._request_checks: list[_Plugin] = []
         self._response_checks: list[_Plugin] = []
@@ -164,7 +172,7 @@ class PluginHost:
         try:
             plugin.instance = await self._create(plugin, module)
             self._bind_hooks(plugin)
-            if "on_start" in plugin.hooks:
+            if "on_start" in plugin.hooks and self.node_lifecycle:
                 try:
                     await self._call(plugin, "on_start", (), self._lifecycle_timeout(plugin))
                 except HookFailed as failure:
@@ -185,7 +193,7 @@ class PluginHost:
         factory = getattr(module, FACTORY, None)
         if not callable(factory):
             raise PluginError(f"{plugin.where}: the module defines no {FACTORY}(config, context) function")
-        context = PluginContext(plugin.name, plugin.logger, self.peer_id, self.evm_address, plugin.timeout)
+        context = PluginContext(plugin.name, plugin.logger, self.peer_id, self.evm_address, plugin.timeout, *self.worker)
         try:
             instance = factory(copy.deepcopy(plugin.config.config), context)
             if inspect.isawaitable(instance):
@@ -230,7 +238,7 @@ class PluginHost:
                     count=len(left),
                 )
         for plugin in reversed(self._started):
-            if "on_stop" in plugin.hooks:
+            if "on_stop" in plugin.hooks and self.node_lifecycle:
                 try:
                     await self._call(plugin, "on_stop", (), self._lifecycle_timeout(plugin))
                 except HookFailed as failure:
