@@ -317,7 +317,7 @@ def test_discovery_per_backend_withdraws_only_the_models_of_a_backend_that_went_
 def test_the_backends_of_a_command_probe_a_taken_out_instance_back_in(servers: list[OpenAIServer]) -> None:
     """`test-backend`, `models list` and `benchmark` use `running_backends`: its pools probe as in
     `start`, so an instance that failed during a long command comes back within it."""
-    from lloom_executor.service import running_backends
+    from lloom_executor.backends.from_config import running_backends
 
     a, b = servers[0], servers[1]
     port = b.port

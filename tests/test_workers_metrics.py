@@ -250,6 +250,8 @@ def test_two_workers_one_metrics_endpoint_and_one_peers_list(interop_peer: Path,
             dict(labels).get("worker") for name, labels in values(combined) if name == "lloom_executor_request_duration_seconds"
         }
         assert quantile_workers == {"0", "1"}
+        detailed = httpx.get(api_url + "/health/detailed", timeout=10, trust_env=False).json()
+        assert detailed["total_requests"] == answers and detailed["active_requests"] == 0, detailed
 
         # the lead's peers list holds the peers of both workers, each with its worker
         async def peers_of_clients() -> tuple[dict[int, str], list[dict[str, object]]]:

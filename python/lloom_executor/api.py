@@ -65,7 +65,6 @@ from .config import ApiConfig, Config
 from .diagnostics import model_rows
 from .httpserve import EmbeddedHttpServer, split_host_port
 from .ledger import LedgerStatus
-from .p2p.llm_protocol import StreamStats
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +166,9 @@ class NodeView(Protocol):
 
     def uptime_seconds(self) -> int: ...
 
-    def stream_stats(self) -> StreamStats | None: ...
+    async def request_counts(self) -> tuple[int, int]:
+        """(requests in flight, requests served) of the node: every worker's, with several."""
+        ...
 
     async def peers(self) -> list[dict[str, Any]]: ...
 
@@ -218,13 +219,13 @@ class ApiState:
         return await self.node.peers()
 
     async def detailed(self) -> dict[str, Any]:
-        stats = self.node.stream_stats()
+        active, total = await self.node.request_counts()
         return {
             "status": self.status(),
             "uptime_seconds": self.node.uptime_seconds(),
             "models_loaded": self.node.served_models(),
-            "active_requests": stats.inflight if stats else 0,
-            "total_requests": stats.served if stats else 0,
+            "active_requests": active,
+            "total_requests": total,
             "backend_status": self.probe.status,
             "p2p_peers": len(await self.node.peers()),
             "throttled_models": self.node.throttled_models(),

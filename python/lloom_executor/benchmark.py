@@ -442,7 +442,7 @@ async def run_benchmark(
     """Both paths, executor first, each after one untimed warm-up request (its latency is the
     path's `first_answer_s`). Raises `UnknownModel` before starting anything. `progress(path)`
     ("executor", "backend alone") gives the reporter of each path's timed requests."""
-    from .service import running_backends
+    from .backends.from_config import running_backends
 
     served = resolve_model(config, model)
     with tempfile.TemporaryDirectory(prefix="lloom-benchmark-") as tmp:

@@ -104,9 +104,9 @@ def test_backend(config_path: Path | None) -> None:
     import dataclasses
 
     from .backends.base import BackendError
+    from .backends.from_config import running_backends
     from .cli_config import configured_backends, describe_backend
     from .diagnostics import check_backend
-    from .service import running_backends
 
     config = load_or_exit(config_path).config
     described = configured_backends(config)
@@ -191,9 +191,9 @@ def models_list(config_path: Path | None, as_json: bool, offline: bool, insecure
     import json
 
     from .api import ApiRequestError, ApiUnreachable, api_base_url, api_get
+    from .backends.from_config import running_backends
     from .cli_config import configured_backends, describe_backend
     from .diagnostics import model_rows
-    from .service import running_backends
 
     config = load_or_exit(config_path).config
     backends = configured_backends(config)

@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +42,8 @@ from .metrics import Metrics, MetricsServer, PushLoop
 from .model_discovery import DISCONNECTED, DiscoverySet, ModelDiscovery
 from .outcome import RefusalCode
 from .p2p.announcements import ModelCatalog
-from .p2p.llm_protocol import StreamStats
 from .p2p.node import P2PNode
-from .p2p.services import default_services, network_view, update_models
+from .p2p.services import default_services, network_view, peer_count, peer_snapshot, update_models
 from .pipeline.content_filter import ContentFilter
 from .pipeline.dispatch import Dispatcher, dispatcher_from_config
 from .pipeline.model_registry import ModelRegistry
@@ -64,20 +63,6 @@ from .workers.shared_state import NodeState, SharedBucket, SharedReplayStore
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_SECS = 5.0
-
-
-@contextlib.asynccontextmanager
-async def running_backends(config: Config) -> AsyncIterator[BackendSet]:
-    """`[llm_client]` and every `[[llm_backends]]` entry (pools, bounds and limits applied), each
-    model routed to its backend, as `test-backend`, `models list` and `benchmark` use them: started
-    (pool probes run, so an instance taken out during the command is probed back in, as in
-    `start`) and closed on exit."""
-    backends = build_backends(config)
-    try:
-        await backends.start()
-        yield backends
-    finally:
-        await backends.close()
 
 
 class ExecutorService:
@@ -387,7 +372,7 @@ class ExecutorService:
         interval = min(HOUSEKEEPING_SECS, self.config.pricing.update_interval_secs)
         while True:
             try:
-                self.metrics.set_peers(len(await self.node.call(_peer_ids)))
+                self.metrics.set_peers(await peer_count(self.node))
                 if self.config.pricing.strategy == "market":
                     self.registry.set_market_view(await network_view(self.node))
                 await self._announce_price_changes()
@@ -434,14 +419,21 @@ class ExecutorService:
     def uptime_seconds(self) -> int:
         return int(time.monotonic() - self.started_at) if self.started_at is not None else 0
 
-    def stream_stats(self) -> StreamStats | None:
-        return self.node.stream_stats()
+    def _own_counts(self) -> tuple[int, int]:
+        stats = self.node.stream_stats()
+        return (stats.inflight, stats.served) if stats is not None else (0, 0)
+
+    async def request_counts(self) -> tuple[int, int]:
+        """(in flight, served) of this process; with several workers, of the node (the lead asks)."""
+        if self.aggregator is not None:
+            return await self.aggregator.request_counts()
+        return self._own_counts()
 
     async def peers(self) -> list[dict[str, Any]]:
         """Connected peers; with several workers, all the node's (the lead asks the others)."""
         if self.aggregator is not None:
             return await self.aggregator.peers()
-        return await self.node.call(_peer_snapshot) if self.running else []
+        return await peer_snapshot(self.node) if self.running else []
 
     async def network(self) -> dict[str, Any]:
         """Other executors' verified announcements (gossip), ours left out; with several workers,
@@ -456,8 +448,12 @@ class ExecutorService:
     async def _own_view(self) -> dict[str, Any]:
         """This worker's peers and network view, for the lead (workers/peer_endpoint.py)."""
         if not self.running:
-            return {"peers": [], "network": {}}
-        return {"peers": await self.node.call(_peer_snapshot), "network": await network_view(self.node)}
+            return {"peers": [], "network": {}, "requests": [0, 0]}
+        return {
+            "peers": await peer_snapshot(self.node),
+            "network": await network_view(self.node),
+            "requests": list(self._own_counts()),
+        }
 
     def served_models(self) -> list[str]:
         return [m.name for m in self.registry.served()]
@@ -580,11 +576,3 @@ class ExecutorService:
                 loop.remove_signal_handler(sig)
             if self.started_at is not None:
                 await self.stop()
-
-
-async def _peer_ids(rt: Any) -> list[str]:
-    return list(rt.peers.peers)
-
-
-async def _peer_snapshot(rt: Any) -> list[dict[str, Any]]:
-    return rt.peers.snapshot()  # in the trio thread, which owns the PeerBook

@@ -21,8 +21,9 @@ the request path; `test-backend` and `models list` build the same set.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import AsyncIterator, Hashable, Sequence
 
 import httpx
 
@@ -213,4 +214,18 @@ def build_backends(config: Config, node: NodeLimits | None = None) -> BackendSet
     return backends
 
 
-__all__ = ["DEVICE_PLACEHOLDER", "build_backends", "device_pool", "device_url", "instance_label"]
+@contextlib.asynccontextmanager
+async def running_backends(config: Config) -> AsyncIterator[BackendSet]:
+    """`[llm_client]` and every `[[llm_backends]]` entry (pools, bounds and limits applied), each
+    model routed to its backend, as `test-backend`, `models list` and `benchmark` use them: started
+    (pool probes run, so an instance taken out during the command is probed back in, as in
+    `start`) and closed on exit."""
+    backends = build_backends(config)
+    try:
+        await backends.start()
+        yield backends
+    finally:
+        await backends.close()
+
+
+__all__ = ["DEVICE_PLACEHOLDER", "build_backends", "device_pool", "device_url", "instance_label", "running_backends"]

@@ -79,3 +79,22 @@ async def network_view(node: P2PNode) -> dict[str, dict[str, Any]]:
         return gossip.network_view() if isinstance(gossip, GossipService) else {}
 
     return await node.call(read)
+
+
+async def peer_snapshot(node: P2PNode) -> list[dict[str, Any]]:
+    """From asyncio: the connected peers as the admin API lists them (read in the trio thread,
+    which owns the PeerBook)."""
+
+    async def read(rt: NodeRuntime) -> list[dict[str, Any]]:
+        return rt.peers.snapshot()
+
+    return await node.call(read)
+
+
+async def peer_count(node: P2PNode) -> int:
+    """From asyncio: how many peers are connected."""
+
+    async def read(rt: NodeRuntime) -> int:
+        return len(rt.peers.peers)
+
+    return await node.call(read)

@@ -147,6 +147,11 @@ class NodeAggregator:
     async def network(self) -> dict[str, Any]:
         return merge_network(await self._views())
 
+    async def request_counts(self) -> tuple[int, int]:
+        """(in flight, served) summed over the workers that answered (/health/detailed)."""
+        counts = [view.get("requests") or (0, 0) for view in await self._views()]
+        return sum(int(c[0]) for c in counts), sum(int(c[1]) for c in counts)
+
     def thread_registry(self, loop: asyncio.AbstractEventLoop, timeout_secs: float = 10.0) -> CollectorRegistry:
         """A registry for a thread (the push loop) whose collection is `families()` run on `loop`."""
         aggregator = self
