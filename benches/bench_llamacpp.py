@@ -45,6 +45,7 @@ IN_FLIGHT = int(os.environ.get("LLOOM_BENCH_LLAMACPP_IN_FLIGHT", "4"))
 SLOTS = IN_FLIGHT
 CTX_PER_SLOT = MAX_TOKENS + 64  # the prompt (~15 tokens) and the whole answer fit
 SMOKE_REQUESTS = 8
+SAME_WORK = ("--max-tokens", str(MAX_TOKENS))  # the executor path generates what the direct one does
 
 
 @pytest.fixture(scope="module")
@@ -87,11 +88,15 @@ def test_executor_path_against_llama_server_directly(benchmark: Any, server: rig
     with e2e_rig.executor_process(e2e_rig.product_command(config)) as executor:
         if not benchmark.disabled:  # warm both paths (connections, the server's prompt cache)
             asyncio.run(drive_direct(server, 2 * IN_FLIGHT, IN_FLIGHT))
-            e2e_rig.drive(peer, executor, model=rig.MODEL_ALIAS, prompt=PROMPT, count=2 * IN_FLIGHT, concurrency=IN_FLIGHT)
+            e2e_rig.drive(
+                peer, executor, model=rig.MODEL_ALIAS, prompt=PROMPT, count=2 * IN_FLIGHT, concurrency=IN_FLIGHT, extra=SAME_WORK
+            )
         before = asyncio.run(drive_direct(server, count, IN_FLIGHT))
 
         def round_() -> e2e_rig.LoadResult:
-            return e2e_rig.drive(peer, executor, model=rig.MODEL_ALIAS, prompt=PROMPT, count=count, concurrency=IN_FLIGHT)
+            return e2e_rig.drive(
+                peer, executor, model=rig.MODEL_ALIAS, prompt=PROMPT, count=count, concurrency=IN_FLIGHT, extra=SAME_WORK
+            )
 
         result: e2e_rig.LoadResult = benchmark.pedantic(round_, rounds=1, iterations=1)
         after = asyncio.run(drive_direct(server, count, IN_FLIGHT))

@@ -216,10 +216,19 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def drive(
-    binary: Path, executor: ExecutorProcess, *, model: str, prompt: str, count: int, concurrency: int, timeout_secs: int = 300
+    binary: Path,
+    executor: ExecutorProcess,
+    *,
+    model: str,
+    prompt: str,
+    count: int,
+    concurrency: int,
+    timeout_secs: int = 300,
+    extra: Sequence[str] = (),
 ) -> LoadResult:
     """One `interop-peer client` run (one connection, `count` signed requests, `concurrency` in
-    flight, no discovery) against `executor`; every answer must be a signed success.
+    flight, no discovery) against `executor`; every answer must be a signed success. `extra`: more
+    client arguments (e.g. `--max-tokens N`).
 
     The executor's CPU is read just before the client starts and just after it exits, so the
     window also holds the client's connection set-up and teardown (one Noise handshake, identify):
@@ -236,6 +245,7 @@ def drive(
         str(count),
         "--concurrency",
         str(concurrency),
+        *extra,
         timeout_secs=timeout_secs,
     )
     before = CpuSnapshot.take(executor)
