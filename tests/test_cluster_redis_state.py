@@ -24,7 +24,7 @@ from lloom_executor._fast.ratelimit import RateLimiter
 from lloom_executor.cluster.redis_limits import MemberLease, RedisNodeLimits
 from lloom_executor.cluster.redis_link import RedisLink
 from lloom_executor.cluster.redis_state import BucketScript, RedisRateRules, RedisReplayStore, key_prefix
-from lloom_executor.config import RateLimitingConfig, RateLimitRule
+from lloom_executor.config import ConfigError, RateLimitingConfig, RateLimitRule, inactive_features, load_config
 from lloom_executor.outcome import RefusalCode, SharedStateUnavailable
 from lloom_executor.pipeline.ratelimits import RateLimitRules
 from redis_rig import RedisProcess
@@ -257,3 +257,19 @@ def test_a_redis_without_appendonly_is_warned_about(tmp_path: Path, caplog: pyte
         assert any("without appendonly" in r.getMessage() for r in caplog.records)
     finally:
         server.stop()
+
+
+def test_clustering_config_needs_a_redis_url_and_start_says_what_is_not_built(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[clustering]\nenabled = true\nnode_id = "m1"\n')
+    with pytest.raises(ConfigError, match="clustering.redis_url"):
+        load_config(path, environ={})
+    path.write_text('[clustering]\nenabled = true\nnode_id = "m1"\nshared_state_backend = "sqlite"\n')
+    with pytest.raises(ConfigError, match="clustering.shared_state_backend"):
+        load_config(path, environ={})
+    path.write_text('[clustering]\nenabled = true\nnode_id = "m1"\nredis_url = "redis://:${PW}@127.0.0.1:6390/2"\n')
+    config = load_config(path, environ={"PW": "s3cret"}).config
+    assert config.clustering.redis_url == "redis://:s3cret@127.0.0.1:6390/2"
+    assert "s3cret" not in repr(config)  # a secret: never logged with the config
+    [note] = [f for f in inactive_features(config) if f.startswith("[clustering]")]
+    assert "shared in Redis" in note and "leader election" in note and "settlement" in note
