@@ -39,15 +39,18 @@ def member_config(directory: Path, name: str, redis_url: str, extra: str = "", *
 
 
 @contextmanager
-def members(configs: list[Path]) -> Iterator[list[tuple[WorkersNode, str]]]:
-    """Started members and their listen addresses (one process each: `--workers 1`)."""
+def members(configs: list[Path], workers: tuple[int, ...] = (1, 1)) -> Iterator[list[tuple[WorkersNode, str]]]:
+    """Started members (`--workers` each as given) and their listen addresses."""
     with ExitStack() as stack:
         nodes = []
-        for config in configs:
-            node = WorkersNode(config, 1)
+        for config, count in zip(configs, workers, strict=True):
+            node = WorkersNode(config, count)
             stack.callback(node.kill)
             nodes.append(node)
-        yield [(node, node.wait_for(r"listening on (/ip4/\S+/p2p/\S+)", 90).group(1)) for node in nodes]
+        yield [
+            (node, node.ready() if count > 1 else node.wait_for(r"listening on (/ip4/\S+/p2p/\S+)", 90).group(1))
+            for node, count in zip(nodes, workers, strict=True)
+        ]
 
 
 def signed_frame(client: _native.PrivateKey, executor_peer: str, prompt: str) -> bytes:
@@ -97,7 +100,7 @@ def test_rate_limits_and_openai_limits_hold_across_members(tmp_path: Path) -> No
             "[openai_limits]\nmax_requests_per_minute = 3\n"
         )
         configs = [member_config(tmp_path, name, redis.url, limits) for name in ("a", "b")]
-        with members(configs) as started:
+        with members(configs, workers=(1, 2)) as started:  # b: 2 workers, each a member to Redis
             addresses = [address for _, address in started]
             peer = addresses[0].rsplit("/p2p/", 1)[1]
 

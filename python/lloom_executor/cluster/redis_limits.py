@@ -219,9 +219,11 @@ class RedisUsageBook:
     def _pay_owed(self) -> None:
         while self._owed:
             day, reserved, cost = self._owed[0]
-            args = [str(day), self.lease.member, str(reserved), str(cost)]
-            self.link.call(lambda _c, args=args: self._settle(keys=self.keys[:2], args=args))  # type: ignore[misc]
+            self._settle_one([str(day), self.lease.member, str(reserved), str(cost)])
             self._owed.popleft()
+
+    def _settle_one(self, args: list[str]) -> None:
+        self.link.call(lambda _c: self._settle(keys=self.keys[:2], args=args))
 
     def status(self, day: int) -> BookStatus:
         _, _, spent, reserved, requests, tokens = self._run("status", 0, 0, None, day)
