@@ -50,12 +50,13 @@ end
 local function add_spend(key, day, amount)
   redis.call('HSET', key, 'day', string.format('%d', day), 'nano', string.format('%.0f', spent(key, day) + amount))
 end
--- the live members' total; a dead member's field goes (to `on_dead`, when given)
-local function live_total(hash, member_prefix, on_dead)
+-- the live members' total; a dead member's field goes (to `on_dead`, when given). The caller
+-- (`self`) is alive by definition, even when its lease was lost (a Redis restarted empty).
+local function live_total(hash, member_prefix, self, on_dead)
   local all, sum = redis.call('HGETALL', hash), 0
   for i = 1, #all, 2 do
     local amount = tonumber(all[i + 1])
-    if redis.call('EXISTS', member_prefix .. all[i]) == 0 then
+    if all[i] ~= self and redis.call('EXISTS', member_prefix .. all[i]) == 0 then
       redis.call('HDEL', hash, all[i])
       if on_dead then on_dead(amount) end
     else
@@ -80,7 +81,7 @@ _BOOK_LUA = (
 local now, day = clock(ARGV[1]), tonumber(ARGV[2])
 local reserve, member, member_prefix, mode = tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
 local function spend_dead(amount) if amount > 0 then add_spend(KEYS[1], day, amount) end end
-local reserved = live_total(KEYS[2], member_prefix, spend_dead)
+local reserved = live_total(KEYS[2], member_prefix, member, spend_dead)
 local s = spent(KEYS[1], day)
 local a1, a2 = {}, {}
 for j = 1, 7 do a1[j] = ARGV[7 + j]; a2[j] = ARGV[14 + j] end
@@ -114,7 +115,7 @@ _SLOTS_LUA = (
     _HOLDINGS_LUA
     + """
 if tonumber(ARGV[4]) > 0 then give_back(KEYS[1], ARGV[2], tonumber(ARGV[4])) end
-local held = live_total(KEYS[1], ARGV[3], nil)
+local held = live_total(KEYS[1], ARGV[3], ARGV[2], nil)
 if ARGV[5] == '1' and held < tonumber(ARGV[1]) then
   redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
   return {1, held + 1}
