@@ -186,6 +186,8 @@ class NodeView(Protocol):
 
     def settlement_status(self) -> dict[str, Any] | None: ...
 
+    def shared_state_status(self) -> dict[str, Any] | None: ...
+
 
 NOT_WRITABLE = "not writable"
 
@@ -200,6 +202,8 @@ class ApiState:
 
     def status(self) -> str:
         if not self.node.running or self.node.draining or not self.node.ledger_status().writable:
+            return "unhealthy"
+        if (self.node.shared_state_status() or {}).get("reachable") is False:  # every request is refused
             return "unhealthy"
         if not self.probe.connected or not self.node.served_models() or self._instance_down():
             return "degraded"
@@ -232,7 +236,12 @@ class ApiState:
             "backends": self.node.backend_health(),
             **self._ledger_problem(),
             **self._settlement(),
+            **self._shared_state(),
         }
+
+    def _shared_state(self) -> dict[str, Any]:
+        status = self.node.shared_state_status()
+        return {"shared_state": status} if status is not None else {}
 
     def _settlement(self) -> dict[str, Any]:
         status = self.node.settlement_status()

@@ -46,6 +46,7 @@ class RefusalCode(StrEnum):
     RESOURCES = "resources"
     THROTTLED = "throttled"
     USAGE_LIMITED = "usage_limited"  # [openai_limits]: a local rate or the daily budget
+    SHARED_STATE_UNAVAILABLE = "shared_state_unavailable"  # [clustering]: the shared store (Redis) is unreachable
     # the backend: a fixed public sentence each, the detail stays in logs and metrics
     BACKEND_UNAVAILABLE = "backend_unavailable"
     BACKEND_BUSY = "backend_busy"
@@ -80,6 +81,20 @@ class Refusal(Exception):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.reason}"
+
+
+SHARED_STATE_UNAVAILABLE_REASON = "this executor's shared state is temporarily unavailable; try again in a few seconds"
+
+
+class SharedStateUnavailable(Refusal):
+    """The store the members of a clustered executor share (Redis) could not be asked.
+
+    Raised by the shared replay store, rate limiter and usage book themselves, so every call site
+    refuses the request (fail closed: never served without its replay check) with the same fixed
+    public sentence; `detail` (the error class) stays in the operator's log."""
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(SHARED_STATE_UNAVAILABLE_REASON, RefusalCode.SHARED_STATE_UNAVAILABLE, detail)
 
 
 @dataclass(frozen=True)

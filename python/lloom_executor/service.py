@@ -33,6 +33,7 @@ from .backends.from_config import build_backends
 from .backends.limits import with_limits
 from .backends.routing import BackendSet
 from .cache import build_cache
+from .cluster.shared import build_shared_parts, uses_redis
 from .config import Config, ModelConfig, RequestHandlingConfig, inactive_features
 from .config.schema import DEFAULT_BACKEND
 from .events import model_data
@@ -48,7 +49,6 @@ from .pipeline.content_filter import ContentFilter
 from .pipeline.dispatch import Dispatcher, dispatcher_from_config
 from .pipeline.model_registry import ModelRegistry
 from .pipeline.pricing import PricingEngine, backend_load
-from .pipeline.ratelimits import RateLimitRules
 from .pipeline.resources import ResourceGovernor, governor_from_config
 from .plugins import PluginHost
 from .serving import build_request_handler
@@ -57,8 +57,6 @@ from .webhooks import Webhooks
 from .workers.node_view import NodeAggregator
 from .workers.peer_endpoint import WorkerEndpoint, socket_path
 from .workers.role import WorkerRole, per_worker_config
-from .workers.shared_limits import SharedNodeLimits
-from .workers.shared_state import NodeState, SharedBucket, SharedReplayStore
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +89,10 @@ class ExecutorService:
         handling = config.request_handling
         data_dir = Path(config.storage.data_dir).expanduser()  # defaults are written with ~
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # replay guard, rate-limit buckets and per-backend limits shared exactly by the workers (workers/)
-        self.node_state = NodeState.in_directory(data_dir) if self.role.several else None
-        node_limits = None
-        if self.node_state is not None:
-            self.node_state.forget_worker(self.role.index, day=int(time.time() // 86_400))
-            node_limits = SharedNodeLimits(self.node_state, self.role.index)
+        # replay guard, rate-limit buckets and per-backend limits shared exactly by the workers (SQLite)
+        # or by the members of a cluster (Redis): cluster/shared.py
+        self.shared = build_shared_parts(config, self.role, data_dir, identity.peer_id)
+        node_limits = self.shared.node_limits
         # A backend given by the caller (tests) is the one default backend; else the configured set.
         self.backends: BackendSet | None = None
         if backend is None:
@@ -105,6 +101,7 @@ class ExecutorService:
         else:
             self.backend = with_limits(backend, config.openai_limits, scope=DEFAULT_BACKEND, node=node_limits)
         self.metrics = Metrics()
+        self.shared.watch(self.metrics)
         if self.backends is not None:
             self.metrics.watch_backends(self.backends.health)
         resources = governor_from_config(config)  # [resources] and [[models]] needs; warns what it cannot enforce
@@ -159,8 +156,7 @@ class ExecutorService:
             self.settler = self._settler(config, identity)
         except BaseException:
             self.ledger.close()  # its writer thread and connections: nothing else here holds a resource yet
-            if self.node_state is not None:
-                self.node_state.close()
+            self.shared.close()
             raise
 
     def _assemble(
@@ -175,21 +171,7 @@ class ExecutorService:
     ) -> None:
         """The request path and the node, from the parts the constructor made."""
         chain = config.blockchain  # the receipt domain, also with blockchain.enabled = false (docs/PROTOCOL.md §7)
-        state = self.node_state
-        rate_limits = None
-        if config.rate_limiting.enabled:
-            rate_limits = (
-                RateLimitRules(config.rate_limiting)
-                if state is None
-                else RateLimitRules(
-                    config.rate_limiting,
-                    clock=time.time,
-                    limiter_factory=lambda i, r: SharedBucket(
-                        state, i, r.max_requests_per_minute, r.max_tokens_per_minute, r.burst_size
-                    ),
-                    atomic=state.transaction,
-                )
-            )
+        rate_limits = self.shared.rate_limits(config.rate_limiting) if config.rate_limiting.enabled else None
         self.handler = build_request_handler(
             identity.eth_key,
             self.registry,
@@ -200,7 +182,7 @@ class ExecutorService:
             receipt_domain=_native.Eip712Domain(chain.chain_id, chain.contract_address),
             ledger=self.ledger,
             dispatcher=dispatcher,
-            replay=SharedReplayStore(state) if state is not None else None,
+            replay=self.shared.replay,
             rate_limits=rate_limits,
             content_filter=ContentFilter(config.content_filter) if config.content_filter.enabled else None,
             cache=self.cache,
@@ -227,6 +209,9 @@ class ExecutorService:
         zero contract address raises SettlementError here, before anything starts). One settler per
         node: the lead worker's, reading the ledger every worker writes."""
         if not config.blockchain.enabled or not self.role.lead:
+            return None
+        if uses_redis(config):  # no leader election yet: no member may settle (two would race on-chain)
+            log.warning("[blockchain] settlement does not run on a clustered member (no leader election yet)")
             return None
         key = load_settlement_key(config.blockchain, identity.address)
         settler = Settler(config.blockchain, self.ledger.path, bytes(identity.eth_key.address_bytes), key)
@@ -482,6 +467,10 @@ class ExecutorService:
         """[blockchain] settlement's state for /health/detailed (None: not enabled)."""
         return self.settler.snapshot() if self.settler is not None else None
 
+    def shared_state_status(self) -> dict[str, Any] | None:
+        """The shared store's state for /health/detailed (None: nothing shared across machines)."""
+        return self.shared.health()
+
     def inflight(self) -> int:
         stats = self.node.stream_stats()
         return stats.inflight if stats else 0
@@ -520,9 +509,7 @@ class ExecutorService:
         if self.cache is not None:
             steps.append(("the response cache", self.cache.close))
         steps.append(("the ledger", lambda: asyncio.to_thread(self.ledger.close)))
-        state = self.node_state
-        if state is not None:
-            steps.append(("the shared node state", lambda: asyncio.to_thread(state.close)))
+        steps.append(("the shared state", lambda: asyncio.to_thread(self.shared.close)))
         if self.webhooks is not None:
             steps.append(("the webhooks", lambda: self._stop_webhooks(cut_off)))
         for what, step in steps:

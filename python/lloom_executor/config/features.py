@@ -22,6 +22,10 @@ def inactive_features(config: Config) -> list[str]:
         bool(config.gpu_allocation.model_affinity and not config.gpu_allocation.devices),
         "[gpu_allocation] model_affinity without devices: one backend serves all models",
     )
-    note(config.clustering.enabled, "[clustering]: not implemented; this node runs alone")
+    note(
+        config.clustering.enabled,
+        "[clustering]: the replay guard, rate limits and [openai_limits] are shared in Redis, but etcd membership, "
+        "leader election and epoch fencing are not built: leader-only duties (settlement) do not run on a member",
+    )
     note(config.failover.enabled, "[failover]: not implemented; this node runs alone")
     return out

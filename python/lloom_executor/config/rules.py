@@ -93,6 +93,14 @@ def check_rules(config: Config, report: Report) -> None:
     check_webhooks(config, report)
     if config.clustering.enabled and not config.clustering.node_id:
         report.error("clustering.node_id", "required when clustering is enabled")
+    if config.clustering.enabled and config.clustering.shared_state_backend == "redis":
+        url = config.clustering.redis_url
+        if not url:
+            report.error("clustering.redis_url", 'required when clustering is enabled with shared_state_backend = "redis"')
+        elif not url.startswith(("redis://", "rediss://", "unix://")):
+            report.error("clustering.redis_url", "expected redis://, rediss:// (TLS) or unix://")
+    if config.clustering.enabled and config.clustering.shared_state_backend == "sqlite":
+        report.error("clustering.shared_state_backend", 'members on several machines cannot share a SQLite file; use "redis"')
     check_plugins(config, report)
 
 

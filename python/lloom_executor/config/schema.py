@@ -444,6 +444,12 @@ class ClusteringConfig:
     peers: tuple[str, ...] = setting((), convert=check_host_port)
     consensus: str = setting("raft", choices=("raft",))
     shared_state_backend: str = setting("redis", choices=("redis", "sqlite"))
+    redis_url: str | None = setting(
+        None,
+        convert=check_url,
+        secret=True,
+        doc="ours: redis://[:password@]host:port/db (rediss:// for TLS); the state the members share",
+    )
 
 
 @dataclass(frozen=True)

@@ -264,6 +264,7 @@ class Metrics:
         self._plugin_errors: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self.revenue_wei = 0
         self._replay: Callable[[], tuple[int, int, int]] | None = None
+        self._shared_state: Callable[[], tuple[bool, int]] | None = None
         self._ledger: Callable[[], LedgerHealth] | None = None
         self._tasks: Callable[[], int] | None = None
         self._connections: Callable[[], ConnectionHealth] | None = None
@@ -287,6 +288,11 @@ class Metrics:
         eviction means the guard was full of live entries: a replay of the evicted request would be
         served, so it is the signal to raise [request_handling] replay_rate_per_sec."""
         self._replay = stats
+
+    def watch_shared_state(self, stats: Callable[[], tuple[bool, int]]) -> None:
+        """Read at scrape time: whether the members' shared store (Redis) answers, and how many
+        calls to it failed. Down means every request is refused (`shared_state_unavailable`)."""
+        self._shared_state = stats
 
     def watch_process(self, tasks: Callable[[], int]) -> None:
         """Read at scrape time: how many tasks the node's asyncio loop has (`tasks_of(loop)`).
@@ -518,6 +524,13 @@ class Metrics:
             evicted = family("replay_forced_evictions", "Live replay entries forgotten because the guard was full.", "counter")
             evicted.add_sample(evicted.name + "_total", {}, evictions)
             out += [held, room, evicted]
+        if self._shared_state is not None:
+            reachable, failures = self._shared_state()
+            up = family("shared_state_up", "1 while the shared state (Redis) answers, 0 while it does not.", "gauge")
+            up.add_sample(up.name, {}, 1 if reachable else 0)
+            failed = family("shared_state_failures", "Calls to the shared state (Redis) that failed.", "counter")
+            failed.add_sample(failed.name + "_total", {}, failures)
+            out += [up, failed]
         if self._ledger is not None:
             ledger = self._ledger()
             writable, errors, commits = ledger.writable, ledger.write_errors, ledger.commits

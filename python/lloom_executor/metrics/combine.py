@@ -57,6 +57,7 @@ SUM, MIN, MAX = "sum", "min", "max"
 
 GAUGE_RULES: dict[str, str] = {
     PREFIX + "ledger_writable": MIN,
+    PREFIX + "shared_state_up": MIN,
     PREFIX + "backend_instance_up": MIN,
     PREFIX + "gpu_utilization_percent": MAX,
     PREFIX + "model_load_time_seconds": MAX,

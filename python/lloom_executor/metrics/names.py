@@ -37,6 +37,8 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "replay_entries": "gauge",
     "replay_capacity": "gauge",
     "replay_forced_evictions": "counter",
+    "shared_state_up": "gauge",
+    "shared_state_failures": "counter",
     "ledger_writable": "gauge",
     "ledger_write_errors": "counter",
     "ledger_commits": "counter",

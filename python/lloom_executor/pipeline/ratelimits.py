@@ -25,7 +25,10 @@ Not thread-safe (neither are the limiters): call from the event loop only.
 With several worker processes (docs/workers.md) the buckets live in a shared
 store: `limiter_factory` builds each rule's `Limiter` over it and `atomic`
 makes one decision (all rules asked, then all debited) one transaction, so a
-client spread over workers gets its configured rate in total.
+client spread over workers gets its configured rate in total.  Across machines
+(Redis, docs/clustering.md) `decide` does the same in one server-side script:
+it gets every (rule index, key) of the request and returns each rule's wait,
+having debited all of them when all waits are 0 and none otherwise.
 """
 
 from __future__ import annotations
@@ -119,10 +122,12 @@ class RateLimitRules:
         max_keys: int = 100_000,
         limiter_factory: Callable[[int, RateLimitRule], Limiter] | None = None,
         atomic: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+        decide: Callable[[list[tuple[int, str]], int, int], list[float]] | None = None,
     ) -> None:
         self.enabled = config.enabled
         self._clock = clock or monotonic
         self._atomic = atomic
+        self._decide = decide
         self.rules: list[RuleState] = []
         self.unkeyed = 0  # rule checks skipped because the request had no such key
         if not self.enabled:
@@ -157,7 +162,11 @@ class RateLimitRules:
                 self.unkeyed += 1
                 continue
             keyed.append((state, key))
-            wait = state.limiter.retry_after(key, 1, tokens, now)
+        if self._decide is not None:  # ask and debit every rule in one step of the shared store
+            waits = self._decide([(state.index, key) for state, key in keyed], 1, tokens)
+        else:
+            waits = [state.limiter.retry_after(key, 1, tokens, now) for state, key in keyed]
+        for (state, key), wait in zip(keyed, waits, strict=True):
             if wait > 0.0:
                 state.refusals += 1
                 if worst is None or wait > worst[0]:
@@ -165,6 +174,8 @@ class RateLimitRules:
         if worst is not None:
             wait, state, key = worst
             return RateDecision(False, wait, state.description, self._reason(state, key, tokens, wait, now))
+        if self._decide is not None:
+            return RateDecision(True)
         for state, key in keyed:
             # Same clock reading and retry_after said 0 for every rule: this cannot refuse.
             if state.limiter.try_acquire(key, 1, tokens, now) > 0.0:  # pragma: no cover
