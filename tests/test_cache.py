@@ -8,13 +8,11 @@ import asyncio
 import hashlib
 import logging
 import os
-import shutil
-import socket
 import sqlite3
 import struct
 import subprocess
 import sys
-import time
+import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -38,79 +36,12 @@ from lloom_executor.cache import (
 )
 from lloom_executor.cache.redis_store import redact_url
 from lloom_executor.config.schema import CacheConfig, RedisCacheConfig
+from redis_rig import REDIS_SERVER, RedisProcess, free_port
 
-REDIS_SERVER = shutil.which("redis-server")
 NO_REDIS = "redis-server is not on PATH and LLOOM_TEST_REDIS_URL is unset (apt-get install redis-server)"
 
 
 # -- a real Redis server ----------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def redis_answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-class RedisServer:
-    """A throwaway redis-server on loopback: no persistence, stopped by the test."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        assert REDIS_SERVER is not None
-        self.proc = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--logfile",
-                "",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(200):
-            if redis_answers(self.port):
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"redis-server did not come up on port {self.port}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-
-
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     url = os.environ.get("LLOOM_TEST_REDIS_URL")
@@ -119,21 +50,20 @@ def redis_url() -> Iterator[str]:
         return
     if REDIS_SERVER is None:
         pytest.skip(NO_REDIS)
-    server = RedisServer()
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    with tempfile.TemporaryDirectory(prefix="lloom-redis-") as tmp:
+        server = RedisProcess(Path(tmp), appendonly=False).start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
 
 
 @pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A server this test may stop and restart (outage tests)."""
+def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A server this test may stop and restart (outage tests): no persistence, so it comes back empty."""
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not on PATH: the outage test needs a server it can stop")
-    server = RedisServer()
-    server.start()
+    server = RedisProcess(tmp_path / "redis", appendonly=False).start()
     try:
         yield server
     finally:
@@ -435,7 +365,7 @@ def test_redis_clean_and_prefix_isolation(redis_url: str, tmp_path: Path, reques
 
 
 # -- Redis down and back ------------------------------------------------------------------
-def test_redis_down_serves_without_cache_and_recovers(own_redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+def test_redis_down_serves_without_cache_and_recovers(own_redis: RedisProcess, caplog: pytest.LogCaptureFixture) -> None:
     async def body() -> None:
         clock = Clock()
         cache = RedisCache(own_redis.url, f"t:{uuid.uuid4().hex}:", 10**6, 3600, op_timeout=0.5, clock=clock)
@@ -480,7 +410,7 @@ def test_redis_down_serves_without_cache_and_recovers(own_redis: RedisServer, ca
     run(body())
 
 
-def test_redis_hung_server_times_out_to_a_miss(own_redis: RedisServer) -> None:
+def test_redis_hung_server_times_out_to_a_miss(own_redis: RedisProcess) -> None:
     """A server that accepts but never answers (SIGSTOP): the request gets a miss after
     the small operation timeout, not a hang, and the cache recovers once it answers."""
     import signal

@@ -15,6 +15,9 @@ Money is `Decimal` USD throughout; `day` is the UTC day number (epoch seconds
 
 from __future__ import annotations
 
+import asyncio
+import collections
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -22,6 +25,8 @@ from typing import Protocol
 
 from .._fast.ratelimit import RateLimiter
 
+POLL_FIRST_SECS = 0.002  # a slot freed in another process is noticed by polling: first after this
+POLL_MAX_SECS = 0.05  # ... then backing off to this
 BUCKET_KEY = "backend"  # one bucket for the whole backend account
 
 REQUESTS = "max_requests_per_minute"
@@ -70,6 +75,51 @@ class Slots(Protocol):
     async def acquire(self) -> object: ...
 
     def release(self) -> None: ...
+
+
+class PolledSlots(ABC):
+    """A counting semaphore whose count lives outside this process (a shared file, Redis):
+    `try_take` asks the store, `_give_back` returns one there. This process's waiters queue
+    here in order; the first takes a slot when one of this process's holders releases
+    (woken at once) or when a poll finds one another process freed (polled from
+    `POLL_FIRST_SECS`, backing off to `POLL_MAX_SECS`)."""
+
+    def __init__(self) -> None:
+        self._waiters: collections.deque[asyncio.Event] = collections.deque()
+
+    @abstractmethod
+    def try_take(self) -> bool:
+        """Take a slot now if the store has one free."""
+
+    @abstractmethod
+    def _give_back(self) -> None:
+        """Return one slot to the store (never raises: it runs in `finally`)."""
+
+    async def acquire(self) -> bool:
+        if not self._waiters and self.try_take():
+            return True
+        wake = asyncio.Event()
+        self._waiters.append(wake)
+        poll = POLL_FIRST_SECS
+        try:
+            while True:
+                if self._waiters[0] is wake and self.try_take():
+                    return True
+                wake.clear()
+                try:
+                    await asyncio.wait_for(wake.wait(), poll)
+                    poll = POLL_FIRST_SECS
+                except TimeoutError:
+                    poll = min(POLL_MAX_SECS, poll * 2)
+        finally:
+            self._waiters.remove(wake)
+            if self._waiters:
+                self._waiters[0].set()
+
+    def release(self) -> None:
+        self._give_back()
+        if self._waiters:
+            self._waiters[0].set()
 
 
 class NodeLimits(Protocol):

@@ -20,15 +20,15 @@ next successful call, so an outage does not leak slots or reservations.
 
 from __future__ import annotations
 
-import asyncio
 import collections
+import contextlib
 import logging
 import os
 import threading
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from ..backends.usage_book import BUDGET, REQUESTS, TOKENS, BookRefusal, BookStatus
+from ..backends.usage_book import BUDGET, REQUESTS, TOKENS, BookRefusal, BookStatus, PolledSlots
 from ..outcome import SharedStateUnavailable
 from .redis_link import RedisLink
 from .redis_state import BUCKET_LUA, BucketParams
@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 
 LEASE_MS = 5000  # a member silent this long is dead: its slots and reservations come back
 REFRESH_SECS = 1.0  # how often a member renews its lease (and probes a link that is down)
-POLL_FIRST_SECS = 0.002  # a slot freed by another member is noticed by polling: first after this
-POLL_MAX_SECS = 0.05  # ... then backing off to this
 NANO = Decimal("1e-9")
 
 _HOLDINGS_LUA = """
@@ -236,20 +234,16 @@ class RedisUsageBook:
         )
 
 
-class RedisSlots:
-    """`Slots` in Redis: at most `limit` holders among all the members (and their workers).
-
-    This member's waiters queue here in order; the first takes a slot when one of this
-    member's holders releases (woken at once) or when a poll finds one another member freed
-    (polled from `POLL_FIRST_SECS`, backing off to `POLL_MAX_SECS`)."""
+class RedisSlots(PolledSlots):
+    """`Slots` in Redis: at most `limit` holders among all the members (and their workers)."""
 
     def __init__(self, link: RedisLink, lease: MemberLease, prefix: str, scope: str, limit: int) -> None:
+        super().__init__()
         self.link = link
         self.lease = lease
         self.key = f"{prefix}slots:{scope}"
         self.limit = limit
         self._script = link.client.register_script(_SLOTS_LUA)
-        self._waiters: collections.deque[asyncio.Event] = collections.deque()
         self._owed = 0  # releases that failed while redis was away
 
     def _run(self, take: bool) -> tuple[bool, int]:
@@ -262,36 +256,11 @@ class RedisSlots:
     def try_take(self) -> bool:
         return self._run(True)[0]
 
-    async def acquire(self) -> bool:
-        if not self._waiters and self.try_take():
-            return True
-        wake = asyncio.Event()
-        self._waiters.append(wake)
-        poll = POLL_FIRST_SECS
-        try:
-            while True:
-                if self._waiters[0] is wake and self.try_take():
-                    return True
-                wake.clear()
-                try:
-                    await asyncio.wait_for(wake.wait(), poll)
-                    poll = POLL_FIRST_SECS
-                except TimeoutError:
-                    poll = min(POLL_MAX_SECS, poll * 2)
-        finally:
-            self._waiters.remove(wake)
-            if self._waiters:
-                self._waiters[0].set()
-
-    def release(self) -> None:
-        """Never raises (it runs in `finally`): a release Redis cannot take now is owed."""
+    def _give_back(self) -> None:
+        """A release Redis cannot take now is owed (paid with this member's next call)."""
         self._owed += 1
-        try:
+        with contextlib.suppress(SharedStateUnavailable):
             self._run(False)
-        except SharedStateUnavailable:
-            pass
-        if self._waiters:
-            self._waiters[0].set()
 
     def held(self) -> int:
         """Slots held now by all the live members."""

@@ -22,16 +22,12 @@ one process); its slots are freed.
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import time
 from decimal import Decimal
 
-from ..backends.usage_book import BUDGET, REQUESTS, TOKENS, BookRefusal, BookStatus
+from ..backends.usage_book import BUDGET, REQUESTS, TOKENS, BookRefusal, BookStatus, PolledSlots
 from .shared_state import NodeState, SharedBucket
 
-POLL_FIRST_SECS = 0.002  # a slot freed by another worker is noticed by polling: first after this
-POLL_MAX_SECS = 0.05  # ... then backing off to this
 REQUESTS_RULE = -1  # SharedBucket rule ids of the backends' buckets (rate_limiting rules are 0..n)
 TOKENS_RULE = -2
 
@@ -101,20 +97,15 @@ class SharedUsageBook:
         )
 
 
-class SharedSlots:
-    """`Slots` over `NodeState`: at most `limit` holders among all the workers of the node.
-
-    A worker's waiters queue here in order; the first of them takes a slot when one of this
-    worker's holders releases (woken at once) or when a poll finds one another worker freed
-    (polled from `POLL_FIRST_SECS`, backing off to `POLL_MAX_SECS`).
-    """
+class SharedSlots(PolledSlots):
+    """`Slots` over `NodeState`: at most `limit` holders among all the workers of the node."""
 
     def __init__(self, state: NodeState, scope: str, limit: int, worker: int) -> None:
+        super().__init__()
         self.state = state
         self.scope = scope
         self.limit = limit
         self.worker = worker
-        self._waiters: collections.deque[asyncio.Event] = collections.deque()
 
     def try_take(self) -> bool:
         with self.state.transaction() as conn:
@@ -128,33 +119,10 @@ class SharedSlots:
             )
         return True
 
-    async def acquire(self) -> bool:
-        if not self._waiters and self.try_take():
-            return True
-        wake = asyncio.Event()
-        self._waiters.append(wake)
-        poll = POLL_FIRST_SECS
-        try:
-            while True:
-                if self._waiters[0] is wake and self.try_take():
-                    return True
-                wake.clear()
-                try:
-                    await asyncio.wait_for(wake.wait(), poll)
-                    poll = POLL_FIRST_SECS
-                except TimeoutError:
-                    poll = min(POLL_MAX_SECS, poll * 2)
-        finally:
-            self._waiters.remove(wake)
-            if self._waiters:
-                self._waiters[0].set()
-
-    def release(self) -> None:
+    def _give_back(self) -> None:
         self.state.conn.execute(
             "UPDATE slots SET held = max(0, held - 1) WHERE scope = ? AND worker = ?", (self.scope, self.worker)
         )
-        if self._waiters:
-            self._waiters[0].set()
 
     def held(self) -> int:
         """Slots held now by the whole node."""
