@@ -29,10 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from contextlib import aclosing, contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Any, Self
 
 import httpx
@@ -43,78 +42,35 @@ from ..retry_after import parse_retry_after
 from .base import (
     TOKEN_SOURCE_SERVER,
     TOKEN_SOURCE_USAGE,
-    BackendAuthError,
-    BackendContextExceeded,
     BackendError,
     BackendProtocolError,
-    BackendRateLimited,
     BackendRequestError,
     BackendServerError,
     BackendTimeout,
-    BackendUnavailable,
     Completion,
     CompletionRequest,
     CompletionStream,
     LlmBackend,
     ModelInfo,
-    ModelNotAvailable,
     PromptCount,
     Usage,
-    excerpt,
     native_source,
-    redact,
     weakest_source,
 )
 from .http_transport import AiohttpTransport
+from .openai_errors import ErrorMapper, credential_values, int_or_none
 from .tokenizers import ServerTokenizer, chat_messages, joined_prompt
 
 BACKEND_TYPES = ("openai", "lmstudio")
 DEFAULT_TOKEN_ENCODING = "cl100k_base"
-BODY_EXCERPT_CHARS = 300  # of a backend's answer quoted in an error message
-_MODEL_MISSING = re.compile(r"model.*(not (found|loaded|exist)|does not exist|no such)|no models? (is )?loaded", re.IGNORECASE)
-_SECRET_NAME = re.compile(r"auth|key|token|secret|cookie|signature|password", re.IGNORECASE)
-# A prompt too long for the context: llama.cpp's exceed_context_size_error, OpenAI's context_length_exceeded, vLLM's words
-_CONTEXT_EXCEEDED = re.compile(r"exceed_context_size|context_length_exceeded|maximum context length", re.IGNORECASE)
 
 
 def _count(text: str, encoding: str) -> int:
     return _native.count_tokens(text, encoding)
 
 
-def _int_or_none(value: Any) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
-
-
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def _describe(exc: BaseException) -> str:
-    """httpx's own text, or the exception's class when it has none (a bare timeout)."""
-    return str(exc) or type(exc).__name__
-
-
-def credential_values(api_key: str | None, base_url: str, headers: dict[str, str]) -> list[str]:
-    """What must never appear in a message: the API key, the value of every header named
-    like a credential (and its token without the "Bearer "/"Basic " scheme), and the
-    password and key-like query values of `base_url`."""
-    secrets = [api_key] if api_key else []
-    for name, value in headers.items():
-        if _SECRET_NAME.search(name) and value:
-            secrets.append(value)
-            scheme, _, token = value.partition(" ")
-            if token and scheme.isalpha():
-                secrets.append(token.strip())
-    try:
-        url = httpx.URL(base_url)
-    except (httpx.InvalidURL, ValueError):
-        return secrets
-    if url.password:
-        secrets.append(url.password)
-    secrets += [value for name, value in url.params.multi_items() if _SECRET_NAME.search(name) and value]
-    return secrets
 
 
 class OpenAICompatibleBackend(LlmBackend):
@@ -163,7 +119,7 @@ class OpenAICompatibleBackend(LlmBackend):
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         headers.update(extra_headers or {})
-        self._secrets = credential_values(self.api_key, self.base_url, headers)
+        self.errors = ErrorMapper(credential_values(self.api_key, self.base_url, headers), self.base_url, self.timeout_secs)
         limits = httpx.Limits(
             max_connections=max_connections,
             max_keepalive_connections=max_keepalive_connections,
@@ -181,12 +137,12 @@ class OpenAICompatibleBackend(LlmBackend):
         self.tokenizer = ServerTokenizer(self._client, self.root_url)  # found out on its first count
 
     def __repr__(self) -> str:
-        return f"OpenAICompatibleBackend({self._redact(self.base_url)!r}, backend_type={self.backend_type!r})"
+        return f"OpenAICompatibleBackend({self.errors.redact(self.base_url)!r}, backend_type={self.backend_type!r})"
 
     # ------------------------------------------------------------------ public API
 
     async def complete(self, request: CompletionRequest) -> Completion:
-        with self._failures():
+        with self.errors.failures():
             deadline = time.monotonic() + self.timeout_secs
             url = self.base_url + "/chat/completions"
             resp = await self._send("POST", url, self._chat_body(request, stream=False), deadline, chat=True)
@@ -207,14 +163,14 @@ class OpenAICompatibleBackend(LlmBackend):
         return await self.tokenizer.count_prompt(request, deadline)
 
     async def list_models(self) -> list[str]:
-        with self._failures():
+        with self.errors.failures():
             return [info.id for info in await self._v1_models()]
 
     async def model_details(self) -> list[ModelInfo]:
         """LM Studio: its REST listing /api/v0/models (state, context length, arch,
         quantization), falling back to /v1/models when that is absent (404/405).
         OpenAI: /v1/models (ids and owners only)."""
-        with self._failures():
+        with self.errors.failures():
             if self.backend_type == "lmstudio":
                 deadline = time.monotonic() + self.timeout_secs
                 url = self.root_url + "/api/v0/models"
@@ -236,101 +192,6 @@ class OpenAICompatibleBackend(LlmBackend):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    # ------------------------------------------------------------------ errors
-
-    def _redact(self, text: str) -> str:
-        return redact(text, self._secrets)
-
-    def _quote(self, text: str, limit: int = BODY_EXCERPT_CHARS) -> str:
-        """A bounded excerpt of backend-supplied text, redacted before it is cut (a key
-        cut in half at the edge would no longer match)."""
-        return excerpt(self._redact(text), limit)
-
-    @contextmanager
-    def _failures(self) -> Iterator[None]:
-        """Around every public call: its `BackendError` leaves with the message redacted,
-        and anything else (an httpx surprise, a bug of ours) as a plain `BackendError`
-        chaining it, so a caller needs to handle one family only."""
-        try:
-            yield
-        except BackendError as exc:
-            exc.args = tuple(self._redact(a) if isinstance(a, str) else a for a in exc.args)
-            raise
-        except Exception as exc:
-            raise BackendError(self._redact(f"{self.base_url}: unexpected {type(exc).__name__}: {exc}")) from exc
-
-    def _error_detail(self, resp: httpx.Response) -> tuple[str, str | None]:
-        """(message, code) from an error body in OpenAI / LM Studio shape, else the raw
-        text; the message whole (for matching), not yet redacted or cut."""
-        try:
-            data = orjson.loads(resp.content)
-        except ValueError:
-            return resp.text.strip() or resp.reason_phrase, None
-        if isinstance(data, dict):
-            err = data.get("error", data)
-            if isinstance(err, dict):
-                message = err.get("message") or err.get("detail") or str(err)
-                code = err.get("code") or err.get("type")
-                return str(message), str(code) if code is not None else None
-            if isinstance(err, str):
-                return err, None
-        return str(data), None
-
-    def _status_error(self, resp: httpx.Response, url: str, *, chat: bool, attempts: int) -> BackendError:
-        status = resp.status_code
-        message, code = self._error_detail(resp)
-        text = f"{url} answered {status}: {self._quote(message)}"
-        if status < 400:
-            location = self._redact(resp.headers.get("location", "?"))
-            return BackendRequestError(
-                f"{url} answered {status}, a redirect to {location}; set base_url to the API's own address",
-                status=status,
-                attempts=attempts,
-            )
-        if status in (401, 403):
-            return BackendAuthError(text, status=status, attempts=attempts)
-        if status == 429:
-            return BackendRateLimited(
-                text, retry_after=parse_retry_after(resp.headers.get("retry-after")), status=status, attempts=attempts
-            )
-        if status >= 500:
-            return BackendServerError(text, status=status, attempts=attempts)
-        if chat and (status == 404 or code == "model_not_found" or _MODEL_MISSING.search(message)):
-            return ModelNotAvailable(text, status=status, attempts=attempts)
-        if status == 408:
-            return BackendTimeout(text, status=status, attempts=attempts)
-        if chat and status in (400, 413) and _CONTEXT_EXCEEDED.search(f"{code or ''} {message} {resp.text[:2000]}"):
-            err = orjson.loads(resp.content).get("error") if code else None  # code: the body was JSON
-            figures = err if isinstance(err, dict) else {}
-            return BackendContextExceeded(
-                text,
-                prompt_tokens=_int_or_none(figures.get("n_prompt_tokens")),
-                context_length=_int_or_none(figures.get("n_ctx")),
-                status=status,
-                attempts=attempts,
-            )
-        return BackendRequestError(text, status=status, attempts=attempts)
-
-    def _transport_error(self, exc: Exception, url: str, resp: httpx.Response | None) -> BackendError:
-        """The `BackendError` for an exception while talking to `url`; `resp` is the
-        answer whose head had arrived (None: it had not)."""
-        status = resp.status_code if resp is not None else None
-        if isinstance(exc, (TimeoutError, httpx.TimeoutException)) and not isinstance(exc, httpx.ConnectTimeout):
-            what = "no complete answer" if resp is not None else "no answer"
-            return BackendTimeout(f"{what} from {url} within {self.timeout_secs:g} s", status=status)
-        if resp is None:
-            if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
-                return BackendUnavailable(f"cannot connect to {url}: {_describe(exc)}")
-            if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError)):
-                return BackendUnavailable(f"connection to {url} lost before an answer: {_describe(exc)}")
-        elif isinstance(exc, httpx.DecodingError):
-            return BackendProtocolError(f"answer from {url} could not be decoded: {_describe(exc)}", status=status)
-        elif isinstance(exc, httpx.TransportError):
-            return BackendProtocolError(f"answer from {url} cut short: {_describe(exc)}", status=status)
-        if isinstance(exc, httpx.HTTPError):
-            return BackendError(f"request to {url} failed: {type(exc).__name__}: {_describe(exc)}", status=status)
-        return BackendError(f"request to {url} failed unexpectedly: {type(exc).__name__}: {exc}", status=status)
-
     # ------------------------------------------------------------------ request building / parsing
 
     def _chat_body(self, request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
@@ -348,16 +209,16 @@ class OpenAICompatibleBackend(LlmBackend):
             return orjson.loads(resp.content)
         except ValueError as exc:
             raise BackendProtocolError(
-                f"{url} answered {resp.status_code} with malformed JSON: {self._quote(resp.text, 120)!r}",
+                f"{url} answered {resp.status_code} with malformed JSON: {self.errors.quote(resp.text, 120)!r}",
                 status=resp.status_code,
             ) from exc
 
     def _parse_chat(self, data: Any) -> tuple[str, str | None, dict[str, Any]]:
         if not isinstance(data, dict):
-            raise BackendProtocolError(f"chat completion is not a JSON object: {self._quote(str(data), 120)}")
+            raise BackendProtocolError(f"chat completion is not a JSON object: {self.errors.quote(str(data), 120)}")
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise BackendProtocolError(f"chat completion without choices: {self._quote(str(data), 120)}")
+            raise BackendProtocolError(f"chat completion without choices: {self.errors.quote(str(data), 120)}")
         choice = choices[0]
         message = choice.get("message")
         if isinstance(message, dict) and "content" in message:
@@ -365,7 +226,7 @@ class OpenAICompatibleBackend(LlmBackend):
         elif "text" in choice:
             content = choice["text"]
         else:
-            raise BackendProtocolError(f"chat completion choice without message content: {self._quote(str(choice), 120)}")
+            raise BackendProtocolError(f"chat completion choice without message content: {self.errors.quote(str(choice), 120)}")
         if content is None:
             content = ""
         if not isinstance(content, str):
@@ -379,7 +240,7 @@ class OpenAICompatibleBackend(LlmBackend):
     ) -> tuple[int, int, str]:
         """The server's figures; one it left out is counted by its tokenizer (the prompt with its
         chat template where it can apply it), else natively. With the weakest source of the two."""
-        inbound, outbound = _int_or_none(usage.get("prompt_tokens")), _int_or_none(usage.get("completion_tokens"))
+        inbound, outbound = int_or_none(usage.get("prompt_tokens")), int_or_none(usage.get("completion_tokens"))
         native, sources = native_source(self.token_encoding), [TOKEN_SOURCE_USAGE]
         if inbound is None:
             counted = await self.tokenizer.count_prompt(request, deadline)
@@ -394,7 +255,7 @@ class OpenAICompatibleBackend(LlmBackend):
     def _model_list(self, data: Any) -> list[dict[str, Any]]:
         items = data.get("data") if isinstance(data, dict) else data
         if not isinstance(items, list):
-            raise BackendProtocolError(f"model listing without a data list: {self._quote(str(data), 120)}")
+            raise BackendProtocolError(f"model listing without a data list: {self.errors.quote(str(data), 120)}")
         out = [item for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)]
         if len(out) != len(items):
             raise BackendProtocolError("model listing has entries without a string id")
@@ -407,7 +268,7 @@ class OpenAICompatibleBackend(LlmBackend):
         return ModelInfo(
             id=item["id"],
             loaded=loaded,
-            context_length=_int_or_none(item.get("max_context_length")),
+            context_length=int_or_none(item.get("max_context_length")),
             architecture=_str_or_none(item.get("arch")),
             type=_str_or_none(item.get("type")),
             quantization=_str_or_none(item.get("quantization")),
@@ -423,7 +284,7 @@ class OpenAICompatibleBackend(LlmBackend):
             ModelInfo(
                 id=item["id"],
                 owned_by=_str_or_none(item.get("owned_by")),
-                context_length=_int_or_none(item.get("context_length") or item.get("max_model_len")),
+                context_length=int_or_none(item.get("context_length") or item.get("max_model_len")),
             )
             for item in self._model_list(self._json(resp, url))
         ]
@@ -449,7 +310,7 @@ class OpenAICompatibleBackend(LlmBackend):
         except Exception as exc:
             if resp is not None:
                 await resp.aclose()
-            raise self._transport_error(exc, url, resp) from exc
+            raise self.errors.transport_error(exc, url, resp) from exc
         except BaseException:
             if resp is not None:
                 await resp.aclose()
@@ -489,7 +350,7 @@ class OpenAICompatibleBackend(LlmBackend):
                 if resp.status_code < 300:
                     return resp
                 await resp.aclose()
-                error = self._status_error(resp, url, chat=chat, attempts=attempt)
+                error = self.errors.status_error(resp, url, chat=chat, attempts=attempt)
                 if resp.status_code == 429 or resp.status_code >= 500:
                     retry_after = parse_retry_after(resp.headers.get("retry-after"))
             if not error.retryable or attempt > self.max_retries:
@@ -508,10 +369,10 @@ class OpenAICompatibleBackend(LlmBackend):
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 await resp.aread()
         except Exception as exc:
-            raise self._transport_error(exc, url, resp) from exc
+            raise self.errors.transport_error(exc, url, resp) from exc
 
     async def _stream_source(self, cs: CompletionStream, request: CompletionRequest) -> AsyncIterator[str | Usage]:
-        with self._failures():
+        with self.errors.failures():
             deadline = time.monotonic() + self.timeout_secs
             url = self.base_url + "/chat/completions"
             body = self._chat_body(request, stream=True)
@@ -551,7 +412,7 @@ class OpenAICompatibleBackend(LlmBackend):
             except StopAsyncIteration:
                 break
             except Exception as exc:
-                raise self._transport_error(exc, url, resp) from exc
+                raise self.errors.transport_error(exc, url, resp) from exc
             if not line.startswith("data:"):
                 continue  # blank separators, comments (":"), event:/id:/retry: fields
             payload = line[5:].strip()
@@ -562,13 +423,13 @@ class OpenAICompatibleBackend(LlmBackend):
             try:
                 chunk = orjson.loads(payload)
             except ValueError as exc:
-                raise BackendProtocolError(f"malformed JSON in stream from {url}: {self._quote(payload, 120)!r}") from exc
+                raise BackendProtocolError(f"malformed JSON in stream from {url}: {self.errors.quote(payload, 120)!r}") from exc
             if not isinstance(chunk, dict):
-                raise BackendProtocolError(f"stream chunk from {url} is not a JSON object: {self._quote(payload, 120)!r}")
+                raise BackendProtocolError(f"stream chunk from {url} is not a JSON object: {self.errors.quote(payload, 120)!r}")
             if "error" in chunk:
                 err = chunk["error"]
                 message = err.get("message") if isinstance(err, dict) else err
-                raise BackendServerError(f"{url} reported an error mid-stream: {self._quote(str(message))}")
+                raise BackendServerError(f"{url} reported an error mid-stream: {self.errors.quote(str(message))}")
             if isinstance(chunk.get("model"), str):
                 cs.model = chunk["model"]
             if isinstance(chunk.get("usage"), dict):
