@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from etcd_rig import EtcdCluster
 from lloom_executor.cluster.coordination import leader_holds, read_leadership
@@ -239,8 +237,8 @@ def test_a_started_member_leads_reports_its_state_and_hands_over_when_stopped(tm
         assert after["leader"] is None and after["members"] == []
 
 
-@pytest.mark.parametrize("node_id", ["m1"])
-def test_the_leader_read_from_etcd_is_the_one_the_members_report(tmp_path: Path, node_id: str) -> None:
+def test_the_leader_read_from_etcd_is_the_one_the_members_report(tmp_path: Path) -> None:
+    node_id = "m1"
     with cluster(tmp_path, (node_id,)) as (etcd, members):
         leader = wait_until("the only member leads", lambda: one_leader(members), 20)
 
@@ -258,4 +256,19 @@ def test_the_leader_read_from_etcd_is_the_one_the_members_report(tmp_path: Path,
         assert asyncio.run(read()) == (None, None)  # a clean stop revokes the lease at once
 
 
-os.environ.setdefault("PYTHONUNBUFFERED", "1")
+def test_config_validate_refuses_another_consensus_and_bad_etcd_keys(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        '[clustering]\nenabled = true\nnode_id = "a"\nconsensus = "paxos"\nredis_url = "redis://127.0.0.1:1/0"\n'
+        'etcd_endpoints = ["ftp://10.0.0.1:2379"]\netcd_prefix = "/no-slash"\nmembers = ["b"]\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "lloom_executor", "config", "validate", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert 'clustering.consensus (line 4): only "raft" is supported' in out and "etcd, whose consensus is raft" in out
+    assert "clustering.etcd_endpoints" in out and "clustering.etcd_prefix" in out and "clustering.members" in out

@@ -108,6 +108,12 @@ def check_rules(config: Config, report: Report) -> None:
 def check_coordination(config: Config, report: Report) -> None:
     """[clustering]'s etcd keys (docs/clustering.md, "Coordination")."""
     clustering = config.clustering
+    if clustering.consensus != "raft":
+        report.error(
+            "clustering.consensus",
+            f'only "raft" is supported, got {clustering.consensus!r}: membership and leader election run on etcd, '
+            "whose consensus is raft; there is no other implementation to choose",
+        )
     for endpoint in clustering.etcd_endpoints:
         if not endpoint.startswith(("http://", "https://")):
             report.error("clustering.etcd_endpoints", f"expected http:// or https:// client URLs, got {endpoint!r}")

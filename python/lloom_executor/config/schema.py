@@ -442,7 +442,7 @@ class ClusteringConfig:
     enabled: bool = setting(False)
     node_id: str | None = setting(None)
     peers: tuple[str, ...] = setting((), convert=check_host_port)
-    consensus: str = setting("raft", choices=("raft",))
+    consensus: str = setting("raft", doc='only "raft": coordination runs on etcd (config/rules.py says why)')
     shared_state_backend: str = setting("redis", choices=("redis", "sqlite"))
     redis_url: str | None = setting(
         None,
