@@ -21,11 +21,17 @@ from typing import Any
 
 import httpx
 
+import interop
 from etcd_rig import EtcdCluster
-from lloom_executor.cluster.coordination import leader_holds, read_leadership
+from lloom_executor.cluster.coordination import Coordinator, leader_holds, read_leadership
 from lloom_executor.cluster.etcd_client import EtcdClient
+from lloom_executor.cluster.member import seqno_space
+from lloom_executor.config import parse_config
+from lloom_executor.settlement import Settler
+from lloom_executor.workers.role import WorkerRole
 from redis_rig import RedisProcess
 from test_cluster_redis import member_config, metric
+from test_settlement_states import Bench
 from workers_rig import WorkersNode
 
 TTL = 2
@@ -42,9 +48,10 @@ class Member:
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "coordinator_proc.py"), ",".join(endpoints), PREFIX, node_id, str(TTL)],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
         )
+        self.log: list[str] = []  # what is not an event line (warnings, a traceback)
         self.events: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -54,7 +61,10 @@ class Member:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             with self._lock:
-                self.events.append(json.loads(line))
+                if line.startswith("{"):
+                    self.events.append(json.loads(line))
+                else:
+                    self.log.append(line)
 
     def state(self) -> dict[str, Any]:
         with self._lock:
@@ -272,3 +282,63 @@ def test_config_validate_refuses_another_consensus_and_bad_etcd_keys(tmp_path: P
     assert result.returncode == 1, out
     assert 'clustering.consensus (line 4): only "raft" is supported' in out and "etcd, whose consensus is raft" in out
     assert "clustering.etcd_endpoints" in out and "clustering.etcd_prefix" in out and "clustering.members" in out
+
+
+def test_settlement_sends_only_from_the_leader_in_its_epoch(loop_thread: interop.LoopThread, tmp_path: Path) -> None:
+    """Two members' settlers on one real chain (py-evm) and ledger: the one that does not lead is
+    fenced (nothing signed, the row stays pending); once the leader stops, the other is elected and
+    settles; the stopped leader's settler, asked again, sends nothing."""
+    etcd = EtcdCluster(tmp_path / "etcd", size=1)
+    bench = Bench(loop_thread, tmp_path)
+    with ExitStack() as stack:
+        stack.callback(bench.close)
+        stack.callback(etcd.stop_all)
+        etcd.start()
+        a, b = (Coordinator(EtcdClient(etcd.endpoints, timeout=0.3), PREFIX, name, ttl=TTL) for name in ("a", "b"))
+        loop_thread.run(a.start({"workers": 1}), timeout=10)
+        stack.callback(lambda: loop_thread.run(a.stop(), timeout=10))
+        loop_thread.run(b.start({"workers": 1}), timeout=10)
+        stack.callback(lambda: loop_thread.run(b.stop(), timeout=10))
+        assert a.is_leader and not b.is_leader
+        epoch_a = a.epoch
+        assert epoch_a is not None
+
+        def settler(fence: Coordinator) -> Settler:
+            s = Settler(
+                bench.config(), bench.ledger.path, bytes(bench.key.address_bytes), bench.settlement_key,
+                clock=lambda: bench.now, fence=fence.fence,
+            )  # fmt: skip
+            stack.callback(lambda: bench.stop(s))
+            return s
+
+        client = bench.client()
+        bench.ask(client, "settle me once")
+        follower = settler(b)
+        bench.tick(follower, 3)
+        assert list(bench.states().values()) == ["pending"] and follower.fenced >= 3 and follower.sent == 0
+        assert bench.chain_nonce(client) == 0
+        loop_thread.run(a.stop(), timeout=10)  # revokes its lease: b may lead at once
+        wait_until("b leads", lambda: b.is_leader, 3 * TTL)
+        assert (b.epoch or 0) > epoch_a
+        old = settler(a)
+        bench.tick(old)
+        assert old.sent == 0 and old.fenced == 1  # the stopped leader's epoch is refused
+        bench.tick(follower, 4)
+        assert list(bench.states().values()) == ["confirmed"] and follower.sent == 1
+        assert bench.chain_nonce(client) == 1
+
+
+def test_gossip_sequence_numbers_of_every_member_and_worker_are_apart() -> None:
+    """Members publish under one PeerId: with `members` listed, each (member, worker) pair gets
+    its own residue modulo members x workers, so no two can produce the same message id."""
+    names = ["exec-c", "exec-a", "exec-b"]
+    spaces = set()
+    for name in names:
+        clustering = {"enabled": True, "node_id": name, "redis_url": "redis://127.0.0.1:1/0", "members": names}
+        config, report = parse_config({"clustering": clustering})
+        assert not report.errors, report.errors
+        for worker in range(2):
+            spaces.add(seqno_space(config, WorkerRole(worker, 2)))
+    assert spaces == {(residue, 6) for residue in range(6)}
+    alone, _ = parse_config({})
+    assert seqno_space(alone, WorkerRole(1, 2)) == (1, 2)  # not clustered: the workers' spacing only
