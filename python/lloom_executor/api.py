@@ -188,6 +188,8 @@ class NodeView(Protocol):
 
     def shared_state_status(self) -> dict[str, Any] | None: ...
 
+    def cluster_status(self) -> dict[str, Any] | None: ...
+
 
 NOT_WRITABLE = "not writable"
 
@@ -237,7 +239,12 @@ class ApiState:
             **self._ledger_problem(),
             **self._settlement(),
             **self._shared_state(),
+            **self._cluster(),
         }
+
+    def _cluster(self) -> dict[str, Any]:
+        status = self.node.cluster_status()
+        return {"cluster": status} if status is not None else {}
 
     def _shared_state(self) -> dict[str, Any]:
         status = self.node.shared_state_status()

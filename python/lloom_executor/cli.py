@@ -12,6 +12,7 @@ import click
 
 from . import __version__
 from .cli_benchmark import benchmark
+from .cli_cluster import cluster_group
 from .cli_config import CONFIG_HELP, config_file, config_option, echo_problems, load_or_exit, print_table
 from .cli_dashboards import dashboards_group
 from .cli_maintenance import maintenance_group
@@ -427,3 +428,4 @@ main.add_command(maintenance_group)
 main.add_command(dashboards_group)
 main.add_command(benchmark)
 main.add_command(settlement_group)
+main.add_command(cluster_group)

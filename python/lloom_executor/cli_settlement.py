@@ -102,6 +102,8 @@ def settlement_recheck(config_path: Path | None) -> None:
     config = load_or_exit(config_path).config
     if not config.blockchain.enabled:
         raise click.ClickException("[blockchain] enabled is false: nothing to settle")
+    if config.clustering.enabled:  # this pass has no epoch fence: it could race the elected leader on-chain
+        raise click.ClickException("[clustering] is enabled: only the elected leader settles (start the member instead)")
     _, book = _book(config_path)
     book.close()
     identity = load_identity(config.identity)

@@ -33,6 +33,7 @@ from .backends.from_config import build_backends
 from .backends.limits import with_limits
 from .backends.routing import BackendSet
 from .cache import build_cache
+from .cluster.member import ClusterCollector, build_coordinator, seqno_space
 from .cluster.shared import build_shared_parts, uses_redis
 from .config import Config, ModelConfig, RequestHandlingConfig, inactive_features
 from .config.schema import DEFAULT_BACKEND
@@ -143,6 +144,9 @@ class ExecutorService:
         self.cache = build_cache(config.cache) if config.cache.enabled else None
         self.ledger = Ledger.in_directory(data_dir)  # one SQLite file, written by every worker (WAL)
         self.settler: Settler | None = None
+        self.coordinator = build_coordinator(config, self.role)  # [clustering] with etcd: the lead worker's
+        if self.coordinator is not None:
+            self.metrics.registry.register(ClusterCollector(self.coordinator))
         # N > 1: each worker's metrics and view on a private socket; the lead merges them (docs/workers.md)
         self.endpoint: WorkerEndpoint | None = None
         self.aggregator: NodeAggregator | None = None
@@ -198,7 +202,7 @@ class ExecutorService:
             handling,
             self.handler,
             default_services(
-                config.network, self.catalog, duties=self.role.lead, worker=(self.role.index, self.role.count), **service_options
+                config.network, self.catalog, duties=self.role.lead, worker=seqno_space(config, self.role), **service_options
             ),
         )
         self.metrics.watch_connections(self.node.connection_counts)
@@ -210,11 +214,13 @@ class ExecutorService:
         node: the lead worker's, reading the ledger every worker writes."""
         if not config.blockchain.enabled or not self.role.lead:
             return None
-        if uses_redis(config):  # no leader election yet: no member may settle (two would race on-chain)
-            log.warning("[blockchain] settlement does not run on a clustered member (no leader election yet)")
+        coordinator = self.coordinator
+        if uses_redis(config) and coordinator is None:  # no leader election: no member may settle (two would race)
+            log.warning("[blockchain] settlement does not run on a clustered member without [clustering] etcd_endpoints")
             return None
         key = load_settlement_key(config.blockchain, identity.address)
-        settler = Settler(config.blockchain, self.ledger.path, bytes(identity.eth_key.address_bytes), key)
+        fence = coordinator.fence if coordinator is not None else None  # only the leader, in its epoch, sends
+        settler = Settler(config.blockchain, self.ledger.path, bytes(identity.eth_key.address_bytes), key, fence=fence)
         self.metrics.registry.register(SettlementCollector(settler))
         return settler
 
@@ -288,6 +294,8 @@ class ExecutorService:
             await check()
         addrs = await self.node.start()
         self.started_at = time.monotonic()
+        if self.coordinator is not None:  # register with the addresses we listen on; etcd down: retried
+            await self.coordinator.start({"addresses": [str(a) for a in addrs], "workers": self.role.count})
         if self.backends is not None:
             await self.backends.start()  # instance pools' health probes
         if self.webhooks is not None:
@@ -467,6 +475,10 @@ class ExecutorService:
         """[blockchain] settlement's state for /health/detailed (None: not enabled)."""
         return self.settler.snapshot() if self.settler is not None else None
 
+    def cluster_status(self) -> dict[str, Any] | None:
+        """The etcd coordination's state for /health/detailed (None: this process does not coordinate)."""
+        return self.coordinator.snapshot() if self.coordinator is not None else None
+
     def shared_state_status(self) -> dict[str, Any] | None:
         """The shared store's state for /health/detailed (None: nothing shared across machines)."""
         return self.shared.health()
@@ -505,6 +517,8 @@ class ExecutorService:
             steps.append(("the plugins", self.plugins.stop))
         if self.settler is not None:
             steps.append(("settlement", self.settler.stop))
+        if self.coordinator is not None:  # after settlement: the lease goes, another member may lead at once
+            steps.append(("cluster coordination", self.coordinator.stop))
         steps.append(("the backend", self.backend.close))
         if self.cache is not None:
             steps.append(("the response cache", self.cache.close))

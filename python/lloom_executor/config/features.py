@@ -22,10 +22,16 @@ def inactive_features(config: Config) -> list[str]:
         bool(config.gpu_allocation.model_affinity and not config.gpu_allocation.devices),
         "[gpu_allocation] model_affinity without devices: one backend serves all models",
     )
+    clustering = config.clustering
     note(
-        config.clustering.enabled,
-        "[clustering]: the replay guard, rate limits and [openai_limits] are shared in Redis, but etcd membership, "
-        "leader election and epoch fencing are not built: leader-only duties (settlement) do not run on a member",
+        clustering.enabled and not clustering.etcd_endpoints,
+        "[clustering] without etcd_endpoints: no membership or leader election, so leader-only duties (settlement) "
+        "do not run on a member; running a local etcd member from `peers` is not built: run etcd yourself and "
+        "list its client URLs in etcd_endpoints (docs/clustering.md)",
+    )
+    note(
+        clustering.enabled and bool(clustering.etcd_endpoints) and bool(clustering.peers),
+        "[clustering] peers: ignored (etcd_endpoints is used; a local etcd member supervised by start is not built)",
     )
     note(config.failover.enabled, "[failover]: not implemented; this node runs alone")
     return out

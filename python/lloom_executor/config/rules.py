@@ -101,7 +101,26 @@ def check_rules(config: Config, report: Report) -> None:
             report.error("clustering.redis_url", "expected redis://, rediss:// (TLS) or unix://")
     if config.clustering.enabled and config.clustering.shared_state_backend == "sqlite":
         report.error("clustering.shared_state_backend", 'members on several machines cannot share a SQLite file; use "redis"')
+    check_coordination(config, report)
     check_plugins(config, report)
+
+
+def check_coordination(config: Config, report: Report) -> None:
+    """[clustering]'s etcd keys (docs/clustering.md, "Coordination")."""
+    clustering = config.clustering
+    if clustering.consensus != "raft":
+        report.error(
+            "clustering.consensus",
+            f'only "raft" is supported, got {clustering.consensus!r}: membership and leader election run on etcd, '
+            "whose consensus is raft; there is no other implementation to choose",
+        )
+    for endpoint in clustering.etcd_endpoints:
+        if not endpoint.startswith(("http://", "https://")):
+            report.error("clustering.etcd_endpoints", f"expected http:// or https:// client URLs, got {endpoint!r}")
+    if not clustering.etcd_prefix.endswith("/"):
+        report.error("clustering.etcd_prefix", "must end with /")
+    if clustering.members and clustering.node_id not in clustering.members:
+        report.error("clustering.members", "must list this member's node_id")
 
 
 _PLUGIN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")

@@ -442,7 +442,7 @@ class ClusteringConfig:
     enabled: bool = setting(False)
     node_id: str | None = setting(None)
     peers: tuple[str, ...] = setting((), convert=check_host_port)
-    consensus: str = setting("raft", choices=("raft",))
+    consensus: str = setting("raft", doc='only "raft": coordination runs on etcd (config/rules.py says why)')
     shared_state_backend: str = setting("redis", choices=("redis", "sqlite"))
     redis_url: str | None = setting(
         None,
@@ -450,6 +450,13 @@ class ClusteringConfig:
         secret=True,
         doc="ours: redis://[:password@]host:port/db (rediss:// for TLS); the state the members share",
     )
+    etcd_endpoints: tuple[str, ...] = setting(
+        (), convert=check_url, doc="ours: client URLs of an etcd v3 cluster (http:// or https://): membership, leader, epoch"
+    )
+    etcd_prefix: str = setting("/lloom-executor/", doc="ours: the etcd key prefix of this executor's cluster (ends in /)")
+    etcd_lease_ttl_secs: int = setting(10, minimum=2, doc="ours: a member that stops renewing is gone after this")
+    etcd_ca_file: str | None = setting(None, doc="ours: CA bundle for https:// etcd endpoints (default: system CAs)")
+    members: tuple[str, ...] = setting((), doc="ours: every member's node_id; spaces the gossip sequence numbers")
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,9 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "backend_instance_up": "gauge",
     "backend_instance_in_flight": "gauge",
     "backend_instance_failures": "counter",
+    "cluster_members": "gauge",
+    "cluster_is_leader": "gauge",
+    "cluster_epoch": "gauge",
     "workers": "gauge",  # only in the combined exposition of a node of several workers (combine.py)
     "workers_reporting": "gauge",
 }

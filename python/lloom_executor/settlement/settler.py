@@ -30,7 +30,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,10 @@ class Settler:
         settlement_key: _native.PrivateKey,
         *,
         clock: Callable[[], float] = time.time,
+        fence: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
+        """`fence`: on a clustered member, the Coordinator's leadership check, asked right before
+        each transaction is signed or resent (None: a node that is not clustered always sends)."""
         check_static(config)
         self.config = config
         self.book = SettlementBook(ledger_path)
@@ -70,6 +73,8 @@ class Settler:
         self.key = settlement_key
         self.sender = settlement_key.address
         self.clock = clock
+        self.fence = fence
+        self.fenced = 0  # sends held back because this member was not (or no longer) the leader
         self.chain_checked = False
         self.rpc_up: bool | None = None  # None: not asked yet
         self.last_error: str | None = None
@@ -183,6 +188,8 @@ class Settler:
             await asyncio.to_thread(self.book.back_to_pending, row.request_id, "its transaction was replaced; sending again")
             self._next_account_nonce = None
             return
+        if not await self._may_send():
+            return
         try:
             await self.rpc.send_raw(bytes.fromhex(row.raw_tx.removeprefix("0x")))
             log.info("resent the settlement transaction of request %d: %s", row.request_id, row.tx_hash)
@@ -211,7 +218,16 @@ class Settler:
             request, response, _addr(row.commitment["client_signature"]), _addr(row.receipt_signature)
         )
 
+    async def _may_send(self) -> bool:
+        """The epoch fence: a deposed leader must not sign or resend (docs/clustering.md)."""
+        if self.fence is None or await self.fence():
+            return True
+        self.fenced += 1
+        return False
+
     async def _send_pending(self) -> None:
+        if not await self._may_send():
+            return
         in_flight = {row.client_address for row in await asyncio.to_thread(self.book.in_state, SUBMITTED)}
         seen: set[str] = set()
         for row in await asyncio.to_thread(self.book.in_state, PENDING):
@@ -307,6 +323,8 @@ class Settler:
     async def _submit(self, row: Settlement, data: bytes, gas: int, max_fee: int, tip: int | None) -> None:
         pending_nonce = await self.rpc.account_nonce(self.sender, "pending")
         nonce = max(pending_nonce, self._next_account_nonce or 0)
+        if not await self._may_send():  # checked last, right before the transaction is signed and sent
+            return
         raw, tx_hash = Transaction(
             self.config.chain_id, nonce, gas, _addr(self.config.contract_address), data, max_fee, tip
         ).sign(self.key)
@@ -348,6 +366,7 @@ class Settler:
             "rpc_up": self.rpc_up,
             "chain_checked": self.chain_checked,
             "transactions_sent": self.sent,
+            **({"fenced": self.fenced} if self.fence is not None else {}),
             "last_error": self.last_error,
             **self._snapshot,
         }
