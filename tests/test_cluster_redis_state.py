@@ -272,4 +272,4 @@ def test_clustering_config_needs_a_redis_url_and_start_says_what_is_not_built(tm
     assert config.clustering.redis_url == "redis://:s3cret@127.0.0.1:6390/2"
     assert "s3cret" not in repr(config)  # a secret: never logged with the config
     [note] = [f for f in inactive_features(config) if f.startswith("[clustering]")]
-    assert "shared in Redis" in note and "leader election" in note and "settlement" in note
+    assert "etcd_endpoints" in note and "leader election" in note and "settlement" in note
